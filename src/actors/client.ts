@@ -1,0 +1,544 @@
+/**
+ * The client side: TandemClient (one client id, its subscriptions) and ClientSession (one
+ * client-server session, driven by clientSessionMachine). Requests go durably into the
+ * session's request queue with the client's restart data; responses come back in request order
+ * (I3); a response is recorded as taken in the queue before the application gets it (I2).
+ */
+import type { Msg, Subscription } from "@nats-io/transport-node";
+import { createActor, fromPromise, waitFor, type Actor, type Snapshot } from "xstate";
+import { clientSessionMachine } from "../machines/clientSessionMachine.js";
+import type {
+  ClientRestartAck,
+  DeliverMsg,
+  OpenReply,
+  RequestKind,
+  RestartMsg,
+  ResumeReply,
+  WireErr,
+} from "../machines/types.js";
+import { ErrorCode, TandemError } from "../runtime/errors.js";
+import type { Logger } from "../runtime/logger.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { decode, encode, Header, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { newId } from "./manager.js";
+import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+
+export interface OpenOptions {
+  /** Initial client restart data. */
+  restart?: unknown;
+  /** Deliver responses in request order (default true). */
+  ordered?: boolean;
+  /** Requests outstanding before request() throws TANDEM_BACKPRESSURE (capped by the manager). */
+  maxPending?: number;
+}
+
+export interface RequestOptions {
+  /** New client restart data, stored with this request's queue position. */
+  restart?: unknown;
+  /** `update` requests change an external store (see the hedging docs). */
+  kind?: RequestKind;
+}
+
+export interface Response {
+  n: number;
+  ok: boolean;
+  value?: unknown;
+  error?: TandemError;
+  server: string;
+}
+
+/** What a client process keeps to restart a session after it dies. */
+export interface PersistedSession {
+  client: string;
+  session: string;
+  service: string;
+  machine: Snapshot<unknown>;
+}
+
+const REQUEST_TIMEOUT = 5000;
+
+export class TandemClient {
+  readonly id: string;
+  private readonly log: Logger;
+  private readonly sessions = new Map<string, ClientSession>();
+  private subs: Subscription[] = [];
+  private maxEpoch = 0;
+
+  private constructor(
+    readonly rt: Runtime,
+    id?: string,
+  ) {
+    if (id !== undefined && !isToken(id)) throw new TandemError(ErrorCode.Config, `client id "${id}" must be 1-64 letters, digits, _ or -`);
+    this.id = id ?? `c${newId(8)}`;
+    this.log = rt.logger.child({ role: "client", client: this.id });
+  }
+
+  static async connect(rt: Runtime, opts: { id?: string } = {}): Promise<TandemClient> {
+    const c = new TandemClient(rt, opts.id);
+    const names = rt.names;
+    const sub = (subject: string, handler: (m: Msg) => void) => {
+      c.subs.push(
+        rt.nc.subscribe(subject, {
+          callback: (err, m) => {
+            if (err) return;
+            try {
+              handler(m);
+            } catch (e) {
+              c.log.error({ err: e }, "client handler failed");
+            }
+          },
+        }),
+      );
+    };
+    sub(names.cli(c.id, "deliver"), (m) => c.onDeliver(m));
+    sub(names.cli(c.id, "restart"), (m) => c.onRestart(m));
+    await rt.nc.flush();
+    return c;
+  }
+
+  /** Open a new session with a server of `service`. */
+  async open(service: string, opts: OpenOptions = {}): Promise<ClientSession> {
+    const s = new ClientSession(this, service, opts, null);
+    await s.start(undefined);
+    this.sessions.set(s.id, s);
+    return s;
+  }
+
+  /** Resume a session of this client id by its id, or from a persisted snapshot. */
+  async resume(from: string | PersistedSession): Promise<ClientSession> {
+    const persisted = typeof from === "string" ? null : from;
+    const id = typeof from === "string" ? from : from.session;
+    const s = new ClientSession(this, persisted?.service ?? "", {}, id);
+    this.sessions.set(id, s);
+    try {
+      await s.start(persisted?.machine);
+    } catch (err) {
+      this.sessions.delete(id);
+      throw err;
+    }
+    return s;
+  }
+
+  /** @internal */
+  forget(session: string): void {
+    this.sessions.delete(session);
+  }
+
+  /** @internal */
+  seeEpoch(epoch: number): void {
+    this.maxEpoch = Math.max(this.maxEpoch, epoch);
+  }
+
+  async close(): Promise<void> {
+    for (const s of [...this.sessions.values()]) await s.detach();
+    for (const s of this.subs) s.unsubscribe();
+    this.subs = [];
+  }
+
+  private stale(m: Msg, epoch: number, seen: number): boolean {
+    if (epoch >= seen) return false;
+    const err = new TandemError(ErrorCode.StaleEpoch, `message from manager epoch ${epoch} but this client has seen ${seen}`, {
+      context: { epoch, seen, client: this.id },
+    });
+    replyError(m, err);
+    void publishDlq(this.rt, err, m.subject, m.headers, m.data);
+    return true;
+  }
+
+  private onDeliver(m: Msg): void {
+    let d: DeliverMsg;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v) || !isToken(v.session) || !isPositiveInt(v.n) || typeof v.epoch !== "number") {
+        throw malformed("deliver: needs epoch, session and n");
+      }
+      d = v as unknown as DeliverMsg;
+    } catch (err) {
+      const te = err instanceof TandemError ? err : malformed(String(err));
+      replyError(m, te);
+      void publishDlq(this.rt, te, m.subject, m.headers, m.data);
+      return;
+    }
+    const s = this.sessions.get(d.session);
+    if (!s) {
+      replyError(m, new TandemError(ErrorCode.UnknownSession, `client ${this.id} has no session ${d.session} open in this process`));
+      return;
+    }
+    if (this.stale(m, d.epoch, s.epoch)) return;
+    this.seeEpoch(d.epoch);
+    if (m.headers?.get(Header.Kind) === "control") {
+      // A notice (no reply wanted): the request was rejected before it got a response.
+      if (d.error) s.rejectWaiter(d.n, d.error);
+      return;
+    }
+    const r = s.accept(d);
+    if (r === true) replyOk(m, { accepted: d.n });
+    else replyError(m, r);
+  }
+
+  private onRestart(m: Msg): void {
+    let msg: RestartMsg;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v) || !Array.isArray(v.sessions) || typeof v.epoch !== "number") throw malformed("restart: needs epoch and sessions[]");
+      msg = v as unknown as RestartMsg;
+    } catch (err) {
+      replyError(m, err as TandemError);
+      return;
+    }
+    if (this.stale(m, msg.epoch, this.maxEpoch)) return;
+    this.seeEpoch(msg.epoch);
+    const acks: ClientRestartAck["sessions"] = [];
+    for (const info of msg.sessions) {
+      const s = this.sessions.get(info.session);
+      if (!s) continue;
+      s.restartFromManager(msg.epoch);
+      acks.push({ session: s.id, taken: s.acceptedUpTo });
+    }
+    this.log.info({ epoch: msg.epoch, sessions: acks.length }, "restarted by the manager");
+    replyOk<ClientRestartAck>(m, { client: this.id, sessions: acks });
+  }
+}
+
+interface Waiter {
+  resolve: (v: unknown) => void;
+  reject: (e: TandemError) => void;
+}
+
+export class ClientSession {
+  private actor: Actor<typeof clientSessionMachine> | undefined;
+  private sessionId: string | null;
+  private serviceName: string;
+  private log: Logger;
+  private lastReq = 0;
+  private taken = 0;
+  private accepted = 0;
+  private maxPending: number;
+  private maxPayload = Infinity;
+  private readonly buffer = new Map<number, DeliverMsg>();
+  private readonly waiters = new Map<number, Waiter>();
+  private orphanQueue: Response[] = [];
+  private orphanDemand: Array<(r: IteratorResult<Response>) => void> = [];
+  private taking = false;
+  private closed = false;
+  private restartData: unknown;
+  /** Set once the manager knows this incarnation (open or resume done). */
+  private attached = false;
+
+  /** @internal */
+  constructor(
+    private readonly client: TandemClient,
+    service: string,
+    private readonly opts: OpenOptions,
+    resumeId: string | null,
+  ) {
+    this.sessionId = resumeId;
+    this.serviceName = service;
+    this.maxPending = opts.maxPending ?? client.rt.config.maxPending;
+    this.restartData = opts.restart;
+    this.log = client.rt.logger.child({ role: "client", client: client.id, session: resumeId ?? undefined });
+  }
+
+  get id(): string {
+    if (!this.sessionId) throw new TandemError(ErrorCode.Closed, "session is not open");
+    return this.sessionId;
+  }
+  get service(): string {
+    return this.serviceName;
+  }
+  get epoch(): number {
+    return this.actor?.getSnapshot().context.epoch ?? 0;
+  }
+  get state(): string {
+    return String(this.actor?.getSnapshot().value ?? "new");
+  }
+  /** Latest client restart data whose storage was acknowledged. */
+  get restart(): unknown {
+    return this.restartData;
+  }
+  /** Requests sent whose responses the application has not taken. */
+  get pending(): number {
+    return this.lastReq - this.taken;
+  }
+  get lastRequest(): number {
+    return this.lastReq;
+  }
+  get takenUpTo(): number {
+    return this.taken;
+  }
+  /** @internal */
+  get acceptedUpTo(): number {
+    return this.accepted;
+  }
+
+  /** @internal */
+  async start(persisted: Snapshot<unknown> | undefined): Promise<void> {
+    const machine = clientSessionMachine.provide({
+      actors: {
+        open: fromPromise(({ input }) => (input.session ? this.resumeCall(input.session) : this.openCall(input.service))),
+        reconcile: fromPromise(async ({ input }) => {
+          // Restored from a persisted snapshot: this incarnation must resume with the manager.
+          if (!this.attached) await this.resumeCall(input.session);
+        }),
+        close: fromPromise(() => this.closeCall()),
+      },
+    });
+    const input = { service: this.serviceName, ...(this.sessionId ? { session: this.sessionId } : {}) };
+    this.actor = persisted
+      ? createActor(machine, { snapshot: persisted as never, input })
+      : createActor(machine, { input });
+    this.actor.start();
+    if (persisted) {
+      // An explicit restart from the persisted snapshot (DESIGN.md §1).
+      this.actor.send({ type: "RESTART", epoch: this.actor.getSnapshot().context.epoch });
+    }
+    const snap = await waitFor(this.actor, (s) => s.matches("active") || s.status === "done", { timeout: 60_000 });
+    if (!snap.matches("active")) {
+      throw new TandemError(ErrorCode.NoManager, `could not ${this.sessionId ? "resume" : "open"} the session: ${snap.context.error ?? "unknown"}`);
+    }
+  }
+
+  private async call<T>(op: "open" | "resume" | "close", body: unknown, timeoutMs = 30_000): Promise<T> {
+    const rt = this.client.rt;
+    const deadline = Date.now() + timeoutMs;
+    let delay = 100;
+    for (;;) {
+      try {
+        const r = await rt.nc.request(rt.names.mgr(op), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) });
+        return unwrap<T>(r.data);
+      } catch (err) {
+        if (err instanceof TandemError && !err.retryable) throw err;
+        if (Date.now() > deadline) {
+          throw new TandemError(ErrorCode.NoManager, `no manager answered ${op} within ${timeoutMs} ms; is \`tandem manager\` running?`, { cause: err });
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  private async openCall(service: string): Promise<{ session: string; epoch: number }> {
+    const rep = await this.call<OpenReply>("open", {
+      client: this.client.id,
+      service,
+      ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
+      ...(this.opts.ordered !== undefined ? { ordered: this.opts.ordered } : {}),
+      ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
+    });
+    this.sessionId = rep.session;
+    this.maxPending = rep.maxPending;
+    this.maxPayload = rep.maxPayload;
+    this.attached = true;
+    this.client.seeEpoch(rep.epoch);
+    this.log = this.log.child({ session: rep.session });
+    return { session: rep.session, epoch: rep.epoch };
+  }
+
+  private async resumeCall(session: string): Promise<{ session: string; epoch: number }> {
+    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session });
+    this.serviceName = rep.service;
+    this.lastReq = rep.lastReq;
+    this.taken = rep.taken;
+    this.accepted = rep.taken;
+    this.buffer.clear();
+    this.maxPending = rep.maxPending;
+    this.maxPayload = rep.maxPayload;
+    this.restartData = rep.restart?.data;
+    this.attached = true;
+    this.client.seeEpoch(rep.epoch);
+    this.actor?.send({ type: "EPOCH_SEEN", epoch: rep.epoch });
+    this.log.info({ lastReq: rep.lastReq, taken: rep.taken, pending: rep.requests.length, undelivered: rep.responses.length }, "session resumed");
+    return { session, epoch: rep.epoch };
+  }
+
+  private async closeCall(): Promise<void> {
+    await this.call("close", { client: this.client.id, session: this.id });
+  }
+
+  /** @internal a manager restarted us: go through `restarting`; delivery re-syncs from `accepted`. */
+  restartFromManager(epoch: number): void {
+    this.actor?.send({ type: "RESTART", epoch });
+  }
+
+  /**
+   * Send a request; resolves with the response value (rejects with a TandemError when the
+   * handler failed or the request was refused). The request is durable once this call's publish
+   * is acknowledged: it is answered even if this process or the manager dies.
+   */
+  async request(payload: unknown, opts: RequestOptions = {}): Promise<unknown> {
+    const { n, response } = await this.send(payload, opts);
+    void n;
+    return response;
+  }
+
+  /**
+   * Like request(), but resolves as soon as the request is durably queued, giving its number
+   * and a promise of its response (for pipelining many requests on one session).
+   */
+  async send(payload: unknown, opts: RequestOptions = {}): Promise<{ n: number; response: Promise<unknown> }> {
+    if (this.closed || !this.attached) throw new TandemError(ErrorCode.Closed, "session is closed");
+    if (this.lastReq - this.taken >= this.maxPending) {
+      throw new TandemError(ErrorCode.Backpressure, `session ${this.id} has ${this.maxPending} pending requests; await responses before sending more`, {
+        context: { session: this.id, maxPending: this.maxPending },
+      });
+    }
+    const size = encode(payload ?? null).length;
+    if (size > this.maxPayload) {
+      throw new TandemError(ErrorCode.PayloadTooLarge, `payload is ${size} bytes; the limit is ${this.maxPayload}`, {
+        context: { size, limit: this.maxPayload },
+      });
+    }
+    const n = ++this.lastReq;
+    const kind = opts.kind ?? "request";
+    const body = { n, kind, payload: payload ?? null, ...(opts.restart !== undefined ? { restart: opts.restart } : {}) };
+    const response = new Promise<unknown>((resolve, reject) => this.waiters.set(n, { resolve, reject }));
+    response.catch(() => {}); // the caller may only await later
+    await this.publishDurable(n, encode(body), kind);
+    if (opts.restart !== undefined) this.restartData = opts.restart;
+    return { n, response };
+  }
+
+  private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", msgID = `${this.id}.${n}`): Promise<void> {
+    const rt = this.client.rt;
+    let delay = 50;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await rt.js.publish(rt.names.req(this.client.id, this.id), data, {
+          msgID,
+          headers: makeHeaders({ session: this.id, request: n, epoch: this.epoch, kind, client: this.client.id }),
+        });
+        return;
+      } catch (err) {
+        // A number once taken must reach the queue, or the session would wait for it forever:
+        // retry with the same message id (JetStream keeps one copy).
+        if (attempt === 5) this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying");
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  /** @internal a delivery from the manager; true when accepted. */
+  accept(d: DeliverMsg): true | TandemError {
+    if (d.n <= this.accepted) return true; // again after a manager restart: already have it
+    if (d.n !== this.accepted + 1) {
+      return new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${this.accepted + 1}`);
+    }
+    this.accepted = d.n;
+    this.buffer.set(d.n, d);
+    void this.pumpTake();
+    return true;
+  }
+
+  /** @internal */
+  rejectWaiter(n: number, error: WireErr): void {
+    const w = this.waiters.get(n);
+    if (w) {
+      this.waiters.delete(n);
+      w.reject(TandemError.fromWire(error));
+    }
+  }
+
+  /**
+   * Record "taken" in the queue, then hand over: in order, each response once (I2, I3).
+   * Responses with a waiting request() go to it; others (sent by an earlier incarnation of
+   * this session) go to responses() when the application asks for them.
+   */
+  private async pumpTake(): Promise<void> {
+    if (this.taking) return;
+    this.taking = true;
+    try {
+      for (;;) {
+        let upTo = this.taken;
+        let orphans = 0;
+        while (this.buffer.has(upTo + 1)) {
+          const n = upTo + 1;
+          if (!this.waiters.has(n)) {
+            if (orphans >= this.orphanDemand.length) break;
+            orphans++;
+          }
+          upTo = n;
+        }
+        if (upTo === this.taken) return;
+        const body = encode({ taken: upTo });
+        await this.publishDurable(upTo, body, "control", `${this.id}.t${upTo}`);
+        for (let n = this.taken + 1; n <= upTo; n++) {
+          const d = this.buffer.get(n)!;
+          this.buffer.delete(n);
+          this.taken = n;
+          const resp: Response = d.error
+            ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
+            : { n, ok: true, value: d.ok, server: d.server };
+          const w = this.waiters.get(n);
+          if (w) {
+            this.waiters.delete(n);
+            if (resp.ok) w.resolve(resp.value);
+            else w.reject(resp.error!);
+          } else {
+            const next = this.orphanDemand.shift();
+            if (next) next({ value: resp, done: false });
+            else this.orphanQueue.push(resp);
+          }
+        }
+      }
+    } finally {
+      this.taking = false;
+    }
+  }
+
+  /**
+   * Responses to requests this process did not send (after a resume, the earlier incarnation's
+   * requests). Each is taken when the iterator yields it.
+   */
+  responses(): AsyncIterableIterator<Response> {
+    const it: AsyncIterableIterator<Response> = {
+      next: () => {
+        const r = this.orphanQueue.shift();
+        if (r) return Promise.resolve({ value: r, done: false });
+        if (this.closed) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => {
+          this.orphanDemand.push(resolve);
+          void this.pumpTake();
+        });
+      },
+      return: () => Promise.resolve({ value: undefined, done: true }),
+      [Symbol.asyncIterator]: () => it,
+    };
+    return it;
+  }
+
+  /** Requests of an earlier incarnation still without a taken response. */
+  get unclaimed(): number {
+    let c = 0;
+    for (let n = this.taken + 1; n <= this.lastReq; n++) if (!this.waiters.has(n)) c++;
+    return c;
+  }
+
+  /** What to keep to restart this session in a new process (see TandemClient.resume). */
+  snapshot(): PersistedSession {
+    return { client: this.client.id, session: this.id, service: this.serviceName, machine: this.actor!.getPersistedSnapshot() };
+  }
+
+  /** Close the session: its queues and records are removed. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.actor?.send({ type: "CLOSE" });
+    if (this.actor) await waitFor(this.actor, (s) => s.status === "done", { timeout: 30_000 }).catch(() => {});
+    this.finish(new TandemError(ErrorCode.Closed, "session closed"));
+  }
+
+  /** Stop using the session in this process without closing it (it can be resumed). */
+  async detach(): Promise<void> {
+    this.finish(new TandemError(ErrorCode.Closed, "client closed; the session can be resumed"));
+    this.actor?.stop();
+  }
+
+  private finish(err: TandemError): void {
+    this.closed = true;
+    for (const w of this.waiters.values()) w.reject(err);
+    this.waiters.clear();
+    for (const d of this.orphanDemand) d({ value: undefined, done: true });
+    this.orphanDemand = [];
+    if (this.sessionId) this.client.forget(this.sessionId);
+  }
+}

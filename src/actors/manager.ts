@@ -1,0 +1,768 @@
+/**
+ * The manager actor: wires managerMachine (lifecycle) and ManagerCore (routing table) to the
+ * subjects, streams and buckets of DESIGN.md §2. Only the primary acts; every effect checks
+ * that this node is still primary of the epoch it was decided in (I5).
+ */
+import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import type { Msg, Subscription } from "@nats-io/transport-node";
+import { randomBytes } from "node:crypto";
+import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
+import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
+import { managerMachine, type LeaseView, type ManagerEvent } from "../machines/managerMachine.js";
+import type {
+  ClientRestartAck,
+  DeliverMsg,
+  HeartbeatReply,
+  OpenReply,
+  Reply,
+  RestartMsg,
+  RestartRecord,
+  ResumeReply,
+  ServerRestartAck,
+  WorkMsg,
+} from "../machines/types.js";
+import { ErrorCode, TandemError } from "../runtime/errors.js";
+import { isWrongLastSequence, readLastPerSubject, takeOverConsumer } from "../runtime/jetstream.js";
+import type { Logger } from "../runtime/logger.js";
+import type { Runtime } from "../runtime/runtime.js";
+import {
+  decode,
+  encode,
+  field,
+  isBool,
+  isObject,
+  isPositiveInt,
+  isToken,
+  makeHeaders,
+  malformed,
+} from "../runtime/wire.js";
+import { parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
+
+export interface LeaseRecord {
+  epoch: number;
+  node: string;
+  since: string;
+}
+
+export interface ManagerStatus {
+  node: string;
+  state: string;
+  epoch: number;
+  leader: string | null;
+  sessions: number;
+  servers: Array<{ id: string; service: string; alive: boolean }>;
+  services: Array<{ service: string; sessions: number; pending: number; servers: number }>;
+}
+
+const now = () => performance.now();
+
+export function newId(bytes = 9): string {
+  return randomBytes(bytes).toString("base64url").replace(/[^A-Za-z0-9]/g, "x");
+}
+
+/** One manager node. Any number may run; the lease makes one of them primary. */
+export class ManagerNode {
+  readonly node: string;
+  private readonly log: Logger;
+  private actor: Actor<typeof managerMachine> | undefined;
+  private core: ManagerCore | null = null;
+  /** Epoch in which this node may act; 0 when not primary. */
+  private actingEpoch = 0;
+  private consumers: ConsumerMessages[] = [];
+  private subs: Subscription[] = [];
+  private timers: NodeJS.Timeout[] = [];
+  private snapshotting: Promise<void> | null = null;
+  private replayEnd = { req: 0, resp: 0 };
+  private caughtUp: Array<() => void> = [];
+  /** Takeover measurement: when rebuild started and finished. */
+  lastTakeover: { epoch: number; rebuildMs: number; sessions: number } | null = null;
+
+  constructor(private readonly rt: Runtime) {
+    this.node = rt.config.node;
+    this.log = rt.logger.child({ role: "manager", node: this.node });
+  }
+
+  get epoch(): number {
+    return this.actingEpoch;
+  }
+
+  get state(): string {
+    const s = this.actor?.getSnapshot();
+    return s ? JSON.stringify(s.value) : "new";
+  }
+
+  isPrimary(): boolean {
+    return this.actor?.getSnapshot().matches("primary") ?? false;
+  }
+
+  start(): void {
+    const machine = managerMachine.provide({
+      actors: {
+        watchLease: fromCallback<ManagerEvent, { node: string }>(({ sendBack }) => this.watchLease(sendBack)),
+        acquireLease: fromPromise(({ input }) => this.acquireLease(input.previous)),
+        rebuild: fromPromise(({ input }) => this.rebuild(input.epoch)),
+        serve: fromCallback<ManagerEvent, { epoch: number }>(({ sendBack, input }) => this.serve(input.epoch, sendBack)),
+        renewLease: fromPromise(({ input }) => this.renewLease(input.lease)),
+        stepDown: fromPromise(({ input }) => this.stepDown(input.epoch)),
+        drain: fromPromise(() => this.drain()),
+      },
+      actions: {
+        report: (_, params) => {
+          const { event, ...rest } = params;
+          this.log.info(rest, `manager ${event}`);
+        },
+      },
+    });
+    this.actor = createActor(machine, {
+      input: { node: this.node, heartbeatMs: this.rt.config.heartbeatMs, leaseMs: this.rt.config.leaseMs },
+    });
+    this.actor.subscribe({ error: (err) => this.log.error({ err }, "manager machine failed") });
+    this.actor.start();
+  }
+
+  /** Resolves once this node is primary (for tests and the demo). */
+  async waitPrimary(timeoutMs = 30_000): Promise<void> {
+    if (!this.actor) throw new Error("not started");
+    await waitFor(this.actor, (s) => s.matches("primary"), { timeout: timeoutMs });
+  }
+
+  async stop(): Promise<void> {
+    if (!this.actor) return;
+    this.actor.send({ type: "STOP" });
+    await waitFor(this.actor, (s) => s.status === "done", { timeout: 15_000 }).catch(() => {});
+    this.actor.stop();
+  }
+
+  status(): ManagerStatus {
+    const core = this.core;
+    const services = new Map<string, { service: string; sessions: number; pending: number; servers: number }>();
+    const svc = (name: string) => {
+      let e = services.get(name);
+      if (!e) services.set(name, (e = { service: name, sessions: 0, pending: 0, servers: 0 }));
+      return e;
+    };
+    if (core) {
+      for (const name of core.services) svc(name);
+      for (const s of core.sessions.values()) {
+        const e = svc(s.service);
+        e.sessions++;
+        e.pending += s.lastReq - s.answered;
+      }
+      for (const srv of core.servers.values()) if (srv.alive) svc(srv.service).servers++;
+    }
+    const snap = this.actor?.getSnapshot();
+    return {
+      node: this.node,
+      state: this.state,
+      epoch: snap?.context.epoch ?? 0,
+      leader: snap?.context.leader ?? null,
+      sessions: core?.sessions.size ?? 0,
+      servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
+      services: [...services.values()],
+    };
+  }
+
+  // ---- lease ---------------------------------------------------------------------------
+
+  private watchLease(sendBack: (e: ManagerEvent) => void): () => void {
+    let lastRevision = -1;
+    let stopped = false;
+    const poll = async () => {
+      if (stopped) return;
+      try {
+        const e = await this.rt.kv.ctl.get("leader");
+        if (stopped) return;
+        if (!e || e.operation !== "PUT") {
+          sendBack({ type: "LEASE_ABSENT" });
+        } else if (e.revision !== lastRevision) {
+          lastRevision = e.revision;
+          const lease = e.json<LeaseRecord>();
+          sendBack({ type: "LEASE_SEEN", lease: { epoch: lease.epoch, node: lease.node, revision: e.revision } });
+        }
+      } catch (err) {
+        this.log.debug({ err }, "lease poll failed (NATS unavailable?)");
+      }
+      if (!stopped) this.timers.push(setTimeout(poll, Math.max(20, this.rt.config.heartbeatMs / 2)));
+    };
+    void poll();
+    return () => {
+      stopped = true;
+    };
+  }
+
+  private async acquireLease(previous: LeaseView | null): Promise<LeaseView> {
+    const cursor = await this.readCursor();
+    const floor = Math.max(previous?.epoch ?? 0, cursor?.epoch ?? 0);
+    const value: LeaseRecord = { epoch: floor + 1, node: this.node, since: new Date().toISOString() };
+    let revision: number;
+    if (previous) {
+      // Fails with wrong-last-sequence if the primary renewed after all: then it lives.
+      revision = await this.rt.kv.ctl.update("leader", encode(value), previous.revision);
+    } else {
+      const cur = await this.rt.kv.ctl.get("leader");
+      if (cur && cur.operation === "PUT") {
+        const held = cur.json<LeaseRecord>();
+        value.epoch = Math.max(value.epoch, held.epoch + 1);
+        revision = await this.rt.kv.ctl.update("leader", encode(value), cur.revision);
+      } else if (cur) {
+        revision = await this.rt.kv.ctl.update("leader", encode(value), cur.revision);
+      } else {
+        revision = await this.rt.kv.ctl.create("leader", encode(value));
+      }
+    }
+    this.log.info({ epoch: value.epoch }, "lease acquired");
+    return { epoch: value.epoch, node: this.node, revision };
+  }
+
+  private async renewLease(lease: LeaseView): Promise<LeaseView> {
+    const value: LeaseRecord = { epoch: lease.epoch, node: this.node, since: new Date().toISOString() };
+    const deadline = now() + this.rt.config.leaseMs;
+    for (;;) {
+      try {
+        const revision = await this.rt.kv.ctl.update("leader", encode(value), lease.revision, this.rt.config.heartbeatMs * 2);
+        return { ...lease, revision };
+      } catch (err) {
+        // Someone changed the lease: we are fenced. Anything else (NATS briefly away): retry
+        // until our own lease would have run out.
+        if (isWrongLastSequence(err) || now() > deadline) {
+          this.actingEpoch = 0;
+          throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; stepping down`, { cause: err });
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  private async readCursor(): Promise<CursorRecord | null> {
+    const e = await this.rt.kv.ctl.get("cursor");
+    return e && e.operation === "PUT" ? e.json<CursorRecord>() : null;
+  }
+
+  // ---- rebuild ---------------------------------------------------------------------------
+
+  private async rebuild(epoch: number): Promise<void> {
+    const t0 = now();
+    const { rt } = this;
+    const core = new ManagerCore(
+      {
+        maxPending: rt.config.maxPending,
+        maxPayload: rt.config.maxPayload,
+        serverTimeoutMs: rt.config.serverTimeoutMs,
+        ackTimeoutMs: rt.config.ackTimeoutMs,
+      },
+      epoch,
+    );
+    const cursor = await this.readCursor();
+    const records: SessionRecord[] = [];
+    for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`)) {
+      if (m.data.length === 0) continue; // delete marker
+      try {
+        records.push(decode(m.data) as SessionRecord);
+      } catch {
+        /* a corrupt record cannot be rebuilt; its session will report unknown */
+      }
+    }
+    const restarts = new Map<string, { client?: RestartRecord; server?: RestartRecord }>();
+    for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketRestart}`)) {
+      if (m.data.length === 0) continue;
+      const key = m.subject.split(".").slice(2).join(".");
+      const dot = key.lastIndexOf(".");
+      const session = key.slice(0, dot);
+      const side = key.slice(dot + 1);
+      const e = restarts.get(session) ?? {};
+      try {
+        if (side === "client") e.client = decode(m.data) as RestartRecord;
+        if (side === "server") e.server = decode(m.data) as RestartRecord;
+      } catch {
+        continue;
+      }
+      restarts.set(session, e);
+    }
+    core.restore(records, restarts, cursor, now());
+    this.core = core;
+    this.actingEpoch = epoch;
+    const reqInfo = await rt.jsm.streams.info(rt.names.streamReq);
+    const respInfo = await rt.jsm.streams.info(rt.names.streamResp);
+    this.replayEnd = { req: reqInfo.state.last_seq, resp: respInfo.state.last_seq };
+    const reqFrom = cursor ? cursor.reqFrom : 1;
+    const respFrom = cursor ? cursor.respFrom : 1;
+    const prefix = rt.config.prefix.replace(/-/g, "_");
+    const reqConsumer = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, reqFrom);
+    const respConsumer = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, respFrom);
+    await this.startConsuming(reqConsumer, "req", epoch);
+    await this.startConsuming(respConsumer, "resp", epoch);
+    await this.caughtUpTo(this.replayEnd.req, this.replayEnd.resp, 60_000);
+    const rebuildMs = now() - t0;
+    this.lastTakeover = { epoch, rebuildMs, sessions: core.sessions.size };
+    this.log.info(
+      { epoch, sessions: core.sessions.size, replayedReq: this.replayEnd.req - reqFrom + 1, replayedResp: this.replayEnd.resp - respFrom + 1, rebuildMs: Math.round(rebuildMs) },
+      "rebuilt from backup and queues",
+    );
+  }
+
+  private caughtUpTo(req: number, resp: number, timeoutMs: number): Promise<void> {
+    const done = () => !this.core || (this.core.reqSeq >= req && this.core.respSeq >= resp);
+    if (done()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.caughtUp = this.caughtUp.filter((f) => f !== check);
+        reject(new TandemError(ErrorCode.NoManager, `manager did not catch up with the queues in ${timeoutMs} ms`));
+      }, timeoutMs);
+      const check = () => {
+        if (!done()) return;
+        clearTimeout(t);
+        this.caughtUp = this.caughtUp.filter((f) => f !== check);
+        resolve();
+      };
+      this.caughtUp.push(check);
+    });
+  }
+
+  private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number): Promise<void> {
+    const messages = await consumer.consume({ max_messages: 512, expires: 2000, abort_on_missing_resource: true });
+    this.consumers.push(messages);
+    void (async () => {
+      try {
+        for await (const m of messages) {
+          if (this.actingEpoch !== epoch) break;
+          try {
+            if (which === "req") this.onRequestMsg(m);
+            else this.onResponseMsg(m);
+          } catch (err) {
+            this.log.error({ err, subject: m.subject, seq: m.seq }, "failed to apply a queue message");
+          }
+          // A seq with nothing for us (deleted session) still moves the cursor.
+          if (this.core) {
+            if (which === "req") this.core.reqSeq = Math.max(this.core.reqSeq, m.seq);
+            else this.core.respSeq = Math.max(this.core.respSeq, m.seq);
+          }
+          for (const f of [...this.caughtUp]) f();
+        }
+      } catch (err) {
+        if (this.actingEpoch === epoch) this.log.warn({ err, which }, "consumer ended");
+      }
+      // Our consumer was deleted (a newer primary took it over) or ended: we must stop acting.
+      if (this.actingEpoch === epoch) {
+        this.actingEpoch = 0;
+        this.actor?.send({ type: "FENCED", reason: `${which} consumer lost` });
+      }
+    })();
+  }
+
+  private onRequestMsg(m: JsMsg): void {
+    const core = this.core!;
+    const replaying = m.seq <= this.replayEnd.req;
+    const parsed = parseRequestMsg(this.rt.names, m);
+    if ("error" in parsed) {
+      core.reqSeq = Math.max(core.reqSeq, m.seq);
+      if (!replaying) {
+        void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
+        if (parsed.client && parsed.session && parsed.n) {
+          this.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() }]);
+        }
+      }
+      return;
+    }
+    if (parsed.type === "taken") {
+      this.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
+    } else {
+      this.run(core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying));
+    }
+  }
+
+  private onResponseMsg(m: JsMsg): void {
+    const core = this.core!;
+    const parsed = parseResponseMsg(this.rt.names, m);
+    if ("error" in parsed) {
+      core.respSeq = Math.max(core.respSeq, m.seq);
+      if (m.seq > this.replayEnd.resp) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);
+      return;
+    }
+    if (parsed.type === "checkpoint") {
+      this.run(core.onCheckpoint({ seq: m.seq, ...parsed.body }));
+    } else {
+      this.run(core.onResponse({ seq: m.seq, ...parsed.body }, now()));
+    }
+  }
+
+  // ---- serving ---------------------------------------------------------------------------
+
+  private serve(epoch: number, sendBack: (e: ManagerEvent) => void): () => void {
+    const { rt } = this;
+    const core = this.core!;
+    const names = rt.names;
+    const sub = (subject: string, handler: (m: Msg) => Promise<void> | void) => {
+      const s = rt.nc.subscribe(subject, {
+        callback: (err, m) => {
+          if (err || this.actingEpoch !== epoch) return;
+          Promise.resolve(handler(m)).catch((e) => this.log.error({ err: e, subject }, "handler failed"));
+        },
+      });
+      this.subs.push(s);
+    };
+    sub(names.mgr("open"), (m) => this.onOpen(m));
+    sub(names.mgr("resume"), (m) => this.onResume(m));
+    sub(names.mgr("close"), (m) => this.onClose(m));
+    sub(names.mgr("status"), (m) => replyOk(m, this.status()));
+    sub(names.register, (m) => this.onRegister(m));
+    sub(names.heartbeat, (m) => this.onHeartbeat(m));
+    // Everyone restarts against this epoch (DESIGN.md §4.3).
+    this.run(core.startEpoch(epoch, now()));
+    const tickMs = Math.max(20, Math.min(100, rt.config.serverHeartbeatMs / 2));
+    const tick = setInterval(() => {
+      if (this.actingEpoch === epoch) this.run(core.tick(now()));
+    }, tickMs);
+    const snap = setInterval(() => {
+      if (this.actingEpoch === epoch && !this.snapshotting) {
+        this.snapshotting = this.snapshot(epoch).finally(() => (this.snapshotting = null));
+      }
+    }, rt.config.backupMs);
+    this.timers.push(tick, snap);
+    void sendBack;
+    return () => {
+      clearInterval(tick);
+      clearInterval(snap);
+    };
+  }
+
+  private async snapshot(epoch: number): Promise<void> {
+    const core = this.core;
+    if (!core) return;
+    const { records, cursor } = core.snapshot();
+    try {
+      await Promise.all(records.map((r) => this.rt.kv.sessions.put(r.session, encode(r))));
+      // The cursor is written last: every record of this cut is stored before it (a
+      // consistent cut to replay from).
+      if (this.actingEpoch === epoch) await this.rt.kv.ctl.put("cursor", encode(cursor));
+    } catch (err) {
+      // Mark them dirty again so the next snapshot retries.
+      for (const r of records) {
+        const s = core.sessions.get(r.session);
+        if (s) s.dirty = true;
+      }
+      this.log.warn({ err }, "snapshot failed; will retry");
+    }
+  }
+
+  private async stepDown(epoch: number): Promise<void> {
+    this.log.warn({ epoch }, "stepping down: another manager holds the lease");
+    await this.release();
+  }
+
+  private async release(): Promise<void> {
+    this.actingEpoch = 0;
+    for (const s of this.subs) s.unsubscribe();
+    this.subs = [];
+    for (const c of this.consumers) await c.close().catch(() => {});
+    this.consumers = [];
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+    this.core = null;
+  }
+
+  private async drain(): Promise<void> {
+    const epoch = this.actingEpoch;
+    if (epoch && this.core) {
+      await this.snapshotting;
+      await this.snapshot(epoch);
+      this.log.info({ epoch }, "drained: state snapshotted");
+    }
+    await this.release();
+  }
+
+  // ---- request/reply handlers ------------------------------------------------------------
+
+  private async onOpen(m: Msg): Promise<void> {
+    const core = this.core!;
+    const epoch = this.actingEpoch;
+    let body: Record<string, unknown>;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v)) throw malformed("open: body must be an object");
+      body = v;
+      field(body, "client", isToken, "a token");
+      field(body, "service", isToken, "a token");
+      if (body.ordered !== undefined) field(body, "ordered", isBool, "a boolean");
+      if (body.maxPending !== undefined) field(body, "maxPending", isPositiveInt, "a positive integer");
+    } catch (err) {
+      return this.reject(m, err as TandemError);
+    }
+    const client = body.client as string;
+    const service = body.service as string;
+    if (!core.isKnownService(service)) {
+      return this.reject(
+        m,
+        new TandemError(ErrorCode.UnknownService, `no server has registered for service "${service}"; start one with: tandem server --service ${service}`, {
+          context: { service },
+        }),
+      );
+    }
+    const session = newId();
+    const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
+    const ordered = (body.ordered as boolean | undefined) ?? true;
+    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart }, now());
+    try {
+      await this.rt.kv.sessions.put(session, encode(core.record(entry)));
+      entry.dirty = false;
+    } catch (err) {
+      core.close(client, session);
+      return this.reject(m, new TandemError(ErrorCode.NoManager, "could not store the session; try again", { cause: err }));
+    }
+    if (this.actingEpoch !== epoch) return;
+    replyOk<OpenReply>(m, { session, epoch, maxPending, maxPayload: this.rt.config.maxPayload });
+    this.log.debug({ session, client, service, server: entry.server }, "session opened");
+    this.run(effects);
+  }
+
+  private async onResume(m: Msg): Promise<void> {
+    const core = this.core!;
+    let client: string;
+    let session: string;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v)) throw malformed("resume: body must be an object");
+      client = field(v, "client", isToken, "a token");
+      session = field(v, "session", isToken, "a token");
+    } catch (err) {
+      return this.reject(m, err as TandemError);
+    }
+    // I6: everything the client saw acknowledged in its request queue must be applied first.
+    try {
+      const info = await this.rt.jsm.streams.info(this.rt.names.streamReq);
+      await this.caughtUpTo(info.state.last_seq, 0, 5000);
+    } catch (err) {
+      return this.reject(m, new TandemError(ErrorCode.NoManager, "manager is catching up with the queues; retry the resume", { cause: err }));
+    }
+    const { entry, effects } = core.resume(client, session, now());
+    if (!entry) {
+      return this.reject(
+        m,
+        new TandemError(ErrorCode.UnknownSession, `session ${session} is not open (closed, or never opened by client ${client}); open a new session`, {
+          context: { session, client },
+        }),
+      );
+    }
+    const info = core.restartInfo(session)!;
+    replyOk<ResumeReply>(m, {
+      session,
+      service: entry.service,
+      epoch: this.actingEpoch,
+      restart: entry.clientRestart,
+      lastReq: entry.lastReq,
+      taken: entry.taken,
+      requests: info.requests,
+      responses: info.responses,
+      maxPending: entry.maxPending,
+      maxPayload: this.rt.config.maxPayload,
+    });
+    this.log.info({ session, client, taken: entry.taken, lastReq: entry.lastReq }, "session resumed");
+    this.run(effects);
+  }
+
+  private async onClose(m: Msg): Promise<void> {
+    const core = this.core!;
+    let client: string;
+    let session: string;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v)) throw malformed("close: body must be an object");
+      client = field(v, "client", isToken, "a token");
+      session = field(v, "session", isToken, "a token");
+    } catch (err) {
+      return this.reject(m, err as TandemError);
+    }
+    const { closed, effects } = core.close(client, session);
+    if (!closed) {
+      return this.reject(m, new TandemError(ErrorCode.UnknownSession, `session ${session} is not open`, { context: { session } }));
+    }
+    this.run(effects);
+    const { names, jsm, kv } = this.rt;
+    // Purge the queues first, then the record: a crash in between leaves an empty record,
+    // never queue entries without one.
+    await Promise.all([
+      jsm.streams.purge(names.streamReq, { filter: names.req(client, session) }),
+      jsm.streams.purge(names.streamResp, { filter: names.resp(client, session) }),
+    ]).catch((err) => this.log.warn({ err, session }, "purge of a closed session's queues failed"));
+    await Promise.all([
+      kv.sessions.purge(session),
+      kv.restart.purge(`${session}.client`),
+      kv.restart.purge(`${session}.server`),
+    ]).catch((err) => this.log.warn({ err, session }, "removing a closed session's records failed"));
+    replyOk(m, { session, closed: true });
+    this.log.debug({ session, client }, "session closed");
+  }
+
+  private onRegister(m: Msg): void {
+    const core = this.core!;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v)) throw malformed("register: body must be an object");
+      const server = field(v, "server", isToken, "a token");
+      const service = field(v, "service", isToken, "a token");
+      const capacity = v.capacity === undefined ? 1 : field(v, "capacity", isPositiveInt, "a positive integer");
+      const effects = core.registerServer(server, service, capacity, now());
+      replyOk(m, { epoch: this.actingEpoch });
+      this.log.info({ server, service }, "server registered");
+      this.run(effects);
+    } catch (err) {
+      this.reject(m, err as TandemError);
+    }
+  }
+
+  private onHeartbeat(m: Msg): void {
+    const core = this.core!;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v)) throw malformed("heartbeat: body must be an object");
+      const server = field(v, "server", isToken, "a token");
+      const epoch = typeof v.epoch === "number" ? v.epoch : 0;
+      if (epoch > this.actingEpoch) {
+        // The server has seen a newer manager: we are stale. Stop acting.
+        this.reject(m, new TandemError(ErrorCode.StaleEpoch, `manager epoch ${this.actingEpoch} is older than ${epoch}`));
+        this.actingEpoch = 0;
+        this.actor?.send({ type: "FENCED", reason: "a server has seen a newer epoch" });
+        return;
+      }
+      const known = core.heartbeat(server, now());
+      replyOk<HeartbeatReply>(m, known ? { epoch: this.actingEpoch } : { epoch: this.actingEpoch, reregister: true });
+    } catch (err) {
+      this.reject(m, err as TandemError);
+    }
+  }
+
+  private reject(m: Msg, err: TandemError | Error): void {
+    const te = err instanceof TandemError ? err : new TandemError(ErrorCode.Malformed, String(err.message ?? err));
+    replyError(m, te);
+    void publishDlq(this.rt, te, m.subject, m.headers, m.data);
+  }
+
+  // ---- effects ---------------------------------------------------------------------------
+
+  private run(effects: Effect[]): void {
+    const epoch = this.actingEpoch;
+    if (!epoch) return;
+    for (const e of effects) this.exec(e, epoch);
+  }
+
+  private exec(e: Effect, epoch: number): void {
+    const { rt } = this;
+    const core = this.core;
+    if (!core || this.actingEpoch !== epoch) return;
+    const timeout = rt.config.ackTimeoutMs;
+    switch (e.type) {
+      case "dispatch": {
+        const s = core.sessions.get(e.session);
+        const req = s?.requests.get(e.n);
+        if (!s || !req) return;
+        const work: WorkMsg = {
+          epoch,
+          session: s.id,
+          client: s.client,
+          service: s.service,
+          n: e.n,
+          kind: req.kind,
+          payload: req.payload,
+          restart: s.serverRestart,
+        };
+        const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: req.kind });
+        rt.nc
+          .request(rt.names.srv(e.server, "work"), encode(work), { timeout, headers })
+          .then((r) => {
+            const rep = decode(r.data) as Reply<unknown>;
+            if (rep.ok) core.dispatchAcked(e.session, e.n);
+            else this.run(core.dispatchFailed(e.session, e.n, now()));
+          })
+          .catch(() => this.run(core.dispatchFailed(e.session, e.n, now())));
+        return;
+      }
+      case "cancel": {
+        rt.nc.publish(rt.names.srv(e.server, "cancel"), encode({ epoch, session: e.session, n: e.n }));
+        return;
+      }
+      case "deliver": {
+        const s = core.sessions.get(e.session);
+        const resp = s?.responses.get(e.n);
+        if (!s || !resp) return;
+        const msg: DeliverMsg = { epoch, session: s.id, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
+        const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response" });
+        rt.nc
+          .request(rt.names.cli(e.client, "deliver"), encode(msg), { timeout, headers })
+          .then((r) => {
+            const rep = decode(r.data) as Reply<unknown>;
+            if (rep.ok) this.run(core.deliverAcked(e.session, e.n, now()));
+            else this.run(core.deliverFailed(e.session, e.n, now()));
+          })
+          .catch(() => this.run(core.deliverFailed(e.session, e.n, now())));
+        return;
+      }
+      case "putRestart": {
+        rt.kv.restart
+          .put(`${e.session}.${e.side}`, encode(e.record))
+          .catch((err) => this.log.warn({ err, session: e.session }, "storing restart data in the bucket failed (it stays in the queue)"));
+        return;
+      }
+      case "storeError": {
+        const body = { n: e.n, server: "manager", error: e.error };
+        rt.js
+          .publish(rt.names.resp(e.client, e.session), encode(body), {
+            msgID: `${e.session}.${e.n}`,
+            headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "response", code: e.error.code }),
+          })
+          .catch((err) => this.log.error({ err, session: e.session, n: e.n }, "could not store an error response"));
+        return;
+      }
+      case "notify": {
+        const msg: DeliverMsg = { epoch, session: e.session, n: e.n, server: "manager", error: e.error };
+        rt.nc.publish(rt.names.cli(e.client, "deliver"), encode(msg), { headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control", code: e.error.code }) });
+        return;
+      }
+      case "dlq": {
+        void publishDlq(rt, e, "", undefined, undefined, `${e.context.session ?? ""}.${e.context.n ?? ""}`);
+        return;
+      }
+      case "restartServer": {
+        const msg: RestartMsg = { epoch, sessions: [] };
+        for (const id of e.sessions) {
+          const info = core.restartInfo(id);
+          const s = core.sessions.get(id);
+          if (info && s) msg.sessions.push({ ...info, restart: s.serverRestart });
+        }
+        rt.nc
+          .request(rt.names.srv(e.server, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
+          .then((r) => {
+            const rep = decode(r.data) as Reply<ServerRestartAck>;
+            if (rep.ok) {
+              this.log.info({ server: e.server, sessions: e.sessions.length, working: rep.value.working.length }, "server session restarted");
+              this.run(core.serverRestartAcked(rep.value, now()));
+            } else core.serverRestartFailed(e.server, now());
+          })
+          .catch(() => core.serverRestartFailed(e.server, now()));
+        return;
+      }
+      case "restartClient": {
+        const msg: RestartMsg = { epoch, sessions: [] };
+        for (const id of e.sessions) {
+          const info = core.restartInfo(id);
+          const s = core.sessions.get(id);
+          if (info && s) msg.sessions.push({ ...info, restart: s.clientRestart });
+        }
+        rt.nc
+          .request(rt.names.cli(e.client, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
+          .then((r) => {
+            const rep = decode(r.data) as Reply<ClientRestartAck>;
+            if (rep.ok) {
+              this.log.info({ client: e.client, sessions: e.sessions.length }, "client session restarted");
+              this.run(core.clientRestartAcked(rep.value, now()));
+            } else this.run(core.clientRestartFailed(e.client, now()));
+          })
+          .catch(() => this.run(core.clientRestartFailed(e.client, now())));
+        return;
+      }
+      case "report": {
+        this.log[e.level](e.context, e.message);
+        return;
+      }
+    }
+  }
+}
+

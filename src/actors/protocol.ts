@@ -1,0 +1,147 @@
+/**
+ * Parsing and replying shared by the actors: queue messages with validation (I7), replies with
+ * stable error codes, and copies of rejected input in the dead-letter stream.
+ */
+import type { JsMsg } from "@nats-io/jetstream";
+import type { Msg, MsgHdrs } from "@nats-io/transport-node";
+import type { RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
+import { ErrorCode, TandemError } from "../runtime/errors.js";
+import type { Runtime } from "../runtime/runtime.js";
+import {
+  decode,
+  encode,
+  field,
+  Header,
+  isNonNegInt,
+  isObject,
+  isPositiveInt,
+  makeHeaders,
+  malformed,
+  type Names,
+} from "../runtime/wire.js";
+
+export type ParsedRequest =
+  | {
+      type: "request";
+      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown };
+      size: number;
+    }
+  | { type: "taken"; client: string; session: string; taken: number }
+  | { error: TandemError; client?: string; session?: string; n?: number };
+
+export function parseRequestMsg(names: Names, m: { subject: string; headers?: MsgHdrs | undefined; data: Uint8Array }): ParsedRequest {
+  const ids = names.parseQueueSubject(m.subject);
+  if (!ids) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.req.<client>.<session>`) };
+  try {
+    const v = decode(m.data);
+    if (!isObject(v)) throw malformed("request body must be a JSON object");
+    const kind = m.headers?.get(Header.Kind) ?? "request";
+    if (kind === "control") {
+      const taken = field(v, "taken", isNonNegInt, "a non-negative integer");
+      return { type: "taken", ...ids, taken };
+    }
+    const n = field(v, "n", isPositiveInt, "a positive integer");
+    const k = v.kind ?? "request";
+    if (k !== "request" && k !== "update") throw malformed(`field "kind" must be "request" or "update"`, { field: "kind" });
+    if (!("payload" in v)) throw malformed(`field "payload" is missing`, { field: "payload" });
+    // Size of what the application sent, measured on the wire form of the payload.
+    const size = encode(v.payload ?? null).length;
+    return {
+      type: "request",
+      request: { ...ids, n, kind: k, payload: v.payload, ...("restart" in v ? { restart: v.restart } : {}) },
+      size,
+    };
+  } catch (err) {
+    const n = Number(m.headers?.get(Header.Request));
+    return { error: asTandem(err), ...ids, ...(Number.isInteger(n) && n > 0 ? { n } : {}) };
+  }
+}
+
+export type ParsedResponse =
+  | { type: "response"; body: { client: string; session: string } & ResponseBody }
+  | { type: "checkpoint"; body: { client: string; session: string; n: number; server: string; restart: unknown } }
+  | { error: TandemError };
+
+export function parseResponseMsg(names: Names, m: JsMsg): ParsedResponse {
+  const ids = names.parseQueueSubject(m.subject);
+  if (!ids) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.resp.<client>.<session>`) };
+  try {
+    const v = decode(m.data);
+    if (!isObject(v)) throw malformed("response body must be a JSON object");
+    const n = field(v, "n", isPositiveInt, "a positive integer");
+    const server = typeof v.server === "string" ? v.server : "unknown";
+    if (m.headers?.get(Header.Kind) === "control") {
+      if (!("restart" in v)) throw malformed(`checkpoint without "restart"`);
+      return { type: "checkpoint", body: { ...ids, n, server, restart: v.restart } };
+    }
+    const body: { client: string; session: string } & ResponseBody = { ...ids, n, server };
+    if (isObject(v.error)) body.error = v.error as unknown as WireErr;
+    else body.ok = v.ok;
+    if ("restart" in v) body.restart = v.restart;
+    return { type: "response", body };
+  } catch (err) {
+    return { error: asTandem(err) };
+  }
+}
+
+export function asTandem(err: unknown): TandemError {
+  if (err instanceof TandemError) return err;
+  return new TandemError(ErrorCode.Malformed, err instanceof Error ? err.message : String(err), { cause: err });
+}
+
+export function replyOk<T>(m: Msg, value: T): void {
+  if (!m.reply) return;
+  m.respond(encode({ ok: true, value } satisfies Reply<T>));
+}
+
+export function replyError(m: Msg, err: TandemError): void {
+  if (!m.reply) return;
+  m.respond(encode({ ok: false, error: err.toWire() } satisfies Reply<never>), { headers: makeHeaders({ code: err.code }) });
+}
+
+/** Unwrap a Reply, turning an error reply into a TandemError with its code. */
+export function unwrap<T>(data: Uint8Array): T {
+  const r = decode(data) as Reply<T>;
+  if (!isObject(r) || typeof r.ok !== "boolean") throw malformed("reply is not a Tandem reply");
+  if (r.ok) return r.value;
+  throw TandemError.fromWire(r.error);
+}
+
+/** The DLQ reason token: TANDEM_UNKNOWN_SESSION -> unknown_session. */
+export function dlqReason(code: string): string {
+  return code.replace(/^TANDEM_/, "").toLowerCase().replace(/[^a-z0-9_]/g, "_") || "unknown";
+}
+
+/**
+ * A copy of rejected input in TANDEM_DLQ: the error (code, message, context), where it came
+ * from, its headers and body. Never throws: a DLQ failure must not take anything down.
+ */
+export async function publishDlq(
+  rt: Pick<Runtime, "js" | "names" | "logger">,
+  err: WireErr,
+  subject: string,
+  headers: MsgHdrs | undefined,
+  data: Uint8Array | undefined,
+  dedupe?: string,
+): Promise<void> {
+  const hdrs: Record<string, string> = {};
+  if (headers) for (const k of headers.keys()) hdrs[k] = headers.get(k);
+  const body = {
+    code: err.code,
+    message: err.message,
+    context: err.context ?? {},
+    subject,
+    headers: hdrs,
+    data: data ? Buffer.from(data).toString("base64") : null,
+    at: new Date().toISOString(),
+  };
+  try {
+    await rt.js.publish(rt.names.dlq(dlqReason(err.code)), encode(body), {
+      headers: makeHeaders({ code: err.code, kind: "control" }),
+      ...(dedupe ? { msgID: `dlq.${dlqReason(err.code)}.${dedupe}` } : {}),
+    });
+  } catch (e) {
+    rt.logger.warn({ err: e, code: err.code }, "could not publish to the dead-letter stream");
+  }
+  rt.logger.warn({ code: err.code, subject, reason: err.message }, "rejected input sent to the dead-letter stream");
+}

@@ -1,0 +1,346 @@
+/**
+ * The server session actor: registers a handler for a service, takes work from the manager on
+ * `<p>.srv.<id>.work`, runs it with an AbortSignal, stores server restart data (checkpoints)
+ * and the response in the session's response queue. Drives serverSessionMachine.
+ */
+import type { Msg, Subscription } from "@nats-io/transport-node";
+import { createActor, fromPromise, waitFor, type Actor } from "xstate";
+import { serverSessionMachine } from "../machines/serverSessionMachine.js";
+import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord, ServerRestartAck, WorkMsg } from "../machines/types.js";
+import { ErrorCode, TandemError } from "../runtime/errors.js";
+import type { Logger } from "../runtime/logger.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { newId } from "./manager.js";
+import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+
+export interface WorkRequest {
+  session: string;
+  client: string;
+  n: number;
+  kind: RequestKind;
+  payload: unknown;
+  /** The latest server restart data of this session (e.g. progress of work a dead server began). */
+  restart: unknown;
+}
+
+export interface WorkContext {
+  /** Fires when the work is cancelled (session closed, hedge lost, server stopping). */
+  signal: AbortSignal;
+  /** Store server restart data now (durable before it resolves); it also goes with the response. */
+  checkpoint(data: unknown): Promise<void>;
+  log: Logger;
+}
+
+export type Handler = (req: WorkRequest, ctx: WorkContext) => unknown | Promise<unknown>;
+
+export interface ServerOptions {
+  service: string;
+  handler: Handler;
+  /** Requests run at once; more wait in line. */
+  capacity?: number;
+  id?: string;
+}
+
+interface Running {
+  session: string;
+  n: number;
+  abort: AbortController;
+}
+
+export class TandemServer {
+  readonly id: string;
+  readonly service: string;
+  private readonly log: Logger;
+  private readonly capacity: number;
+  private actor: Actor<typeof serverSessionMachine> | undefined;
+  private subs: Subscription[] = [];
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private running = new Map<string, Running>();
+  private waiting: Array<() => void> = [];
+  private active = 0;
+  private epoch = 0;
+  private stopping = false;
+  /** Counters for tests and the CLI. */
+  readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0 };
+
+  constructor(
+    private readonly rt: Runtime,
+    private readonly opts: ServerOptions,
+  ) {
+    if (!isToken(opts.service)) throw new TandemError(ErrorCode.Config, `service name "${opts.service}" must be 1-64 letters, digits, _ or -`);
+    this.id = opts.id ?? `${opts.service}-${newId(6)}`;
+    this.service = opts.service;
+    this.capacity = opts.capacity ?? 64;
+    this.log = rt.logger.child({ role: "server", server: this.id, service: this.service });
+  }
+
+  static async start(rt: Runtime, opts: ServerOptions): Promise<TandemServer> {
+    const s = new TandemServer(rt, opts);
+    await s.start();
+    return s;
+  }
+
+  get state(): string {
+    const v = this.actor?.getSnapshot().value;
+    return typeof v === "string" ? v : JSON.stringify(v);
+  }
+
+  async start(): Promise<void> {
+    const names = this.rt.names;
+    const sub = (subject: string, handler: (m: Msg) => Promise<void> | void) => {
+      this.subs.push(
+        this.rt.nc.subscribe(subject, {
+          callback: (err, m) => {
+            if (err) return;
+            Promise.resolve(handler(m)).catch((e) => this.log.error({ err: e }, "handler failed"));
+          },
+        }),
+      );
+    };
+    sub(names.srv(this.id, "work"), (m) => this.onWork(m));
+    sub(names.srv(this.id, "cancel"), (m) => this.onCancel(m));
+    sub(names.srv(this.id, "restart"), (m) => this.onRestart(m));
+    await this.rt.nc.flush();
+    const machine = serverSessionMachine.provide({
+      actors: {
+        register: fromPromise(() => this.register()),
+        reconcile: fromPromise(async () => {}),
+        drain: fromPromise(() => this.drain()),
+      },
+    });
+    this.actor = createActor(machine, { input: { server: this.id, service: this.service } });
+    this.actor.start();
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.rt.config.serverHeartbeatMs);
+    await waitFor(this.actor, (s) => s.matches("serving"), { timeout: 60_000 });
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.heartbeatTimer);
+    this.actor?.send({ type: "STOP" });
+    if (this.actor) await waitFor(this.actor, (s) => s.status === "done", { timeout: 30_000 }).catch(() => {});
+    for (const s of this.subs) s.unsubscribe();
+  }
+
+  private async register(): Promise<{ epoch: number }> {
+    let delay = 100;
+    for (;;) {
+      if (this.stopping) throw new Error("stopping");
+      try {
+        const r = await this.rt.nc.request(
+          this.rt.names.register,
+          encode({ server: this.id, service: this.service, capacity: this.capacity }),
+          { timeout: this.rt.config.ackTimeoutMs },
+        );
+        const { epoch } = unwrap<{ epoch: number }>(r.data);
+        this.epoch = Math.max(this.epoch, epoch);
+        this.log.info({ epoch }, "registered with the manager");
+        return { epoch };
+      } catch (err) {
+        this.log.debug({ err }, "no manager answered the registration yet; retrying");
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 2000);
+      }
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (this.stopping || !this.actor?.getSnapshot().matches("serving")) return;
+    try {
+      const r = await this.rt.nc.request(
+        this.rt.names.heartbeat,
+        encode({ server: this.id, service: this.service, epoch: this.epoch, working: this.active }),
+        { timeout: this.rt.config.serverHeartbeatMs * 2 },
+      );
+      const rep = unwrap<HeartbeatReply>(r.data);
+      if (rep.epoch < this.epoch) return; // a stale manager answered; ignore it (I5)
+      if (rep.reregister) {
+        this.log.info({ epoch: rep.epoch }, "manager does not know this server; registering again");
+        this.actor?.send({ type: "REREGISTER" });
+      }
+    } catch {
+      /* no manager right now: the registration or the next heartbeat will tell */
+    }
+  }
+
+  private stale(m: Msg, epoch: unknown): boolean {
+    if (typeof epoch === "number" && epoch >= this.epoch) {
+      this.epoch = epoch;
+      return false;
+    }
+    const err = new TandemError(ErrorCode.StaleEpoch, `message from manager epoch ${String(epoch)} but this server has seen ${this.epoch}`, {
+      context: { epoch, seen: this.epoch, server: this.id },
+    });
+    replyError(m, err);
+    void publishDlq(this.rt, err, m.subject, m.headers, m.data);
+    return true;
+  }
+
+  private onRestart(m: Msg): void {
+    let msg: RestartMsg;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v) || !Array.isArray(v.sessions)) throw malformed("restart: body must have sessions[]");
+      msg = v as unknown as RestartMsg;
+    } catch (err) {
+      replyError(m, err as TandemError);
+      return;
+    }
+    if (this.stale(m, msg.epoch)) return;
+    this.actor?.send({ type: "RESTART", epoch: msg.epoch });
+    // Reconcile: report the work of these sessions still running here, so it is not sent twice.
+    const mine = new Set(msg.sessions.map((s) => s.session));
+    const working = [...this.running.values()].filter((r) => mine.has(r.session)).map((r) => ({ session: r.session, n: r.n }));
+    this.log.info({ epoch: msg.epoch, sessions: msg.sessions.length, working: working.length }, "restart from the manager");
+    replyOk<ServerRestartAck>(m, { server: this.id, working });
+  }
+
+  private onCancel(m: Msg): void {
+    try {
+      const v = decode(m.data) as CancelMsg;
+      if (this.stale(m, v.epoch)) return;
+      const r = this.running.get(`${v.session}.${v.n}`);
+      if (r) {
+        r.abort.abort(new TandemError(ErrorCode.Cancelled, "cancelled by the manager"));
+        this.stats.cancelled++;
+      }
+      replyOk(m, { cancelled: r !== undefined });
+    } catch (err) {
+      replyError(m, err instanceof TandemError ? err : malformed(String(err)));
+    }
+  }
+
+  private onWork(m: Msg): void {
+    let w: WorkMsg;
+    try {
+      const v = decode(m.data);
+      if (!isObject(v) || !isToken(v.session) || !isToken(v.client) || !isPositiveInt(v.n)) {
+        throw malformed("work: needs session, client and n");
+      }
+      w = v as unknown as WorkMsg;
+    } catch (err) {
+      const te = err instanceof TandemError ? err : malformed(String(err));
+      replyError(m, te);
+      void publishDlq(this.rt, te, m.subject, m.headers, m.data);
+      return;
+    }
+    if (this.stale(m, w.epoch)) return;
+    if (this.stopping) {
+      replyError(m, new TandemError(ErrorCode.NoManager, "server is stopping"));
+      return;
+    }
+    const key = `${w.session}.${w.n}`;
+    if (this.running.has(key)) {
+      // Sent again after a manager restart while still running here: one execution is enough.
+      this.stats.duplicates++;
+      replyOk(m, { accepted: true, running: true });
+      return;
+    }
+    const run: Running = { session: w.session, n: w.n, abort: new AbortController() };
+    this.running.set(key, run);
+    replyOk(m, { accepted: true });
+    void this.execute(w, run);
+  }
+
+  private async slot(): Promise<void> {
+    if (this.active < this.capacity) {
+      this.active++;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+    this.active++;
+  }
+
+  private release(): void {
+    this.active--;
+    this.waiting.shift()?.();
+  }
+
+  private async execute(w: WorkMsg, run: Running): Promise<void> {
+    const key = `${w.session}.${w.n}`;
+    await this.slot();
+    this.actor?.send({ type: "WORK_STARTED" });
+    this.stats.started++;
+    const log = this.log.child({ session: w.session, n: w.n });
+    let restart: unknown = (w.restart as RestartRecord | null)?.data;
+    let hasRestart = false;
+    let checkpoints = 0;
+    const subject = this.rt.names.resp(w.client, w.session);
+    const ctx: WorkContext = {
+      signal: run.abort.signal,
+      log,
+      checkpoint: async (data: unknown) => {
+        restart = data;
+        hasRestart = true;
+        checkpoints++;
+        await this.rt.js.publish(subject, encode({ n: w.n, server: this.id, restart: data }), {
+          msgID: `${w.session}.${w.n}.c${checkpoints}.${this.id}`,
+          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id }),
+        });
+      },
+    };
+    let body: Record<string, unknown>;
+    try {
+      const result = await this.opts.handler(
+        { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart },
+        ctx,
+      );
+      body = { n: w.n, server: this.id, ok: result ?? null };
+      this.stats.completed++;
+    } catch (err) {
+      if (run.abort.signal.aborted) {
+        // Cancelled work leaves no response: the request is answered elsewhere or not at all.
+        this.finish(key);
+        return;
+      }
+      const te = err instanceof TandemError ? err : new TandemError(ErrorCode.HandlerFailed, err instanceof Error ? err.message : String(err));
+      body = { n: w.n, server: this.id, error: te.toWire() };
+      this.stats.failed++;
+      log.warn({ err }, "handler failed; the client gets the error");
+    }
+    if (hasRestart) body.restart = restart;
+    if (run.abort.signal.aborted) {
+      this.finish(key);
+      return;
+    }
+    await this.storeResponse(subject, w, body);
+    this.finish(key);
+  }
+
+  private finish(key: string): void {
+    this.running.delete(key);
+    this.release();
+    this.actor?.send({ type: "WORK_FINISHED" });
+  }
+
+  /** The response must reach the queue: retry (same message id, so at most one is stored). */
+  private async storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
+    let delay = 50;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.rt.js.publish(subject, encode(body), {
+          msgID: `${w.session}.${w.n}`,
+          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id }),
+        });
+        return;
+      } catch (err) {
+        if (this.stopping && attempt > 20) {
+          this.log.error({ err, session: w.session, n: w.n }, "could not store a response before stopping; another server will redo it");
+          return;
+        }
+        if (attempt === 5) this.log.warn({ err, session: w.session, n: w.n }, "storing a response keeps failing; retrying");
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  /** Drain: finish the work in hand (bounded), then stop. */
+  private async drain(): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const r of this.running.values()) r.abort.abort(new TandemError(ErrorCode.Cancelled, "server stopping"));
+  }
+}

@@ -1,0 +1,728 @@
+/**
+ * The manager's routing table: every client-server session with its queues and cursors.
+ * Pure decisions: each method takes an event (and the time, injected), updates the table and
+ * returns the effects the manager actor must carry out. No I/O, no timers, no clock of its own.
+ *
+ * Queues are JetStream streams; the table holds what of them is still needed:
+ *  - requests with n > answered (to dispatch, or redo after a server dies),
+ *  - responses with n > taken (to deliver, or deliver again after a client restarts).
+ * Cursors per session: lastReq (highest n queued), answered (all n <= answered have a stored
+ * response), taken (the application took all responses <= taken), delivered (the live client
+ * incarnation accepted up to here; volatile).
+ */
+import type {
+  ClientRestartAck,
+  RequestKind,
+  RestartRecord,
+  RestartSession,
+  ServerRestartAck,
+  WireErr,
+} from "./types.js";
+
+export interface CoreLimits {
+  maxPending: number;
+  maxPayload: number;
+  serverTimeoutMs: number;
+  ackTimeoutMs: number;
+}
+
+export interface PendingRequest {
+  kind: RequestKind;
+  payload: unknown;
+  seq: number;
+  /** Rejected (too large, over the pending limit): answered by an error response, never dispatched. */
+  rejected: boolean;
+}
+
+export interface StoredResponse {
+  ok?: unknown;
+  error?: WireErr;
+  server: string;
+  seq: number;
+}
+
+export interface SessionEntry {
+  id: string;
+  client: string;
+  service: string;
+  ordered: boolean;
+  maxPending: number;
+  server: string | null;
+  /** The assigned server acknowledged a restart for this session (or got it fresh). */
+  serverSynced: boolean;
+  lastReq: number;
+  answered: number;
+  taken: number;
+  delivered: number;
+  delivering: number;
+  deliverRetryAt: number;
+  deliverAttempts: number;
+  dispatched: number;
+  dispatchAcked: boolean;
+  dispatchRetryAt: number;
+  dispatchAttempts: number;
+  clientRestart: RestartRecord | null;
+  serverRestart: RestartRecord | null;
+  requests: Map<number, PendingRequest>;
+  responses: Map<number, StoredResponse>;
+  dirty: boolean;
+}
+
+export interface ServerEntry {
+  id: string;
+  service: string;
+  capacity: number;
+  lastSeen: number;
+  alive: boolean;
+  /** Known only from a backup: not heard from since this manager started. */
+  presumed: boolean;
+  restartRetryAt: number;
+  restartAttempts: number;
+  restartInFlight: boolean;
+}
+
+export interface ClientEntry {
+  id: string;
+  /** The client acknowledged this manager epoch (restart or open/resume). */
+  synced: boolean;
+  retryAt: number;
+  attempts: number;
+  inFlight: boolean;
+}
+
+/** The persisted form of a session (bucket tandem_sessions). */
+export interface SessionRecord {
+  v: 1;
+  session: string;
+  client: string;
+  service: string;
+  ordered: boolean;
+  maxPending: number;
+  server: string | null;
+  status: "open";
+  lastReq: number;
+  answered: number;
+  taken: number;
+}
+
+/** The persisted cursor of the whole table (bucket tandem_ctl, key `cursor`). */
+export interface CursorRecord {
+  v: 1;
+  epoch: number;
+  /** Last stream sequences the table has applied. */
+  reqSeq: number;
+  respSeq: number;
+  /** Replay must start here to rebuild pending requests and untaken responses. */
+  reqFrom: number;
+  respFrom: number;
+  services: string[];
+  servers: Array<{ id: string; service: string }>;
+}
+
+export type Effect =
+  | { type: "dispatch"; server: string; session: string; n: number }
+  | { type: "cancel"; server: string; session: string; n: number }
+  | { type: "deliver"; client: string; session: string; n: number }
+  | { type: "putRestart"; session: string; side: "client" | "server"; record: RestartRecord }
+  | { type: "storeError"; client: string; session: string; n: number; error: WireErr }
+  | { type: "notify"; client: string; session: string; n: number; error: WireErr }
+  | { type: "dlq"; code: string; message: string; context: Record<string, unknown> }
+  | { type: "restartServer"; server: string; sessions: string[] }
+  | { type: "restartClient"; client: string; sessions: string[] }
+  | { type: "report"; level: "info" | "warn"; message: string; context: Record<string, unknown> };
+
+const MANAGER = "manager";
+
+function newer(a: RestartRecord | null, b: RestartRecord): boolean {
+  if (!a) return true;
+  return b.n > a.n || (b.n === a.n && b.seq >= a.seq);
+}
+
+function backoff(base: number, attempts: number): number {
+  return Math.min(base * 2 ** Math.min(attempts, 5), 10_000);
+}
+
+export class ManagerCore {
+  readonly sessions = new Map<string, SessionEntry>();
+  readonly servers = new Map<string, ServerEntry>();
+  readonly clients = new Map<string, ClientEntry>();
+  readonly services = new Set<string>();
+  reqSeq = 0;
+  respSeq = 0;
+
+  constructor(
+    readonly limits: CoreLimits,
+    public epoch: number,
+  ) {}
+
+  // ---- sessions -----------------------------------------------------------------------
+
+  /** Open a session; the caller checked the service is known. */
+  open(
+    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown },
+    now: number,
+  ): { entry: SessionEntry; effects: Effect[] } {
+    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending);
+    entry.server = this.pickServer(args.service);
+    entry.serverSynced = true;
+    if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
+    this.sessions.set(entry.id, entry);
+    this.client(args.client).synced = true;
+    const effects: Effect[] = [];
+    if (entry.clientRestart) effects.push({ type: "putRestart", session: entry.id, side: "client", record: entry.clientRestart });
+    this.pump(entry, now, effects);
+    return { entry, effects };
+  }
+
+  isKnownService(service: string): boolean {
+    return this.services.has(service);
+  }
+
+  /** A client that came back asks for its session: reset delivery to what it has taken. */
+  resume(client: string, session: string, now: number): { entry: SessionEntry | null; effects: Effect[] } {
+    const s = this.sessions.get(session);
+    if (!s || s.client !== client) return { entry: null, effects: [] };
+    s.delivered = s.taken;
+    s.delivering = 0;
+    s.deliverRetryAt = 0;
+    s.deliverAttempts = 0;
+    const c = this.client(client);
+    // The resumed client knows this epoch now; other sessions of the same client id are
+    // re-synchronised by the restart already in flight, if any.
+    if (!c.inFlight) c.synced = true;
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
+    return { entry: s, effects };
+  }
+
+  close(client: string, session: string): { closed: SessionEntry | null; effects: Effect[] } {
+    const s = this.sessions.get(session);
+    if (!s || s.client !== client) return { closed: null, effects: [] };
+    this.sessions.delete(session);
+    const effects: Effect[] = [];
+    if (s.dispatched && s.server) effects.push({ type: "cancel", server: s.server, session, n: s.dispatched });
+    return { closed: s, effects };
+  }
+
+  restartInfo(id: string): RestartSession | null {
+    const s = this.sessions.get(id);
+    if (!s) return null;
+    return {
+      session: s.id,
+      client: s.client,
+      service: s.service,
+      restart: null,
+      requests: [...s.requests.keys()].filter((n) => n > s.answered).sort((a, b) => a - b),
+      responses: [...s.responses.keys()].filter((n) => n > s.taken).sort((a, b) => a - b),
+      lastReq: s.lastReq,
+      taken: s.taken,
+    };
+  }
+
+  pendingCount(s: SessionEntry): number {
+    return s.lastReq - s.taken;
+  }
+
+  // ---- queue events (from the streams, in stream order) -------------------------------
+
+  onRequest(
+    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number },
+    now: number,
+    replaying: boolean,
+  ): Effect[] {
+    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    const effects: Effect[] = [];
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client) {
+      if (!replaying) {
+        const error = { code: "TANDEM_UNKNOWN_SESSION", message: `session ${m.session} is not open; open a new session` };
+        effects.push({ type: "notify", client: m.client, session: m.session, n: m.n, error });
+        effects.push({ type: "dlq", code: error.code, message: error.message, context: { client: m.client, session: m.session, n: m.n, seq: m.seq } });
+      }
+      return effects;
+    }
+    // Restart data first: a replayed duplicate may carry data newer than the bucket has (I6).
+    if (m.restart !== undefined) {
+      const rec = { data: m.restart, n: m.n, seq: m.seq };
+      if (newer(s.clientRestart, rec)) {
+        s.clientRestart = rec;
+        effects.push({ type: "putRestart", session: s.id, side: "client", record: rec });
+      }
+    }
+    if (m.n <= s.answered || s.requests.has(m.n)) return effects; // duplicate or replay of what we have
+    s.lastReq = Math.max(s.lastReq, m.n);
+    s.dirty = true;
+    let reject: WireErr | null = null;
+    if (m.size > this.limits.maxPayload) {
+      reject = { code: "TANDEM_PAYLOAD_TOO_LARGE", message: `request ${m.n} is ${m.size} bytes; the limit is ${this.limits.maxPayload}`, context: { size: m.size, limit: this.limits.maxPayload } };
+    } else if (this.pendingCount(s) > s.maxPending) {
+      reject = { code: "TANDEM_BACKPRESSURE", message: `session ${s.id} has more than ${s.maxPending} pending requests; take responses before sending more`, context: { limit: s.maxPending } };
+    }
+    if (reject) {
+      // The request is in the queue; it gets an error response so the queue moves on.
+      // Also on replay: both publishes are de-duplicated by message id.
+      s.requests.set(m.n, { kind: m.kind, payload: null, seq: m.seq, rejected: true });
+      effects.push({ type: "storeError", client: s.client, session: s.id, n: m.n, error: reject });
+      effects.push({ type: "dlq", code: reject.code, message: reject.message, context: { client: s.client, session: s.id, n: m.n, seq: m.seq } });
+      return effects;
+    }
+    s.requests.set(m.n, { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false });
+    this.pump(s, now, effects);
+    return effects;
+  }
+
+  onTaken(m: { seq: number; client: string; session: string; taken: number }, now: number): Effect[] {
+    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client || m.taken <= s.taken) return [];
+    // Not clipped to `answered`: on replay the two streams are read independently, and the
+    // client only takes what was answered, so taken implies answered.
+    s.taken = m.taken;
+    if (s.answered < s.taken) s.answered = s.taken;
+    for (const n of s.responses.keys()) if (n <= s.taken) s.responses.delete(n);
+    for (const n of s.requests.keys()) if (n <= s.answered) s.requests.delete(n);
+    if (s.delivered < s.taken) s.delivered = s.taken;
+    s.dirty = true;
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
+    return effects;
+  }
+
+  onResponse(
+    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown },
+    now: number,
+  ): Effect[] {
+    this.respSeq = Math.max(this.respSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client) return [];
+    const effects: Effect[] = [];
+    if (m.restart !== undefined && m.server !== MANAGER) {
+      const rec = { data: m.restart, n: m.n, seq: m.seq };
+      if (newer(s.serverRestart, rec)) {
+        s.serverRestart = rec;
+        effects.push({ type: "putRestart", session: s.id, side: "server", record: rec });
+      }
+    }
+    if (m.n <= s.taken || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
+    if (m.n > s.lastReq) s.lastReq = m.n; // response replayed before its request: trust the queue
+    s.responses.set(m.n, { ok: m.ok, error: m.error, server: m.server, seq: m.seq });
+    s.requests.delete(m.n);
+    while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
+    if (s.dispatched === m.n) {
+      s.dispatched = 0;
+      s.dispatchAttempts = 0;
+    }
+    s.dirty = true;
+    this.pump(s, now, effects);
+    return effects;
+  }
+
+  onCheckpoint(m: { seq: number; client: string; session: string; n: number; restart: unknown }): Effect[] {
+    this.respSeq = Math.max(this.respSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client) return [];
+    const rec = { data: m.restart, n: m.n, seq: m.seq };
+    if (!newer(s.serverRestart, rec)) return [];
+    s.serverRestart = rec;
+    return [{ type: "putRestart", session: s.id, side: "server", record: rec }];
+  }
+
+  // ---- acknowledgements of what the actor sent ----------------------------------------
+
+  dispatchAcked(session: string, n: number): void {
+    const s = this.sessions.get(session);
+    if (s && s.dispatched === n) s.dispatchAcked = true;
+  }
+
+  dispatchFailed(session: string, n: number, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s || s.dispatched !== n) return [];
+    s.dispatched = 0;
+    s.dispatchAcked = false;
+    s.dispatchAttempts++;
+    s.dispatchRetryAt = now + backoff(50, s.dispatchAttempts);
+    return [];
+  }
+
+  deliverAcked(session: string, n: number, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s || s.delivering !== n) return [];
+    s.delivering = 0;
+    s.deliverAttempts = 0;
+    s.delivered = Math.max(s.delivered, n);
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
+    return effects;
+  }
+
+  deliverFailed(session: string, n: number, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s || s.delivering !== n) return [];
+    s.delivering = 0;
+    s.deliverAttempts++;
+    s.deliverRetryAt = now + backoff(this.limits.ackTimeoutMs / 4, s.deliverAttempts);
+    const effects: Effect[] = [];
+    if (s.deliverAttempts === 3) {
+      effects.push({ type: "report", level: "warn", message: "client does not take deliveries; retrying with back-off", context: { client: s.client, session: s.id, n } });
+    }
+    return effects;
+  }
+
+  // ---- servers ---------------------------------------------------------------------------
+
+  registerServer(id: string, service: string, capacity: number, now: number): Effect[] {
+    this.services.add(service);
+    const known = this.servers.get(id);
+    const effects: Effect[] = [];
+    if (known && known.alive) {
+      known.lastSeen = now;
+      known.presumed = false;
+    } else {
+      this.servers.set(id, {
+        id,
+        service,
+        capacity,
+        lastSeen: now,
+        alive: true,
+        presumed: false,
+        restartRetryAt: 0,
+        restartAttempts: 0,
+        restartInFlight: false,
+      });
+    }
+    // Sessions this server had (known from a backup) need a restart; waiting sessions get it.
+    const mine: string[] = [];
+    for (const s of this.sessions.values()) {
+      if (s.service !== service) continue;
+      if (s.server === id && !s.serverSynced) mine.push(s.id);
+      else if (s.server === null) {
+        s.server = id;
+        s.serverSynced = false;
+        s.dirty = true;
+        mine.push(s.id);
+      }
+    }
+    if (mine.length) this.requestServerRestart(id, mine, effects);
+    return effects;
+  }
+
+  /** Returns false when the server is unknown (it must register again). */
+  heartbeat(id: string, now: number): boolean {
+    const srv = this.servers.get(id);
+    if (!srv || !srv.alive) return false;
+    srv.lastSeen = now;
+    if (srv.presumed) return false; // known only from a backup: make it register so it is restarted
+    return true;
+  }
+
+  serverRestartAcked(ack: ServerRestartAck, now: number): Effect[] {
+    const srv = this.servers.get(ack.server);
+    const effects: Effect[] = [];
+    if (!srv) return effects;
+    srv.restartInFlight = false;
+    srv.restartAttempts = 0;
+    const working = new Map(ack.working.map((w) => [w.session, w.n]));
+    for (const s of this.sessions.values()) {
+      if (s.server !== ack.server || s.serverSynced) continue;
+      s.serverSynced = true;
+      const n = working.get(s.id);
+      if (n !== undefined && n === s.answered + 1) {
+        s.dispatched = n; // still running there: don't send it twice
+        s.dispatchAcked = true;
+      } else {
+        s.dispatched = 0;
+      }
+      this.pump(s, now, effects);
+    }
+    return effects;
+  }
+
+  serverRestartFailed(server: string, now: number): void {
+    const srv = this.servers.get(server);
+    if (!srv) return;
+    srv.restartInFlight = false;
+    srv.restartAttempts++;
+    srv.restartRetryAt = now + backoff(this.limits.ackTimeoutMs / 4, srv.restartAttempts);
+  }
+
+  private requestServerRestart(server: string, sessions: string[], effects: Effect[]): void {
+    const srv = this.servers.get(server);
+    if (!srv) return;
+    srv.restartInFlight = true;
+    effects.push({ type: "restartServer", server, sessions });
+  }
+
+  private pickServer(service: string): string | null {
+    let best: ServerEntry | null = null;
+    let bestLoad = Infinity;
+    const load = new Map<string, number>();
+    for (const s of this.sessions.values()) if (s.server) load.set(s.server, (load.get(s.server) ?? 0) + 1);
+    for (const srv of this.servers.values()) {
+      if (srv.service !== service || !srv.alive || srv.presumed) continue;
+      const l = (load.get(srv.id) ?? 0) / Math.max(1, srv.capacity);
+      if (l < bestLoad) {
+        best = srv;
+        bestLoad = l;
+      }
+    }
+    return best ? best.id : null;
+  }
+
+  private serverDown(srv: ServerEntry, now: number, effects: Effect[]): void {
+    srv.alive = false;
+    const moved = new Map<string, string[]>();
+    let waiting = 0;
+    for (const s of this.sessions.values()) {
+      if (s.server !== srv.id) continue;
+      s.dispatched = 0;
+      s.dispatchAcked = false;
+      s.server = this.pickServer(s.service);
+      s.serverSynced = false;
+      s.dirty = true;
+      if (s.server) moved.set(s.server, [...(moved.get(s.server) ?? []), s.id]);
+      else waiting++;
+    }
+    this.servers.delete(srv.id);
+    effects.push({
+      type: "report",
+      level: "warn",
+      message: "server session lost (no heartbeat); its sessions move to other servers of the service",
+      context: { server: srv.id, service: srv.service, moved: [...moved.values()].reduce((a, b) => a + b.length, 0), waiting, at: now },
+    });
+    for (const [to, ids] of moved) this.requestServerRestart(to, ids, effects);
+  }
+
+  // ---- clients ---------------------------------------------------------------------------
+
+  private client(id: string): ClientEntry {
+    let c = this.clients.get(id);
+    if (!c) {
+      c = { id, synced: false, retryAt: 0, attempts: 0, inFlight: false };
+      this.clients.set(id, c);
+    }
+    return c;
+  }
+
+  clientRestartAcked(ack: ClientRestartAck, now: number): Effect[] {
+    const c = this.clients.get(ack.client);
+    if (!c) return [];
+    c.synced = true;
+    c.inFlight = false;
+    c.attempts = 0;
+    const effects: Effect[] = [];
+    const taken = new Map(ack.sessions.map((x) => [x.session, x.taken]));
+    for (const s of this.sessions.values()) {
+      if (s.client !== ack.client) continue;
+      const t = taken.get(s.id);
+      s.delivering = 0;
+      s.deliverRetryAt = 0;
+      // The client's taken may be ahead of ours (its TAKEN message still in the queue).
+      s.delivered = Math.max(s.taken, t ?? 0);
+      this.pump(s, now, effects);
+    }
+    return effects;
+  }
+
+  clientRestartFailed(client: string, now: number): Effect[] {
+    const c = this.clients.get(client);
+    if (!c) return [];
+    c.inFlight = false;
+    c.attempts++;
+    c.retryAt = now + backoff(this.limits.ackTimeoutMs / 2, c.attempts);
+    if (c.attempts === 3) {
+      return [{ type: "report", level: "warn", message: "client session does not answer restart; retrying with back-off (it can also resume by id)", context: { client, attempts: c.attempts } }];
+    }
+    return [];
+  }
+
+  /** After a rebuild: every client and server must restart against this epoch. */
+  startEpoch(epoch: number, now: number): Effect[] {
+    this.epoch = epoch;
+    const effects: Effect[] = [];
+    for (const s of this.sessions.values()) {
+      s.serverSynced = false;
+      s.dispatched = 0;
+      s.delivering = 0;
+      this.client(s.client).synced = false;
+    }
+    for (const srv of this.servers.values()) {
+      srv.presumed = true;
+      srv.alive = true;
+      srv.lastSeen = now;
+    }
+    effects.push(...this.tick(now));
+    return effects;
+  }
+
+  // ---- time ------------------------------------------------------------------------------
+
+  /** Periodic work: dead servers, retries of restarts, deliveries and dispatches. */
+  tick(now: number): Effect[] {
+    const effects: Effect[] = [];
+    for (const srv of [...this.servers.values()]) {
+      if (srv.alive && now - srv.lastSeen > this.limits.serverTimeoutMs) this.serverDown(srv, now, effects);
+    }
+    for (const c of this.clients.values()) {
+      if (c.synced || c.inFlight || now < c.retryAt) continue;
+      const sessions = [...this.sessions.values()].filter((s) => s.client === c.id).map((s) => s.id);
+      if (sessions.length === 0) {
+        this.clients.delete(c.id);
+        continue;
+      }
+      c.inFlight = true;
+      effects.push({ type: "restartClient", client: c.id, sessions });
+    }
+    const byServer = new Map<string, string[]>();
+    for (const s of this.sessions.values()) {
+      if (s.server && !s.serverSynced) {
+        const srv = this.servers.get(s.server);
+        if (srv && srv.alive && !srv.presumed && !srv.restartInFlight && now >= srv.restartRetryAt) {
+          byServer.set(srv.id, [...(byServer.get(srv.id) ?? []), s.id]);
+        }
+      }
+      this.pump(s, now, effects);
+    }
+    for (const [server, ids] of byServer) this.requestServerRestart(server, ids, effects);
+    return effects;
+  }
+
+  // ---- the two pumps: dispatch the next request, deliver the next response ---------------
+
+  private pump(s: SessionEntry, now: number, effects: Effect[]): void {
+    // Dispatch: one request at a time per session keeps the session's order (I3).
+    if (s.dispatched === 0 && s.server && s.serverSynced && now >= s.dispatchRetryAt) {
+      const n = s.answered + 1;
+      const req = s.requests.get(n);
+      const srv = this.servers.get(s.server);
+      if (req && !req.rejected && srv && srv.alive && !srv.presumed) {
+        s.dispatched = n;
+        s.dispatchAcked = false;
+        effects.push({ type: "dispatch", server: s.server, session: s.id, n });
+      }
+    }
+    // Deliver: in request order, one in flight, only to a client synced with this epoch.
+    if (s.delivering === 0 && now >= s.deliverRetryAt) {
+      const c = this.clients.get(s.client);
+      const n = s.delivered + 1;
+      if (c && c.synced && s.responses.has(n)) {
+        s.delivering = n;
+        effects.push({ type: "deliver", client: s.client, session: s.id, n });
+      }
+    }
+  }
+
+  // ---- persistence -----------------------------------------------------------------------
+
+  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number): SessionEntry {
+    return {
+      id,
+      client,
+      service,
+      ordered,
+      maxPending,
+      server: null,
+      serverSynced: false,
+      lastReq: 0,
+      answered: 0,
+      taken: 0,
+      delivered: 0,
+      delivering: 0,
+      deliverRetryAt: 0,
+      deliverAttempts: 0,
+      dispatched: 0,
+      dispatchAcked: false,
+      dispatchRetryAt: 0,
+      dispatchAttempts: 0,
+      clientRestart: null,
+      serverRestart: null,
+      requests: new Map(),
+      responses: new Map(),
+      dirty: true,
+    };
+  }
+
+  record(s: SessionEntry): SessionRecord {
+    return {
+      v: 1,
+      session: s.id,
+      client: s.client,
+      service: s.service,
+      ordered: s.ordered,
+      maxPending: s.maxPending,
+      server: s.server,
+      status: "open",
+      lastReq: s.lastReq,
+      answered: s.answered,
+      taken: s.taken,
+    };
+  }
+
+  /** Dirty session records (clears the flags) and the cursor that makes them a consistent cut. */
+  snapshot(): { records: SessionRecord[]; cursor: CursorRecord } {
+    const records: SessionRecord[] = [];
+    let reqFrom = this.reqSeq + 1;
+    let respFrom = this.respSeq + 1;
+    for (const s of this.sessions.values()) {
+      if (s.dirty) {
+        records.push(this.record(s));
+        s.dirty = false;
+      }
+      for (const r of s.requests.values()) if (r.seq > 0 && r.seq < reqFrom) reqFrom = r.seq;
+      for (const r of s.responses.values()) if (r.seq > 0 && r.seq < respFrom) respFrom = r.seq;
+    }
+    return {
+      records,
+      cursor: {
+        v: 1,
+        epoch: this.epoch,
+        reqSeq: this.reqSeq,
+        respSeq: this.respSeq,
+        reqFrom,
+        respFrom,
+        services: [...this.services],
+        servers: [...this.servers.values()].map((s) => ({ id: s.id, service: s.service })),
+      },
+    };
+  }
+
+  /** Rebuild from persisted records; the streams are then replayed from cursor.reqFrom/respFrom. */
+  restore(
+    records: SessionRecord[],
+    restarts: Map<string, { client?: RestartRecord; server?: RestartRecord }>,
+    cursor: CursorRecord | null,
+    now: number,
+  ): void {
+    for (const r of records) {
+      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending);
+      s.server = r.server;
+      s.lastReq = r.lastReq;
+      s.answered = r.answered;
+      s.taken = r.taken;
+      s.delivered = r.taken;
+      s.dirty = false;
+      const rs = restarts.get(r.session);
+      s.clientRestart = rs?.client ?? null;
+      s.serverRestart = rs?.server ?? null;
+      this.sessions.set(s.id, s);
+      this.services.add(r.service);
+    }
+    if (cursor) {
+      this.reqSeq = cursor.reqSeq;
+      this.respSeq = cursor.respSeq;
+      for (const svc of cursor.services) this.services.add(svc);
+      for (const srv of cursor.servers) {
+        this.servers.set(srv.id, {
+          id: srv.id,
+          service: srv.service,
+          capacity: 1,
+          lastSeen: now,
+          alive: true,
+          presumed: true,
+          restartRetryAt: 0,
+          restartAttempts: 0,
+          restartInFlight: false,
+        });
+      }
+    }
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * A server session (DESIGN.md §1): registering -> ready <-> working, restarting, stopped.
+ * `working` while any request is in the handler. A RESTART (new manager, or sessions moved
+ * here from a dead server) goes through `restarting`, where `reconcile` aborts work that is no
+ * longer ours and reports what is still running. Restarts from an older epoch are ignored (I5).
+ */
+import { assign, fromPromise, setup } from "xstate";
+
+export interface ServerSessionContext {
+  server: string;
+  service: string;
+  epoch: number;
+  inFlight: number;
+  restarts: number;
+  error: string | null;
+}
+
+export type ServerSessionEvent =
+  | { type: "WORK_STARTED" }
+  | { type: "WORK_FINISHED" }
+  | { type: "RESTART"; epoch: number }
+  | { type: "REREGISTER" }
+  | { type: "STOP" };
+
+export interface ServerSessionInput {
+  server: string;
+  service: string;
+}
+
+export const serverSessionMachine = setup({
+  types: {
+    context: {} as ServerSessionContext,
+    events: {} as ServerSessionEvent,
+    input: {} as ServerSessionInput,
+  },
+  actors: {
+    register: fromPromise<{ epoch: number }, { server: string; service: string }>(async () => {
+      throw new Error("register not provided");
+    }),
+    reconcile: fromPromise<void, { epoch: number }>(async () => {}),
+    drain: fromPromise<void, { server: string }>(async () => {}),
+  },
+  guards: {
+    notStale: ({ context, event }) => event.type === "RESTART" && event.epoch >= context.epoch,
+    busy: ({ context }) => context.inFlight > 0,
+  },
+  actions: {
+    started: assign(({ context }) => ({ inFlight: context.inFlight + 1 })),
+    finished: assign(({ context }) => ({ inFlight: Math.max(0, context.inFlight - 1) })),
+  },
+}).createMachine({
+  id: "serverSession",
+  context: ({ input }) => ({ server: input.server, service: input.service, epoch: 0, inFlight: 0, restarts: 0, error: null }),
+  initial: "registering",
+  on: {
+    WORK_STARTED: { actions: "started" },
+    WORK_FINISHED: { actions: "finished" },
+    STOP: ".stopping",
+  },
+  states: {
+    registering: {
+      invoke: {
+        src: "register",
+        input: ({ context }) => ({ server: context.server, service: context.service }),
+        onDone: {
+          target: "serving",
+          actions: assign(({ event, context }) => ({ epoch: Math.max(context.epoch, event.output.epoch) })),
+        },
+        // No manager yet: try again (the actor's register retries with back-off inside).
+        onError: { target: "registering", reenter: true },
+      },
+    },
+    serving: {
+      initial: "ready",
+      on: {
+        RESTART: {
+          guard: "notStale",
+          target: "restarting",
+          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+        },
+        REREGISTER: "registering",
+      },
+      states: {
+        ready: {
+          always: { guard: "busy", target: "working" },
+          on: { WORK_STARTED: { target: "working", actions: "started" } },
+        },
+        working: {
+          always: { guard: ({ context }) => context.inFlight === 0, target: "ready" },
+          on: { WORK_FINISHED: { target: "working", reenter: true, actions: "finished" } },
+        },
+      },
+    },
+    restarting: {
+      invoke: {
+        src: "reconcile",
+        input: ({ context }) => ({ epoch: context.epoch }),
+        onDone: "serving",
+        onError: "serving",
+      },
+      on: {
+        RESTART: {
+          guard: ({ context, event }) => event.epoch > context.epoch,
+          target: "restarting",
+          reenter: true,
+          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+        },
+      },
+    },
+    stopping: {
+      invoke: {
+        src: "drain",
+        input: ({ context }) => ({ server: context.server }),
+        onDone: "stopped",
+        onError: "stopped",
+      },
+    },
+    stopped: { type: "final" },
+  },
+});

@@ -1,0 +1,167 @@
+/**
+ * Types shared by the machines and the actors: what travels on the wire, as plain data.
+ * Pure: no I/O imports here.
+ */
+
+export type RequestKind = "request" | "update";
+
+export interface WireErr {
+  code: string;
+  message: string;
+  context?: Record<string, unknown>;
+}
+
+/** Restart data with the queue position (request number and stream sequence) it belongs to. */
+export interface RestartRecord {
+  data: unknown;
+  /** The request number the data was recorded with. */
+  n: number;
+  /** Stream sequence of the message that carried it (0 when unknown). */
+  seq: number;
+}
+
+/** Body of a message in the session's request queue (`<p>.req.<client>.<session>`). */
+export interface RequestBody {
+  n: number;
+  kind: RequestKind;
+  payload: unknown;
+  /** New client restart data, stored with this request's queue position. */
+  restart?: unknown;
+}
+
+/** Control message in the request queue: the application has taken responses up to `taken`. */
+export interface TakenBody {
+  taken: number;
+}
+
+/** Body of a message in the session's response queue (`<p>.resp.<client>.<session>`). */
+export interface ResponseBody {
+  n: number;
+  server: string;
+  ok?: unknown;
+  error?: WireErr;
+  /** Server restart data recorded during or at the end of the work. */
+  restart?: unknown;
+}
+
+/** Control message in the response queue: server restart data recorded mid-work. */
+export interface CheckpointBody {
+  n: number;
+  server: string;
+  restart: unknown;
+}
+
+/** Manager -> server: do request n of a session. */
+export interface WorkMsg {
+  epoch: number;
+  session: string;
+  client: string;
+  service: string;
+  n: number;
+  kind: RequestKind;
+  payload: unknown;
+  /** Latest server restart data of this session, to continue from. */
+  restart: RestartRecord | null;
+}
+
+export interface CancelMsg {
+  epoch: number;
+  session: string;
+  n: number;
+}
+
+/** One session in a restart message: its restart data, request queue and response queue. */
+export interface RestartSession {
+  session: string;
+  client: string;
+  service: string;
+  restart: RestartRecord | null;
+  /** Request numbers in the request queue without a stored response. */
+  requests: number[];
+  /** Request numbers with a stored response the client has not taken. */
+  responses: number[];
+  lastReq: number;
+  taken: number;
+}
+
+export interface RestartMsg {
+  epoch: number;
+  sessions: RestartSession[];
+}
+
+/** Server -> manager reply to a restart: what it is still working on. */
+export interface ServerRestartAck {
+  server: string;
+  working: Array<{ session: string; n: number }>;
+}
+
+/** Client -> manager reply to a restart: how far its application has taken responses. */
+export interface ClientRestartAck {
+  client: string;
+  sessions: Array<{ session: string; taken: number }>;
+}
+
+/** Manager -> client: a stored response. */
+export interface DeliverMsg {
+  epoch: number;
+  session: string;
+  n: number;
+  ok?: unknown;
+  error?: WireErr;
+  server: string;
+}
+
+export interface OpenMsg {
+  client: string;
+  service: string;
+  restart?: unknown;
+  ordered?: boolean;
+  maxPending?: number;
+}
+
+export interface OpenReply {
+  session: string;
+  epoch: number;
+  maxPending: number;
+  maxPayload: number;
+}
+
+export interface ResumeMsg {
+  client: string;
+  session: string;
+}
+
+export interface ResumeReply {
+  session: string;
+  service: string;
+  epoch: number;
+  restart: RestartRecord | null;
+  lastReq: number;
+  taken: number;
+  requests: number[];
+  responses: number[];
+  maxPending: number;
+  maxPayload: number;
+}
+
+export interface RegisterMsg {
+  server: string;
+  service: string;
+  capacity: number;
+}
+
+export interface HeartbeatMsg {
+  server: string;
+  service: string;
+  epoch: number;
+  working: number;
+}
+
+export interface HeartbeatReply {
+  epoch: number;
+  /** The manager does not know this server (it restarted, or declared the server dead). */
+  reregister?: boolean;
+}
+
+/** Every reply on a request/reply subject: either a value or a stable error. */
+export type Reply<T> = { ok: true; value: T } | { ok: false; error: WireErr };

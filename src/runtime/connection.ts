@@ -1,0 +1,32 @@
+/**
+ * NATS connections with settings fit for failover. nats.js defaults give up after about 20 s
+ * of outage (10 attempts x 2 s) and ping every 2 min; a manager failover or a nats-server
+ * restart must not end a session, so we reconnect forever and notice dead peers in seconds.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+
+export interface ConnectOptions {
+  servers: string[];
+  name: string;
+  /** Credentials for secured deployments. */
+  user?: string;
+  pass?: string;
+}
+
+export const RECONNECT = {
+  maxReconnectAttempts: -1,
+  reconnectTimeWait: 250,
+  reconnectJitter: 100,
+  pingInterval: 2000,
+  maxPingOut: 3,
+} as const;
+
+export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
+  return connect({
+    servers: opts.servers,
+    name: opts.name,
+    ...RECONNECT,
+    waitOnFirstConnect: true,
+    ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? "" } : {}),
+  });
+}

@@ -1,0 +1,165 @@
+/**
+ * A nats-server child process: free loopback port, store directory, killed by its own PID.
+ * Used for the embedded default, `tandem nats`, and by the tests as their server helper.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, mkdir, rm } from "node:fs/promises";
+import { createServer, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ErrorCode, TandemError } from "./errors.js";
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ port, host: "127.0.0.1" });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+export interface NatsServerOptions {
+  /** Store directory; default a new temporary directory (removed by cleanup()). */
+  storeDir?: string;
+  port?: number;
+  /** Extra command-line arguments. */
+  args?: string[];
+  /** How long to wait for the server to accept connections. */
+  startTimeoutMs?: number;
+}
+
+export class NatsServer {
+  private child: ChildProcess | undefined;
+  private readonly ownsDir: boolean;
+  private stderrTail = "";
+
+  private constructor(
+    readonly storeDir: string,
+    readonly port: number,
+    private readonly args: string[],
+    ownsDir: boolean,
+    private readonly startTimeoutMs: number,
+  ) {
+    this.ownsDir = ownsDir;
+  }
+
+  static async start(opts: NatsServerOptions = {}): Promise<NatsServer> {
+    const ownsDir = opts.storeDir === undefined;
+    const dir = opts.storeDir ?? (await mkdtemp(join(tmpdir(), "tandem-nats-")));
+    await mkdir(dir, { recursive: true });
+    const port = opts.port ?? (await freePort());
+    const s = new NatsServer(dir, port, opts.args ?? [], ownsDir, opts.startTimeoutMs ?? 15_000);
+    await s.spawn();
+    return s;
+  }
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  private async spawn(): Promise<void> {
+    const args = ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir, ...this.args];
+    let child: ChildProcess;
+    try {
+      child = spawn("nats-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+    } catch (err) {
+      throw missing(err);
+    }
+    this.child = child;
+    this.stderrTail = "";
+    child.stderr?.on("data", (d: Buffer) => {
+      this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);
+    });
+    const spawnError = new Promise<never>((_, reject) => child.once("error", (e) => reject(missing(e))));
+    spawnError.catch(() => {});
+    const deadline = Date.now() + this.startTimeoutMs;
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null || child.signalCode !== null) break;
+      const ok = await Promise.race([canConnect(this.port), spawnError]);
+      if (ok) return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    this.kill();
+    throw new TandemError(
+      ErrorCode.NatsServer,
+      `nats-server did not start on port ${this.port}: ${this.stderrTail.trim().split("\n").slice(-3).join(" | ") || "no output"}`,
+      { context: { port: this.port, storeDir: this.storeDir } },
+    );
+  }
+
+  /** SIGKILL the server (fault injection); the store stays for restart(). */
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (!child || !this.running) return;
+    const exited = new Promise((r) => child.once("exit", r));
+    this.kill();
+    await exited;
+  }
+
+  /** Graceful stop: SIGTERM, then SIGKILL after a grace period. */
+  async shutdown(graceMs = 3000): Promise<void> {
+    const child = this.child;
+    if (!child || !this.running) return;
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    const t = setTimeout(() => this.kill(), graceMs);
+    await exited;
+    clearTimeout(t);
+  }
+
+  private kill(): void {
+    if (this.child?.pid !== undefined && this.running) {
+      try {
+        process.kill(this.child.pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+
+  /** Start again on the same port and store directory. */
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.spawn();
+  }
+
+  async cleanup(): Promise<void> {
+    await this.stop();
+    if (this.ownsDir) await rm(this.storeDir, { recursive: true, force: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.cleanup();
+  }
+}
+
+function missing(err: unknown): TandemError {
+  return new TandemError(
+    ErrorCode.NatsServer,
+    "nats-server could not be started; is it installed? Run `npm run setup` (or `sudo apt-get install -y nats-server`).",
+    { cause: err },
+  );
+}

@@ -1,0 +1,91 @@
+/**
+ * Idempotent provisioning of the streams and buckets of DESIGN.md §2. Safe to run from every
+ * process at start: existing resources are kept (and their limits updated), missing ones made.
+ */
+import {
+  DiscardPolicy,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+  type StreamConfig,
+} from "@nats-io/jetstream";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { JsApiCode } from "./errors.js";
+import type { Names } from "./wire.js";
+
+export interface ProvisionOptions {
+  replicas: number;
+  duplicateWindowMs: number;
+}
+
+export interface Buckets {
+  sessions: KV;
+  restart: KV;
+  ctl: KV;
+  fence: KV;
+}
+
+const ms = (n: number) => n * 1_000_000;
+
+export function streamConfigs(names: Names, opts: ProvisionOptions): Array<Partial<StreamConfig> & { name: string }> {
+  const common = {
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    num_replicas: opts.replicas,
+    discard: DiscardPolicy.Old,
+  };
+  return [
+    { ...common, name: names.streamReq, subjects: [names.reqAll], duplicate_window: ms(opts.duplicateWindowMs) },
+    { ...common, name: names.streamResp, subjects: [names.respAll], duplicate_window: ms(opts.duplicateWindowMs) },
+    {
+      ...common,
+      name: names.streamDlq,
+      subjects: [names.dlqAll],
+      duplicate_window: ms(60_000),
+      max_age: ms(7 * 24 * 3600 * 1000),
+      max_msgs: 1_000_000,
+    },
+  ];
+}
+
+export async function provisionStreams(jsm: JetStreamManager, names: Names, opts: ProvisionOptions): Promise<void> {
+  for (const cfg of streamConfigs(names, opts)) {
+    try {
+      const info = await jsm.streams.info(cfg.name);
+      const want = { ...info.config, ...cfg };
+      if (JSON.stringify(want) !== JSON.stringify(info.config)) await jsm.streams.update(cfg.name, want);
+    } catch (err) {
+      if (err instanceof JetStreamApiError && err.code === JsApiCode.StreamNotFound) {
+        try {
+          await jsm.streams.add(cfg);
+        } catch (e) {
+          // Another process created it in between: fine.
+          if (!(e instanceof JetStreamApiError)) throw e;
+          await jsm.streams.info(cfg.name);
+        }
+      } else {
+        throw err;
+      }
+    }
+  }
+}
+
+export async function provisionBuckets(nc: NatsConnection, names: Names, opts: ProvisionOptions): Promise<Buckets> {
+  const kvm = new Kvm(nc);
+  const open = async (name: string, history: number): Promise<KV> => {
+    try {
+      return await kvm.create(name, { replicas: opts.replicas, history, storage: StorageType.File });
+    } catch {
+      // Exists with other settings, or created concurrently: bind to it.
+      return kvm.open(name);
+    }
+  };
+  return {
+    sessions: await open(names.bucketSessions, 1),
+    restart: await open(names.bucketRestart, 1),
+    ctl: await open(names.bucketCtl, 5),
+    fence: await open(names.bucketFence, 1),
+  };
+}

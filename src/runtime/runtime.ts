@@ -1,0 +1,124 @@
+/**
+ * The process-level runtime: a NATS connection (to NATS_URL, or to an embedded nats-server),
+ * JetStream handles, provisioned streams and buckets, names and the root logger.
+ */
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { existsSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Config } from "./config.js";
+import { connectNats } from "./connection.js";
+import type { Logger } from "./logger.js";
+import { NatsServer } from "./nats-server.js";
+import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js";
+import { Names } from "./wire.js";
+
+export interface Runtime {
+  readonly config: Config;
+  readonly names: Names;
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly jsm: JetStreamManager;
+  readonly kv: Buckets;
+  readonly logger: Logger;
+  /** Set when this process started the nats-server it uses. */
+  readonly embedded: NatsServer | undefined;
+  close(): Promise<void>;
+}
+
+interface Discovery {
+  url: string;
+  pid: number;
+}
+
+function discoveryFile(dataDir: string): string {
+  return join(resolve(dataDir), "nats.json");
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A nats-server that another Tandem process of this directory started, if still alive. */
+export function findEmbedded(dataDir: string): Discovery | null {
+  const f = discoveryFile(dataDir);
+  if (!existsSync(f)) return null;
+  try {
+    const d = JSON.parse(readFileSync(f, "utf8")) as Discovery;
+    return typeof d.url === "string" && typeof d.pid === "number" && alive(d.pid) ? d : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Start nats-server with its store under dataDir and advertise it to other local processes. */
+export async function startEmbedded(dataDir: string, logger: Logger): Promise<NatsServer> {
+  const storeDir = join(resolve(dataDir), "nats");
+  mkdirSync(storeDir, { recursive: true });
+  const server = await NatsServer.start({ storeDir });
+  writeFileSync(discoveryFile(dataDir), JSON.stringify({ url: server.url, pid: server.pid } satisfies Partial<Discovery>));
+  logger.info({ url: server.url, storeDir, pid: server.pid }, "embedded nats-server started");
+  return server;
+}
+
+export async function stopEmbedded(server: NatsServer, dataDir: string): Promise<void> {
+  const d = findEmbedded(dataDir);
+  if (d && d.pid === server.pid) rmSync(discoveryFile(dataDir), { force: true });
+  await server.shutdown();
+}
+
+export interface StartOptions {
+  logger: Logger;
+  /** Connection name, shows in nats-server's connz. */
+  name: string;
+  /** Provision streams and buckets (every role does it; it is idempotent). */
+  provision?: boolean;
+}
+
+export async function startRuntime(config: Config, opts: StartOptions): Promise<Runtime> {
+  const logger = opts.logger;
+  let embedded: NatsServer | undefined;
+  let servers = config.natsUrls;
+  if (servers.length === 0) {
+    const found = findEmbedded(config.dataDir);
+    if (found) {
+      servers = [found.url];
+      logger.debug({ url: found.url }, "using the nats-server started by another tandem process");
+    } else {
+      embedded = await startEmbedded(config.dataDir, logger);
+      servers = [embedded.url];
+      logger.warn(
+        "no NATS_URL: started an embedded nats-server for this process only; run `tandem nats` or set NATS_URL to share one",
+      );
+    }
+  }
+  const nc = await connectNats({ servers, name: opts.name });
+  const names = new Names(config.prefix);
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+  const popts = { replicas: config.replicas, duplicateWindowMs: config.duplicateWindowMs };
+  if (opts.provision !== false) await provisionStreams(jsm, names, popts);
+  const kv = await provisionBuckets(nc, names, popts);
+  let closed = false;
+  return {
+    config,
+    names,
+    nc,
+    js,
+    jsm,
+    kv,
+    logger,
+    embedded,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await nc.drain().catch(() => nc.close());
+      if (embedded) await stopEmbedded(embedded, config.dataDir);
+    },
+  };
+}

@@ -1,0 +1,164 @@
+/**
+ * Names on the wire (DESIGN.md §2): subjects, stream and bucket names, headers, and the JSON
+ * codec with validation. One place knows the layout so everything else asks it.
+ */
+import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
+import { ErrorCode, TandemError } from "./errors.js";
+
+export const Header = {
+  Session: "Tandem-Session",
+  Request: "Tandem-Request",
+  Epoch: "Tandem-Epoch",
+  Kind: "Tandem-Kind",
+  Server: "Tandem-Server",
+  Client: "Tandem-Client",
+  Code: "Tandem-Code",
+  MsgId: "Nats-Msg-Id",
+} as const;
+
+export type WireKind = "request" | "update" | "response" | "control";
+
+const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function isToken(s: unknown): s is string {
+  return typeof s === "string" && TOKEN.test(s);
+}
+
+export function assertToken(what: string, s: unknown): string {
+  if (!isToken(s)) {
+    throw new TandemError(ErrorCode.Malformed, `${what} must be 1-64 letters, digits, _ or - (got ${JSON.stringify(s)})`, {
+      context: { field: what },
+    });
+  }
+  return s;
+}
+
+/** Subject and resource names of one deployment (one prefix). */
+export class Names {
+  readonly streamReq: string;
+  readonly streamResp: string;
+  readonly streamDlq: string;
+  readonly bucketSessions: string;
+  readonly bucketRestart: string;
+  readonly bucketCtl: string;
+  readonly bucketFence: string;
+
+  constructor(readonly prefix = "tandem") {
+    const P = prefix.toUpperCase().replace(/-/g, "_");
+    this.streamReq = `${P}_REQ`;
+    this.streamResp = `${P}_RESP`;
+    this.streamDlq = `${P}_DLQ`;
+    const p = prefix.toLowerCase().replace(/-/g, "_");
+    this.bucketSessions = `${p}_sessions`;
+    this.bucketRestart = `${p}_restart`;
+    this.bucketCtl = `${p}_ctl`;
+    this.bucketFence = `${p}_fence`;
+  }
+
+  mgr(op: "open" | "resume" | "close" | "status"): string {
+    return `${this.prefix}.mgr.${op}`;
+  }
+  get backup(): string {
+    return `${this.prefix}.mgr.backup`;
+  }
+  req(client: string, session: string): string {
+    return `${this.prefix}.req.${client}.${session}`;
+  }
+  get reqAll(): string {
+    return `${this.prefix}.req.>`;
+  }
+  resp(client: string, session: string): string {
+    return `${this.prefix}.resp.${client}.${session}`;
+  }
+  get respAll(): string {
+    return `${this.prefix}.resp.>`;
+  }
+  srv(server: string, op: "work" | "cancel" | "restart"): string {
+    return `${this.prefix}.srv.${server}.${op}`;
+  }
+  get register(): string {
+    return `${this.prefix}.srv.register`;
+  }
+  get heartbeat(): string {
+    return `${this.prefix}.srv.heartbeat`;
+  }
+  cli(client: string, op: "deliver" | "restart"): string {
+    return `${this.prefix}.cli.${client}.${op}`;
+  }
+  dlq(reason: string): string {
+    return `${this.prefix}.dlq.${reason}`;
+  }
+  get dlqAll(): string {
+    return `${this.prefix}.dlq.>`;
+  }
+
+  /** `<p>.req.<client>.<session>` or `<p>.resp.<client>.<session>` -> its two ids, or null. */
+  parseQueueSubject(subject: string): { client: string; session: string } | null {
+    const parts = subject.split(".");
+    if (parts.length !== 4 || parts[0] !== this.prefix) return null;
+    const [, , client, session] = parts;
+    if (!isToken(client) || !isToken(session)) return null;
+    return { client, session };
+  }
+}
+
+export interface HeaderFields {
+  session?: string;
+  request?: number;
+  epoch?: number;
+  kind?: WireKind;
+  server?: string;
+  client?: string;
+  code?: string;
+}
+
+export function makeHeaders(f: HeaderFields): MsgHdrs {
+  const h = natsHeaders();
+  if (f.session !== undefined) h.set(Header.Session, f.session);
+  if (f.request !== undefined) h.set(Header.Request, String(f.request));
+  if (f.epoch !== undefined) h.set(Header.Epoch, String(f.epoch));
+  if (f.kind !== undefined) h.set(Header.Kind, f.kind);
+  if (f.server !== undefined) h.set(Header.Server, f.server);
+  if (f.client !== undefined) h.set(Header.Client, f.client);
+  if (f.code !== undefined) h.set(Header.Code, f.code);
+  return h;
+}
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+
+export function encode(v: unknown): Uint8Array {
+  return te.encode(JSON.stringify(v));
+}
+
+/** Parse JSON; anything unparseable is a TANDEM_MALFORMED error. */
+export function decode(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(td.decode(data));
+  } catch (err) {
+    throw new TandemError(ErrorCode.Malformed, "message body is not valid JSON", { cause: err });
+  }
+}
+
+export function decodeText(data: Uint8Array): string {
+  return td.decode(data);
+}
+
+export function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+export function malformed(message: string, context: Record<string, unknown> = {}): TandemError {
+  return new TandemError(ErrorCode.Malformed, message, { context });
+}
+
+export function field<T>(o: Record<string, unknown>, key: string, check: (v: unknown) => v is T, what: string): T {
+  const v = o[key];
+  if (!check(v)) throw malformed(`field "${key}" must be ${what}`, { field: key });
+  return v;
+}
+
+export const isPositiveInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
+export const isNonNegInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
+export const isString = (v: unknown): v is string => typeof v === "string";
+export const isBool = (v: unknown): v is boolean => typeof v === "boolean";

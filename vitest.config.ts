@@ -1,0 +1,14 @@
+import { defineConfig } from "vitest/config";
+
+// 2 cores: integration tests spawn nats-server and Tandem processes, so run files in two
+// forks at most and keep each test's own time bounded.
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    pool: "forks",
+    maxWorkers: 2,
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    reporters: ["default"],
+  },
+});
