@@ -201,8 +201,7 @@ export class TandemClient {
 }
 
 interface Waiter {
-  resolve: (v: unknown) => void;
-  reject: (e: TandemError) => void;
+  resolve: (r: Response) => void;
 }
 
 export class ClientSession {
@@ -366,16 +365,17 @@ export class ClientSession {
    * is acknowledged: it is answered even if this process or the manager dies.
    */
   async request(payload: unknown, opts: RequestOptions = {}): Promise<unknown> {
-    const { n, response } = await this.send(payload, opts);
-    void n;
-    return response;
+    const { response } = await this.send(payload, opts);
+    const r = await response;
+    if (!r.ok) throw r.error!;
+    return r.value;
   }
 
   /**
    * Like request(), but resolves as soon as the request is durably queued, giving its number
-   * and a promise of its response (for pipelining many requests on one session).
+   * and a promise of its Response (never rejected: check `ok`), for pipelining on one session.
    */
-  async send(payload: unknown, opts: RequestOptions = {}): Promise<{ n: number; response: Promise<unknown> }> {
+  async send(payload: unknown, opts: RequestOptions = {}): Promise<{ n: number; response: Promise<Response> }> {
     if (this.closed || !this.attached) throw new TandemError(ErrorCode.Closed, "session is closed");
     if (this.lastReq - this.taken >= this.maxPending) {
       throw new TandemError(ErrorCode.Backpressure, `session ${this.id} has ${this.maxPending} pending requests; await responses before sending more`, {
@@ -391,8 +391,7 @@ export class ClientSession {
     const n = ++this.lastReq;
     const kind = opts.kind ?? "request";
     const body = { n, kind, payload: payload ?? null, ...(opts.restart !== undefined ? { restart: opts.restart } : {}) };
-    const response = new Promise<unknown>((resolve, reject) => this.waiters.set(n, { resolve, reject }));
-    response.catch(() => {}); // the caller may only await later
+    const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     await this.publishDurable(n, encode(body), kind);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     return { n, response };
@@ -435,7 +434,7 @@ export class ClientSession {
     const w = this.waiters.get(n);
     if (w) {
       this.waiters.delete(n);
-      w.reject(TandemError.fromWire(error));
+      w.resolve({ n, ok: false, error: TandemError.fromWire(error), server: "manager" });
     }
   }
 
@@ -472,8 +471,7 @@ export class ClientSession {
           const w = this.waiters.get(n);
           if (w) {
             this.waiters.delete(n);
-            if (resp.ok) w.resolve(resp.value);
-            else w.reject(resp.error!);
+            w.resolve(resp);
           } else {
             const next = this.orphanDemand.shift();
             if (next) next({ value: resp, done: false });
@@ -535,7 +533,7 @@ export class ClientSession {
 
   private finish(err: TandemError): void {
     this.closed = true;
-    for (const w of this.waiters.values()) w.reject(err);
+    for (const [n, w] of this.waiters) w.resolve({ n, ok: false, error: err, server: "" });
     this.waiters.clear();
     for (const d of this.orphanDemand) d({ value: undefined, done: true });
     this.orphanDemand = [];

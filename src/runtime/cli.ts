@@ -1,0 +1,475 @@
+#!/usr/bin/env node
+/**
+ * The `tandem` command. Every long-running command drains on SIGINT/SIGTERM (a second signal
+ * exits at once). Logs go to stderr (pino); `client --json` writes JSON lines to stdout.
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { TandemClient, type ClientSession, type PersistedSession } from "../actors/client.js";
+import { ManagerNode, type ManagerStatus } from "../actors/manager.js";
+import { TandemServer } from "../actors/server.js";
+import { unwrap } from "../actors/protocol.js";
+import { configFromEnv, resolveConfig, type Config } from "./config.js";
+import { TandemError } from "./errors.js";
+import { createLogger, type Logger } from "./logger.js";
+import { NatsServer } from "./nats-server.js";
+import { startRuntime, type Runtime } from "./runtime.js";
+import { builtinHandlers } from "./work.js";
+import { encode } from "./wire.js";
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+const COMMON: Options = {
+  nats: { type: "string" },
+  prefix: { type: "string" },
+  replicas: { type: "string" },
+  "data-dir": { type: "string" },
+  "log-level": { type: "string" },
+  "heartbeat-ms": { type: "string" },
+  "lease-ms": { type: "string" },
+  "backup-ms": { type: "string" },
+  "server-heartbeat-ms": { type: "string" },
+  "server-timeout-ms": { type: "string" },
+  "max-pending": { type: "string" },
+  "max-payload": { type: "string" },
+  "ack-timeout-ms": { type: "string" },
+  node: { type: "string" },
+  help: { type: "boolean", short: "h" },
+};
+
+const COMMON_HELP = `
+Common options (flags override TANDEM_* environment variables and NATS_URL):
+  --nats URLS            NATS servers, comma-separated (default: NATS_URL, else the nats-server
+                         started by \`tandem nats\` in this directory, else an embedded one)
+  --prefix P             subject prefix and stream/bucket stem (default tandem)
+  --replicas N           stream and bucket replicas (default 1)
+  --data-dir DIR         state and embedded store directory (default .tandem)
+  --log-level L          fatal|error|warn|info|debug|trace|silent (default info)
+  --heartbeat-ms, --lease-ms, --backup-ms, --server-heartbeat-ms, --server-timeout-ms,
+  --max-pending, --max-payload, --ack-timeout-ms, --node   (see README: Configuration)`;
+
+const HELP: Record<string, string> = {
+  main: `tandem: fault-tolerant work distribution on NATS JetStream
+
+Usage: tandem <command> [options]
+
+Commands:
+  demo       a guided demo: manager, two servers, three clients, one server killed midway
+  nats       run nats-server with JetStream in the foreground (store under .tandem/nats)
+  manager    run a manager node (one primary holds the lease; others stand by)
+  server     run a server session for a service with a built-in handler
+  client     send requests to a service and report the responses
+  status     show the primary manager, services, sessions and servers
+
+Run \`tandem <command> --help\` for its options.`,
+  demo: `Usage: tandem demo [--requests N] [--no-kill]
+
+Starts an embedded nats-server, one manager, two servers and three clients as separate
+processes, shows progress, kills one server with SIGKILL midway, and prints what happened.
+  --requests N   requests per client (default 300)
+  --no-kill      do not kill a server`,
+  nats: `Usage: tandem nats [--port N] [--store DIR]
+
+Runs nats-server -js on 127.0.0.1 in the foreground. Other tandem commands in this directory
+find it without NATS_URL.
+  --port N       client port (default: a free port)
+  --store DIR    store directory (default <data-dir>/nats)`,
+  manager: `Usage: tandem manager [options]
+
+Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
+and takes over when the primary's lease runs out.`,
+  server: `Usage: tandem server --service S --work echo|hash|sleep [options]
+
+  --service S      service name (letters, digits, _ or -)
+  --work W         echo: return the payload; hash: CPU work that records its progress as
+                   server restart data; sleep: wait --sleep-ms per request
+  --sleep-ms N     sleep: milliseconds per request (default 20)
+  --rounds N       hash: sha256 rounds per request (default 20000)
+  --capacity N     requests handled at once (default 64)
+  --id ID          server id (default <service>-<random>)`,
+  client: `Usage: tandem client --service S --requests N [--concurrency C] [--json] [options]
+
+Opens C sessions and sends N requests over them (each session one at a time, in order).
+  --service S        service to call
+  --requests N       requests in all (default 100)
+  --concurrency C    sessions in parallel (default 1)
+  --json             one JSON line per response on stdout (request id, response, latency),
+                     then a summary line
+  --state FILE       keep the sessions in FILE: a client killed and started again with the
+                     same FILE resumes its sessions and gets every response it had not taken
+  --id ID            client id (default: random, or the one in --state)
+  --payload JSON     request payload (default {"i": <index>})
+  --keep             do not close the sessions at the end`,
+  status: `Usage: tandem status [--json]
+
+Asks the primary manager for its view: epoch, node, services, sessions and servers.`,
+};
+
+function fail(msg: string, code = 2): never {
+  process.stderr.write(`tandem: ${msg}\n`);
+  process.exit(code);
+}
+
+function parse(cmd: string, argv: string[], extra: Options) {
+  try {
+    const r = parseArgs({ args: argv, options: { ...COMMON, ...extra }, allowPositionals: false, strict: true });
+    if (r.values.help) {
+      process.stdout.write(`${HELP[cmd] ?? HELP.main}\n${cmd === "main" ? "" : COMMON_HELP}\n`);
+      process.exit(0);
+    }
+    return r.values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    fail(`${(err as Error).message}\nRun \`tandem ${cmd} --help\` for usage.`);
+  }
+}
+
+function configFrom(v: Record<string, string | boolean | undefined>): Config {
+  const flag = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
+  try {
+    return resolveConfig(configFromEnv(), {
+      natsUrls: flag("nats"),
+      prefix: flag("prefix"),
+      replicas: flag("replicas"),
+      dataDir: flag("data-dir"),
+      logLevel: flag("log-level"),
+      heartbeatMs: flag("heartbeat-ms"),
+      leaseMs: flag("lease-ms"),
+      backupMs: flag("backup-ms"),
+      serverHeartbeatMs: flag("server-heartbeat-ms"),
+      serverTimeoutMs: flag("server-timeout-ms"),
+      maxPending: flag("max-pending"),
+      maxPayload: flag("max-payload"),
+      ackTimeoutMs: flag("ack-timeout-ms"),
+      node: flag("node"),
+    });
+  } catch (err) {
+    fail((err as Error).message);
+  }
+}
+
+function int(v: string | boolean | undefined, name: string, dflt: number, min = 0): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min} (got ${String(v)})`);
+  return n;
+}
+
+/** Run until SIGINT/SIGTERM, then drain with `stop`; a second signal exits at once. */
+function untilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
+  return new Promise((resolveDone) => {
+    let stopping = false;
+    const onSignal = (sig: string) => {
+      if (stopping) {
+        log.warn({ signal: sig }, "second signal: exiting without draining");
+        process.exit(130);
+      }
+      stopping = true;
+      log.info({ signal: sig }, "draining (send the signal again to exit at once)");
+      stop()
+        .catch((err) => log.error({ err }, "drain failed"))
+        .finally(() => resolveDone());
+    };
+    process.on("SIGINT", () => onSignal("SIGINT"));
+    process.on("SIGTERM", () => onSignal("SIGTERM"));
+  });
+}
+
+async function runtime(cfg: Config, log: Logger, name: string): Promise<Runtime> {
+  try {
+    return await startRuntime(cfg, { logger: log, name });
+  } catch (err) {
+    if (err instanceof TandemError) fail(`${err.message}`, 1);
+    throw err;
+  }
+}
+
+// ---- commands --------------------------------------------------------------------------
+
+async function cmdNats(argv: string[]): Promise<void> {
+  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" } });
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
+  const storeDir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats");
+  mkdirSync(storeDir, { recursive: true });
+  const port = v.port === undefined ? undefined : int(v.port, "port", 4222, 1);
+  const server = await NatsServer.start({ storeDir, ...(port ? { port } : {}) });
+  const discovery = join(resolve(cfg.dataDir), "nats.json");
+  writeFileSync(discovery, JSON.stringify({ url: server.url, pid: server.pid }));
+  log.info({ url: server.url, storeDir, pid: server.pid }, `nats-server ready; other commands here use it, or set NATS_URL=${server.url}`);
+  process.stdout.write(`${server.url}\n`);
+  await untilSignal(log, async () => {
+    rmSync(discovery, { force: true });
+    await server.shutdown();
+  });
+}
+
+async function cmdManager(argv: string[]): Promise<void> {
+  const v = parse("manager", argv, {});
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel });
+  const rt = await runtime(cfg, log, `tandem-manager-${cfg.node}`);
+  const node = new ManagerNode(rt);
+  node.start();
+  log.info({ node: cfg.node }, "manager node started");
+  await untilSignal(log, async () => {
+    await node.stop();
+    await rt.close();
+  });
+}
+
+async function cmdServer(argv: string[]): Promise<void> {
+  const v = parse("server", argv, {
+    service: { type: "string" },
+    work: { type: "string" },
+    "sleep-ms": { type: "string" },
+    rounds: { type: "string" },
+    capacity: { type: "string" },
+    id: { type: "string" },
+  });
+  if (typeof v.service !== "string") fail("--service is required (run `tandem server --help`)");
+  const work = (v.work as string | undefined) ?? "echo";
+  const handlers = builtinHandlers({ sleepMs: int(v["sleep-ms"], "sleep-ms", 20), rounds: int(v.rounds, "rounds", 20_000, 1) });
+  if (!(work in handlers)) fail(`--work must be one of ${Object.keys(handlers).join(", ")} (got ${work})`);
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel });
+  const rt = await runtime(cfg, log, `tandem-server-${v.service}`);
+  const server = await TandemServer.start(rt, {
+    service: v.service,
+    handler: handlers[work as keyof typeof handlers],
+    capacity: int(v.capacity, "capacity", 64, 1),
+    ...(typeof v.id === "string" ? { id: v.id } : {}),
+  });
+  log.info({ server: server.id, service: server.service, work }, "server ready");
+  await untilSignal(log, async () => {
+    await server.stop();
+    await rt.close();
+    log.info(server.stats, "server stopped");
+  });
+}
+
+interface ClientState {
+  client: string;
+  service: string;
+  requests: number;
+  sessions: PersistedSession[];
+}
+
+function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function writeAtomic(file: string, data: string): void {
+  mkdirSync(dirname(resolve(file)), { recursive: true });
+  const tmp = `${file}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, file);
+}
+
+async function cmdClient(argv: string[]): Promise<void> {
+  const v = parse("client", argv, {
+    service: { type: "string" },
+    requests: { type: "string" },
+    concurrency: { type: "string" },
+    json: { type: "boolean" },
+    state: { type: "string" },
+    id: { type: "string" },
+    payload: { type: "string" },
+    keep: { type: "boolean" },
+  });
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel });
+  const json = v.json === true;
+  const stateFile = typeof v.state === "string" ? v.state : undefined;
+  let state: ClientState | null = null;
+  if (stateFile && existsSync(stateFile)) {
+    try {
+      state = JSON.parse(readFileSync(stateFile, "utf8")) as ClientState;
+    } catch (err) {
+      fail(`--state ${stateFile} is not a Tandem client state file (${(err as Error).message}); remove it to start fresh`);
+    }
+  }
+  const service = state?.service ?? (typeof v.service === "string" ? v.service : fail("--service is required (run `tandem client --help`)"));
+  const total = state?.requests ?? int(v.requests, "requests", 100, 1);
+  const concurrency = int(v.concurrency, "concurrency", 1, 1);
+  let payloadTemplate: unknown;
+  if (typeof v.payload === "string") {
+    try {
+      payloadTemplate = JSON.parse(v.payload);
+    } catch {
+      fail("--payload must be JSON");
+    }
+  }
+  const rt = await runtime(cfg, log, "tandem-client");
+  const client = await TandemClient.connect(rt, { id: state?.client ?? (typeof v.id === "string" ? v.id : undefined) });
+  const out = (o: unknown) => {
+    if (json) process.stdout.write(`${JSON.stringify(o)}\n`);
+  };
+  const started = performance.now();
+  const latencies: number[] = [];
+  let answered = 0;
+  let errors = 0;
+  let sent = 0;
+  const sessions: ClientSession[] = [];
+  const quotas: number[] = [];
+  try {
+    if (state) {
+      for (const p of state.sessions) sessions.push(await client.resume(p));
+      log.info({ sessions: sessions.length }, "resumed sessions from the state file");
+    } else {
+      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service));
+      state = { client: client.id, service, requests: total, sessions: sessions.map((s) => s.snapshot()) };
+      if (stateFile) writeAtomic(stateFile, JSON.stringify(state));
+    }
+  } catch (err) {
+    fail(err instanceof TandemError ? `${err.code}: ${err.message}` : String(err), 1);
+  }
+  const k = sessions.length;
+  for (let i = 0; i < k; i++) quotas.push(Math.floor(total / k) + (i < total % k ? 1 : 0));
+  const progress = process.stderr.isTTY && !json ? setInterval(() => process.stderr.write(`\r${answered}/${total} answered`), 200) : undefined;
+  let stopping = false;
+  const onSignal = () => {
+    if (stopping) process.exit(130);
+    stopping = true;
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const record = (s: ClientSession, n: number, ok: boolean, value: unknown, error: TandemError | undefined, latency: number | null, server: string) => {
+    if (ok) answered++;
+    else errors++;
+    if (latency !== null) latencies.push(latency);
+    out({ type: "response", request: `${s.id}.${n}`, session: s.id, n, ok, ...(ok ? { response: value } : { error: error?.code }), latencyMs: latency, server });
+  };
+
+  await Promise.all(
+    sessions.map(async (s, i) => {
+      // Responses to requests an earlier incarnation sent (after a resume).
+      const orphans = s.unclaimed;
+      if (orphans > 0) {
+        const it = s.responses();
+        for (let c = 0; c < orphans; c++) {
+          const r = await it.next();
+          if (r.done) break;
+          record(s, r.value.n, r.value.ok, r.value.value, r.value.error, null, r.value.server);
+        }
+      }
+      const quota = quotas[i]!;
+      while (!stopping && s.lastRequest < quota) {
+        const n = s.lastRequest + 1;
+        const payload = payloadTemplate ?? { i: n, session: i };
+        const t0 = performance.now();
+        sent++;
+        try {
+          const { response } = await s.send(payload);
+          const r = await response;
+          if (!r.ok && r.error?.code === "TANDEM_CLOSED") break;
+          record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
+        } catch (err) {
+          // Refused before queueing (back-pressure, too large): nothing was sent.
+          sent--;
+          const te = err instanceof TandemError ? err : undefined;
+          log.error({ err }, te ? `${te.code}: ${te.message}` : "request failed");
+          break;
+        }
+      }
+    }),
+  );
+  if (progress) {
+    clearInterval(progress);
+    process.stderr.write("\n");
+  }
+  const done = sessions.every((s, i) => s.lastRequest >= quotas[i]! && s.pending === 0);
+  if (done && v.keep !== true) {
+    for (const s of sessions) await s.close().catch(() => {});
+    if (stateFile) rmSync(stateFile, { force: true });
+  }
+  latencies.sort((a, b) => a - b);
+  const summary = {
+    type: "summary",
+    client: client.id,
+    service,
+    sessions: sessions.length,
+    sent,
+    answered,
+    errors,
+    complete: done,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    durationMs: Math.round(performance.now() - started),
+  };
+  if (json) out(summary);
+  else process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+  await client.close();
+  await rt.close();
+}
+
+async function cmdStatus(argv: string[]): Promise<void> {
+  const v = parse("status", argv, { json: { type: "boolean" } });
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel });
+  const rt = await runtime(cfg, log, "tandem-status");
+  let st: ManagerStatus;
+  try {
+    const r = await rt.nc.request(rt.names.mgr("status"), encode({}), { timeout: 3000 });
+    st = unwrap<ManagerStatus>(r.data);
+  } catch (err) {
+    await rt.close();
+    fail(`no primary manager answered (${(err as Error).message}); start one with \`tandem manager\``, 1);
+  }
+  const lease = await rt.kv.ctl.get("leader");
+  const leaseInfo = lease?.operation === "PUT" ? lease.json<{ epoch: number; node: string; since: string }>() : null;
+  if (v.json) {
+    process.stdout.write(`${JSON.stringify({ ...st, lease: leaseInfo })}\n`);
+  } else {
+    const lines = [
+      `primary   ${st.node}  epoch ${st.epoch}${leaseInfo ? `  lease renewed ${leaseInfo.since}` : ""}`,
+      `sessions  ${st.sessions}`,
+      "",
+      "service              sessions  pending  servers",
+      ...st.services.map((s) => `${s.service.padEnd(20)} ${String(s.sessions).padStart(8)} ${String(s.pending).padStart(8)} ${String(s.servers).padStart(8)}`),
+      "",
+      "servers",
+      ...st.servers.map((s) => `  ${s.id.padEnd(28)} ${s.service.padEnd(16)} ${s.alive ? "alive" : "lost"}`),
+    ];
+    process.stdout.write(`${lines.join("\n")}\n`);
+  }
+  await rt.close();
+}
+
+async function main(): Promise<void> {
+  const [cmd, ...rest] = process.argv.slice(2);
+  switch (cmd) {
+    case "nats":
+      return cmdNats(rest);
+    case "manager":
+      return cmdManager(rest);
+    case "server":
+      return cmdServer(rest);
+    case "client":
+      return cmdClient(rest);
+    case "status":
+      return cmdStatus(rest);
+    case "demo": {
+      const { cmdDemo } = await import("./demo.js");
+      return cmdDemo(rest);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(`${HELP.main}\n`);
+      return;
+    default:
+      fail(`unknown command "${cmd}"\n\n${HELP.main}`);
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`tandem: ${err instanceof TandemError ? `${err.code}: ` : ""}${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
