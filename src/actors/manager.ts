@@ -576,6 +576,8 @@ export class ManagerNode {
       return this.reject(m, new TandemError(ErrorCode.UnknownSession, `session ${session} is not open`, { context: { session } }));
     }
     this.run(effects);
+    // A snapshot taken before the close must not write the record back after the purge.
+    await this.snapshotting;
     const { names, jsm, kv } = this.rt;
     // Purge the queues first, then the record: a crash in between leaves an empty record,
     // never queue entries without one.

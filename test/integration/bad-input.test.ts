@@ -1,0 +1,145 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ManagerNode } from "../../src/actors/manager.js";
+import { TandemServer } from "../../src/actors/server.js";
+import { TandemClient } from "../../src/actors/client.js";
+import type { Runtime } from "../../src/runtime/runtime.js";
+import { decode, encode, makeHeaders } from "../../src/runtime/wire.js";
+import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+
+let ns: NatsServer;
+let rt: Runtime;
+let mgr: ManagerNode;
+let server: TandemServer;
+
+beforeAll(async () => {
+  ns = await startNats();
+  rt = await runtimeFor(ns, { maxPayload: 512 });
+  mgr = new ManagerNode(rt);
+  mgr.start();
+  await mgr.waitPrimary();
+  server = await TandemServer.start(rt, { service: "svc", handler: (r) => r.payload });
+});
+
+afterAll(async () => {
+  await server.stop();
+  await mgr.stop();
+  await rt.close();
+  await ns.cleanup();
+});
+
+type Reply = { ok: boolean; error?: { code: string; message: string } };
+
+async function ask(subject: string, data: Uint8Array | string): Promise<Reply> {
+  const r = await rt.nc.request(subject, typeof data === "string" ? new TextEncoder().encode(data) : data, { timeout: 3000 });
+  return decode(r.data) as Reply;
+}
+
+/** The newest DLQ entry for a reason, once it is there. */
+async function dlq(reason: string, match: (b: Record<string, unknown>) => boolean = () => true): Promise<Record<string, unknown>> {
+  return eventually(async () => {
+    const m = await rt.jsm.streams.getMessage(rt.names.streamDlq, { last_by_subj: rt.names.dlq(reason) });
+    if (!m) return null;
+    const b = m.json<Record<string, unknown>>();
+    return match(b) ? b : null;
+  }, `a DLQ entry for ${reason}`);
+}
+
+/** The runtime still serves everyone else after each rejection. */
+async function stillServing(): Promise<void> {
+  const c = await TandemClient.connect(rt);
+  const s = await c.open("svc");
+  await expect(s.request({ still: "alive" })).resolves.toEqual({ still: "alive" });
+  await c.close();
+}
+
+describe("bad input is rejected, not lost (I7)", () => {
+  it("malformed envelope - open with a body that is not JSON gets TANDEM_MALFORMED and a DLQ copy", async () => {
+    const r = await ask(rt.names.mgr("open"), "{not json");
+    expect(r.ok).toBe(false);
+    expect(r.error?.code).toBe("TANDEM_MALFORMED");
+    const d = await dlq("malformed", (b) => b.subject === rt.names.mgr("open"));
+    expect(Buffer.from(d.data as string, "base64").toString()).toBe("{not json");
+    await stillServing();
+  });
+
+  it("malformed envelope - open without a service names the field", async () => {
+    const r = await ask(rt.names.mgr("open"), encode({ client: "x" }));
+    expect(r.error?.code).toBe("TANDEM_MALFORMED");
+    expect(r.error?.message).toMatch(/service/);
+  });
+
+  it("unknown service - open gets TANDEM_UNKNOWN_SERVICE and a DLQ copy", async () => {
+    const r = await ask(rt.names.mgr("open"), encode({ client: "x", service: "ghost" }));
+    expect(r.error?.code).toBe("TANDEM_UNKNOWN_SERVICE");
+    await dlq("unknown_service");
+  });
+
+  it("unknown session - resume gets TANDEM_UNKNOWN_SESSION and a DLQ copy", async () => {
+    const r = await ask(rt.names.mgr("resume"), encode({ client: "x", session: "never-opened" }));
+    expect(r.error?.code).toBe("TANDEM_UNKNOWN_SESSION");
+    await dlq("unknown_session", (b) => b.subject === rt.names.mgr("resume"));
+    await stillServing();
+  });
+
+  it("unknown session - a request queued for a session nobody opened is reported to its client and dead-lettered", async () => {
+    const notices: Array<{ error?: { code: string } }> = [];
+    const sub = rt.nc.subscribe(rt.names.cli("lost-client", "deliver"), { callback: (_e, m) => notices.push(decode(m.data) as never) });
+    await rt.js.publish(rt.names.req("lost-client", "nosuch"), encode({ n: 1, kind: "request", payload: 1 }), {
+      msgID: "nosuch.1",
+      headers: makeHeaders({ session: "nosuch", request: 1, kind: "request" }),
+    });
+    await eventually(() => notices.length > 0, "notice to the client");
+    expect(notices[0]?.error?.code).toBe("TANDEM_UNKNOWN_SESSION");
+    await dlq("unknown_session", (b) => (b.context as Record<string, unknown>)?.session === "nosuch");
+    sub.unsubscribe();
+    await stillServing();
+  });
+
+  it("malformed request in a session's queue is dead-lettered and the session goes on", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    await rt.js.publish(rt.names.req(c.id, s.id), new TextEncoder().encode("garbage"), { headers: makeHeaders({ kind: "request" }) });
+    await dlq("malformed", (b) => b.subject === rt.names.req(c.id, s.id));
+    await expect(s.request("fine")).resolves.toBe("fine");
+    await c.close();
+  });
+
+  it("oversized payload queued past the client's check gets an error response the client receives, and a DLQ copy", async () => {
+    const open = await ask(rt.names.mgr("open"), encode({ client: "raw", service: "svc" }));
+    const session = (open as unknown as { value: { session: string } }).value.session;
+    const delivered: Array<{ n: number; error?: { code: string } }> = [];
+    const sub = rt.nc.subscribe(rt.names.cli("raw", "deliver"), {
+      callback: (_e, m) => {
+        delivered.push(decode(m.data) as never);
+        m.respond(encode({ ok: true, value: {} }));
+      },
+    });
+    await rt.js.publish(rt.names.req("raw", session), encode({ n: 1, kind: "request", payload: "x".repeat(4000) }), {
+      msgID: `${session}.1`,
+      headers: makeHeaders({ session, request: 1, kind: "request" }),
+    });
+    await eventually(() => delivered.length > 0, "the error response");
+    expect(delivered[0]).toMatchObject({ n: 1, error: { code: "TANDEM_PAYLOAD_TOO_LARGE" } });
+    await dlq("payload_too_large");
+    sub.unsubscribe();
+    await stillServing();
+  });
+
+  it("stale epoch - a delivery from an older manager epoch is refused by the client with TANDEM_STALE_EPOCH", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    await s.request(1);
+    const r = await ask(rt.names.cli(c.id, "deliver"), encode({ epoch: s.epoch - 1, session: s.id, n: 2, ok: "forged", server: "old" }));
+    expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
+    await dlq("stale_epoch", (b) => b.subject === rt.names.cli(c.id, "deliver"));
+    await expect(s.request(2)).resolves.toBe(2); // the forged response was not taken
+    await c.close();
+  });
+
+  it("stale epoch - work from an older manager epoch is refused by the server", async () => {
+    const r = await ask(rt.names.srv(server.id, "work"), encode({ epoch: 0, session: "s", client: "c", service: "svc", n: 1, kind: "request", payload: 1, restart: null }));
+    expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
+    await dlq("stale_epoch", (b) => b.subject === rt.names.srv(server.id, "work"));
+    await stillServing();
+  });
+});

@@ -1,0 +1,232 @@
+import { describe, expect, it } from "vitest";
+import fc from "fast-check";
+import { ManagerCore, type Effect } from "../../src/machines/managerCore.js";
+
+const LIMITS = { maxPending: 5, maxPayload: 100, serverTimeoutMs: 1000, ackTimeoutMs: 200 };
+
+function setup() {
+  const core = new ManagerCore(LIMITS, 1);
+  const fx: Effect[] = [];
+  fx.push(...core.registerServer("s1", "svc", 4, 0));
+  const { entry, effects } = core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 5, restart: { step: 0 } }, 0);
+  fx.push(...effects);
+  return { core, entry, fx };
+}
+
+const of = <T extends Effect["type"]>(fx: Effect[], type: T) => fx.filter((e): e is Extract<Effect, { type: T }> => e.type === type);
+
+let seq = 0;
+const req = (n: number, extra: Record<string, unknown> = {}) => ({ seq: ++seq, client: "c", session: "A", n, kind: "request" as const, payload: { n }, size: 10, ...extra });
+const resp = (n: number, server = "s1", extra: Record<string, unknown> = {}) => ({ seq: ++seq, client: "c", session: "A", n, server, ok: { n }, ...extra });
+
+describe("manager core - routing", () => {
+  it("open assigns a live server of the service and stores the initial client restart data", () => {
+    const { entry, fx } = setup();
+    expect(entry.server).toBe("s1");
+    expect(of(fx, "putRestart")).toEqual([{ type: "putRestart", session: "A", side: "client", record: { data: { step: 0 }, n: 0, seq: 0 } }]);
+  });
+
+  it("dispatches one request at a time per session, in request order", () => {
+    const { core } = setup();
+    const a = core.onRequest(req(1), 0, false);
+    const b = core.onRequest(req(2), 0, false);
+    expect(of(a, "dispatch").map((d) => d.n)).toEqual([1]);
+    expect(of(b, "dispatch")).toEqual([]); // 1 is still at the server
+    const c = core.onResponse(resp(1), 0);
+    expect(of(c, "dispatch").map((d) => d.n)).toEqual([2]);
+    expect(of(c, "deliver").map((d) => d.n)).toEqual([1]);
+  });
+
+  it("handles requests that reach the queue out of order (a retried publish)", () => {
+    const { core } = setup();
+    expect(of(core.onRequest(req(2), 0, false), "dispatch")).toEqual([]);
+    expect(of(core.onRequest(req(1), 0, false), "dispatch").map((d) => d.n)).toEqual([1]);
+  });
+
+  it("delivers in order, one in flight, and forgets responses once taken", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    core.onRequest(req(2), 0, false);
+    core.onResponse(resp(1), 0);
+    const fx = core.onResponse(resp(2), 0);
+    expect(of(fx, "deliver")).toEqual([]); // 1 is being delivered
+    expect(of(core.deliverAcked("A", 1, 0), "deliver").map((d) => d.n)).toEqual([2]);
+    core.deliverAcked("A", 2, 0);
+    core.onTaken({ seq: ++seq, client: "c", session: "A", taken: 2 }, 0);
+    expect(entry.taken).toBe(2);
+    expect(entry.responses.size).toBe(0);
+  });
+
+  it("ignores a duplicate response and a duplicate request", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    core.onResponse(resp(1), 0);
+    expect(core.onResponse(resp(1, "s2"), 0)).toEqual([]);
+    expect(entry.responses.get(1)?.server).toBe("s1");
+    expect(of(core.onRequest(req(1), 0, false), "dispatch")).toEqual([]);
+  });
+
+  it("keeps the newest client restart data by queue position (I6)", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(2, { restart: "two" }), 0, false);
+    core.onRequest(req(1, { restart: "one" }), 0, false); // arrived late: older position
+    expect(entry.clientRestart?.data).toBe("two");
+  });
+
+  it("stores server restart data from checkpoints and responses", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    const fx = core.onCheckpoint({ seq: ++seq, client: "c", session: "A", n: 1, restart: { round: 5 } });
+    expect(of(fx, "putRestart")[0]?.side).toBe("server");
+    core.onResponse(resp(1, "s1", { restart: { round: 10 } }), 0);
+    expect(entry.serverRestart?.data).toEqual({ round: 10 });
+  });
+});
+
+describe("manager core - bad input (I7)", () => {
+  it("answers an oversized request with TANDEM_PAYLOAD_TOO_LARGE and a DLQ copy, never dispatches it", () => {
+    const { core } = setup();
+    const fx = core.onRequest(req(1, { size: 1000 }), 0, false);
+    expect(of(fx, "storeError")[0]?.error.code).toBe("TANDEM_PAYLOAD_TOO_LARGE");
+    expect(of(fx, "dlq")[0]?.code).toBe("TANDEM_PAYLOAD_TOO_LARGE");
+    expect(of(fx, "dispatch")).toEqual([]);
+  });
+
+  it("answers requests over the pending limit with TANDEM_BACKPRESSURE", () => {
+    const { core } = setup();
+    const codes: string[] = [];
+    for (let n = 1; n <= 7; n++) for (const e of of(core.onRequest(req(n), 0, false), "storeError")) codes.push(e.error.code);
+    expect(codes).toEqual(["TANDEM_BACKPRESSURE", "TANDEM_BACKPRESSURE"]);
+  });
+
+  it("reports an unknown session to the client and the DLQ, but not while replaying", () => {
+    const core = new ManagerCore(LIMITS, 1);
+    const live = core.onRequest({ ...req(1), session: "nope" }, 0, false);
+    expect(of(live, "notify")[0]?.error.code).toBe("TANDEM_UNKNOWN_SESSION");
+    expect(of(live, "dlq")).toHaveLength(1);
+    expect(core.onRequest({ ...req(1), session: "nope" }, 0, true)).toEqual([]);
+  });
+});
+
+describe("manager core - servers", () => {
+  it("moves the sessions of a server without heartbeats to another server, which must restart them", () => {
+    const { core, entry } = setup();
+    core.registerServer("s2", "svc", 4, 0);
+    core.onRequest(req(1), 0, false); // dispatched to s1
+    core.heartbeat("s2", 900);
+    const fx = core.tick(1500);
+    expect(entry.server).toBe("s2");
+    expect(of(fx, "restartServer")).toEqual([{ type: "restartServer", server: "s2", sessions: ["A"] }]);
+    expect(of(fx, "dispatch")).toEqual([]); // not before s2 acknowledged the restart
+    const after = core.serverRestartAcked({ server: "s2", working: [] }, 1500);
+    expect(of(after, "dispatch").map((d) => [d.server, d.n])).toEqual([["s2", 1]]);
+  });
+
+  it("does not send work twice that a restarted server reports still running", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    core.startEpoch(2, 10);
+    expect(core.heartbeat("s1", 20)).toBe(false); // presumed from a backup: register again
+    const reg = core.registerServer("s1", "svc", 4, 20);
+    expect(of(reg, "restartServer")[0]?.sessions).toEqual(["A"]);
+    const fx = core.serverRestartAcked({ server: "s1", working: [{ session: "A", n: 1 }] }, 30);
+    expect(of(fx, "dispatch")).toEqual([]);
+    expect(entry.dispatched).toBe(1);
+  });
+
+  it("waits for a server when a service has none alive, then assigns the next to register", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    core.tick(5000); // s1 dead, nobody else
+    expect(entry.server).toBeNull();
+    const fx = core.registerServer("s3", "svc", 1, 5000);
+    expect(entry.server).toBe("s3");
+    expect(of(fx, "restartServer")[0]?.sessions).toEqual(["A"]);
+  });
+
+  it("retries a failed dispatch after a back-off", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    core.dispatchFailed("A", 1, 100);
+    expect(of(core.tick(101), "dispatch")).toEqual([]);
+    expect(of(core.tick(400), "dispatch").map((d) => d.n)).toEqual([1]);
+  });
+});
+
+describe("manager core - clients", () => {
+  it("after a new epoch delivers only once the client acknowledged the restart, from what it accepted", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    core.onRequest(req(2), 0, false);
+    core.onResponse(resp(1), 0);
+    core.onResponse(resp(2), 0);
+    const fx = core.startEpoch(2, 0);
+    expect(of(fx, "restartClient")).toEqual([{ type: "restartClient", client: "c", sessions: ["A"] }]);
+    expect(of(fx, "deliver")).toEqual([]);
+    const after = core.clientRestartAcked({ client: "c", sessions: [{ session: "A", taken: 1 }] }, 0);
+    expect(of(after, "deliver").map((d) => d.n)).toEqual([2]);
+  });
+
+  it("resume resets delivery to what the application took", () => {
+    const { core, entry } = setup();
+    core.onRequest(req(1), 0, false);
+    core.onResponse(resp(1), 0);
+    core.deliverAcked("A", 1, 0); // accepted by a process that then died before taking it
+    const { effects } = core.resume("c", "A", 0);
+    expect(entry.delivered).toBe(0);
+    expect(of(effects, "deliver").map((d) => d.n)).toEqual([1]);
+    expect(core.resume("someone-else", "A", 0).entry).toBeNull();
+  });
+});
+
+describe("manager core - snapshot and replay", () => {
+  it("rebuilds from a snapshot plus the queues past its cursors to the same decisions", () => {
+    // Property: for any split point, snapshot + replay of the rest == the live table.
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 12 }), fc.integer({ min: 0, max: 40 }), (requests, cut) => {
+        const events: Array<{ stream: "req" | "resp"; seq: number; apply: (c: ManagerCore, replay: boolean) => void }> = [];
+        let rs = 0;
+        let ps = 0;
+        for (let n = 1; n <= requests; n++) {
+          const s1 = ++rs;
+          events.push({ stream: "req", seq: s1, apply: (c, r) => void c.onRequest({ seq: s1, client: "c", session: "A", n, kind: "request", payload: n, size: 1, restart: n }, 0, r) });
+          if (n % 3 !== 0) {
+            const s2 = ++ps;
+            events.push({ stream: "resp", seq: s2, apply: (c) => void c.onResponse({ seq: s2, client: "c", session: "A", n, server: "s1", ok: n * 10 }, 0) });
+          }
+          if (n % 2 === 0 && n % 3 !== 0 && (n - 1) % 3 !== 0) {
+            const s3 = ++rs;
+            events.push({ stream: "req", seq: s3, apply: (c) => void c.onTaken({ seq: s3, client: "c", session: "A", taken: n }, 0) });
+          }
+        }
+        const mk = () => {
+          const c = new ManagerCore({ ...LIMITS, maxPending: 1000 }, 1);
+          c.registerServer("s1", "svc", 1, 0);
+          c.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+          return c;
+        };
+        const live = mk();
+        for (const e of events) e.apply(live, false);
+        const k = Math.min(cut, events.length);
+        const before = mk();
+        for (const e of events.slice(0, k)) e.apply(before, false);
+        const { records, cursor } = before.snapshot();
+        const restored = new ManagerCore({ ...LIMITS, maxPending: 1000 }, 2);
+        const b = before.sessions.get("A")!;
+        restored.restore(records, new Map([["A", { ...(b.clientRestart ? { client: b.clientRestart } : {}) }]]), cursor, 0);
+        // Replay each stream from its `from` cursor (what JetStream would deliver).
+        for (const e of events) {
+          const from = e.stream === "req" ? cursor.reqFrom : cursor.respFrom;
+          if (e.seq >= from) e.apply(restored, true);
+        }
+        const L = live.sessions.get("A")!;
+        const R = restored.sessions.get("A")!;
+        expect([R.lastReq, R.answered, R.taken]).toEqual([L.lastReq, L.answered, L.taken]);
+        expect([...R.requests.keys()].sort()).toEqual([...L.requests.keys()].sort());
+        expect([...R.responses.keys()].sort()).toEqual([...L.responses.keys()].sort());
+        expect(R.clientRestart?.data).toEqual(L.clientRestart?.data);
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
