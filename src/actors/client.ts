@@ -219,6 +219,9 @@ export class ClientSession {
   private orphanQueue: Response[] = [];
   private orphanDemand: Array<(r: IteratorResult<Response>) => void> = [];
   private taking = false;
+  /** Handed to the application (>= taken, the committed part). */
+  private handed = 0;
+  private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
   private restartData: unknown;
   /** Set once the manager knows this incarnation (open or resume done). */
@@ -255,13 +258,14 @@ export class ClientSession {
   get restart(): unknown {
     return this.restartData;
   }
-  /** Requests sent whose responses the application has not taken. */
+  /** Requests sent whose responses the application has not been handed. */
   get pending(): number {
-    return this.lastReq - this.taken;
+    return this.lastReq - this.handed;
   }
   get lastRequest(): number {
     return this.lastReq;
   }
+  /** Receipts committed (durable): after a resume, responses above this come again. */
   get takenUpTo(): number {
     return this.taken;
   }
@@ -338,6 +342,7 @@ export class ClientSession {
     this.serviceName = rep.service;
     this.lastReq = rep.lastReq;
     this.taken = rep.taken;
+    this.handed = rep.taken;
     this.accepted = rep.taken;
     this.buffer.clear();
     this.maxPending = rep.maxPending;
@@ -439,16 +444,18 @@ export class ClientSession {
   }
 
   /**
-   * Record "taken" in the queue, then hand over: in order, each response once (I2, I3).
-   * Responses with a waiting request() go to it; others (sent by an earlier incarnation of
-   * this session) go to responses() when the application asks for them.
+   * Hand over, then record "taken" in the queue: in order (I3), each response once to a live
+   * application (I2). A receipt is committed when its TAKEN record is durable; an application
+   * that dies before that gets the response again on resume (with `takenUpTo` telling it what
+   * was committed), so nothing taken is ever lost. Responses with a waiting request() go to it;
+   * others (sent by an earlier incarnation of this session) go to responses() on demand.
    */
   private async pumpTake(): Promise<void> {
     if (this.taking) return;
     this.taking = true;
     try {
       for (;;) {
-        let upTo = this.taken;
+        let upTo = this.handed;
         let orphans = 0;
         while (this.buffer.has(upTo + 1)) {
           const n = upTo + 1;
@@ -458,30 +465,44 @@ export class ClientSession {
           }
           upTo = n;
         }
-        if (upTo === this.taken) return;
-        const body = encode({ taken: upTo });
-        await this.publishDurable(upTo, body, "control", `${this.id}.t${upTo}`);
-        for (let n = this.taken + 1; n <= upTo; n++) {
-          const d = this.buffer.get(n)!;
-          this.buffer.delete(n);
-          this.taken = n;
-          const resp: Response = d.error
-            ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
-            : { n, ok: true, value: d.ok, server: d.server };
-          const w = this.waiters.get(n);
-          if (w) {
-            this.waiters.delete(n);
-            w.resolve(resp);
-          } else {
-            const next = this.orphanDemand.shift();
-            if (next) next({ value: resp, done: false });
-            else this.orphanQueue.push(resp);
+        if (upTo > this.handed) {
+          for (let n = this.handed + 1; n <= upTo; n++) {
+            const d = this.buffer.get(n)!;
+            this.buffer.delete(n);
+            this.handed = n;
+            const resp: Response = d.error
+              ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
+              : { n, ok: true, value: d.ok, server: d.server };
+            const w = this.waiters.get(n);
+            if (w) {
+              this.waiters.delete(n);
+              w.resolve(resp);
+            } else {
+              const next = this.orphanDemand.shift();
+              if (next) next({ value: resp, done: false });
+              else this.orphanQueue.push(resp);
+            }
           }
+          // Let the application's code run on what it was handed before committing.
+          await new Promise((r) => setImmediate(r));
         }
+        if (this.handed === this.taken) return;
+        const commit = this.handed;
+        await this.publishDurable(commit, encode({ taken: commit }), "control", `${this.id}.t${commit}`);
+        this.taken = commit;
+        for (const f of this.commitListeners) f(commit);
       }
     } finally {
       this.taking = false;
     }
+  }
+
+  /** Called with the watermark each time receipts up to it are committed. */
+  onCommit(listener: (takenUpTo: number) => void): () => void {
+    this.commitListeners.push(listener);
+    return () => {
+      this.commitListeners = this.commitListeners.filter((f) => f !== listener);
+    };
   }
 
   /**
@@ -508,7 +529,7 @@ export class ClientSession {
   /** Requests of an earlier incarnation still without a taken response. */
   get unclaimed(): number {
     let c = 0;
-    for (let n = this.taken + 1; n <= this.lastReq; n++) if (!this.waiters.has(n)) c++;
+    for (let n = this.handed + 1; n <= this.lastReq; n++) if (!this.waiters.has(n)) c++;
     return c;
   }
 

@@ -315,7 +315,11 @@ async function cmdClient(argv: string[]): Promise<void> {
   const quotas: number[] = [];
   try {
     if (state) {
-      for (const p of state.sessions) sessions.push(await client.resume(p));
+      for (const p of state.sessions) {
+        const s = await client.resume(p);
+        sessions.push(s);
+        out({ type: "resumed", session: s.id, restart: s.restart ?? null, lastReq: s.lastRequest, taken: s.takenUpTo });
+      }
       log.info({ sessions: sessions.length }, "resumed sessions from the state file");
     } else {
       for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service));
@@ -325,6 +329,8 @@ async function cmdClient(argv: string[]): Promise<void> {
   } catch (err) {
     fail(err instanceof TandemError ? `${err.code}: ${err.message}` : String(err), 1);
   }
+  // Committed receipts, for anyone checking exactly-once on this output.
+  for (const s of sessions) s.onCommit((upTo) => out({ type: "taken", session: s.id, upTo }));
   const k = sessions.length;
   for (let i = 0; i < k; i++) quotas.push(Math.floor(total / k) + (i < total % k ? 1 : 0));
   const progress = process.stderr.isTTY && !json ? setInterval(() => process.stderr.write(`\r${answered}/${total} answered`), 200) : undefined;
@@ -362,7 +368,8 @@ async function cmdClient(argv: string[]): Promise<void> {
         const t0 = performance.now();
         sent++;
         try {
-          const { response } = await s.send(payload);
+          // Client restart data: how far this session has sent (a resumed client continues there).
+          const { response } = await s.send(payload, { restart: { sent: n } });
           const r = await response;
           if (!r.ok && r.error?.code === "TANDEM_CLOSED") break;
           record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);

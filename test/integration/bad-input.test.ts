@@ -83,7 +83,7 @@ describe("bad input is rejected, not lost (I7)", () => {
 
   it("unknown session - a request queued for a session nobody opened is reported to its client and dead-lettered", async () => {
     const notices: Array<{ error?: { code: string } }> = [];
-    const sub = rt.nc.subscribe(rt.names.cli("lost-client", "deliver"), { callback: (_e, m) => notices.push(decode(m.data) as never) });
+    const sub = rt.nc.subscribe(rt.names.cli("lost-client", "deliver"), { callback: (_e, m) => void notices.push(decode(m.data) as never) });
     await rt.js.publish(rt.names.req("lost-client", "nosuch"), encode({ n: 1, kind: "request", payload: 1 }), {
       msgID: "nosuch.1",
       headers: makeHeaders({ session: "nosuch", request: 1, kind: "request" }),

@@ -1,0 +1,177 @@
+/**
+ * A real deployment for fault tests: nats-server, manager(s), servers and clients as separate
+ * processes of the built CLI, each restartable; clients keep the lines of all their
+ * incarnations so the history checker sees what the application saw.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { NatsServer } from "../../src/runtime/nats-server.js";
+import { Names, decode, encode } from "../../src/runtime/wire.js";
+import type { ManagerStatus } from "../../src/actors/manager.js";
+import { fastEnv } from "./nats.js";
+import { tandem, type TandemProc } from "./procs.js";
+import type { ClientHistory, Line } from "./history.js";
+
+export class ClientRunner {
+  readonly lines: Line[] = [];
+  proc: TandemProc | null = null;
+  incarnations = 0;
+  private copied = 0;
+
+  constructor(
+    readonly name: string,
+    private readonly args: string[],
+    private readonly env: Record<string, string>,
+    readonly expected: number,
+  ) {}
+
+  start(): void {
+    this.collect();
+    this.copied = 0;
+    this.incarnations++;
+    this.proc = tandem(`${this.name}#${this.incarnations}`, this.args, this.env);
+  }
+
+  /** Move the current incarnation's new lines into the history. */
+  collect(): void {
+    if (!this.proc) return;
+    const l = this.proc.lines;
+    for (; this.copied < l.length; this.copied++) this.lines.push(l[this.copied]!);
+  }
+
+  running(): boolean {
+    return this.proc?.running() ?? false;
+  }
+
+  async kill(): Promise<void> {
+    await this.proc?.kill("SIGKILL");
+    this.collect();
+  }
+
+  answered(): number {
+    this.collect();
+    return new Set(this.lines.filter((l) => l.type === "response").map((l) => l.request)).size;
+  }
+
+  finished(): boolean {
+    this.collect();
+    const p = this.proc;
+    return p !== null && !p.running() && p.child.exitCode === 0 && this.lines.some((l) => l.type === "summary" && l.complete === true);
+  }
+
+  history(): ClientHistory {
+    this.collect();
+    return { name: this.name, expected: this.expected, lines: this.lines };
+  }
+}
+
+export interface DeploymentOptions {
+  servers?: number;
+  work?: string[];
+  service?: string;
+}
+
+export class Deployment {
+  readonly dir = mkdtempSync(join(tmpdir(), "tandem-deploy-"));
+  readonly names = new Names("tandem");
+  managers: TandemProc[] = [];
+  servers: Array<TandemProc | null> = [];
+  clients: ClientRunner[] = [];
+  private managerCount = 0;
+
+  private constructor(
+    readonly ns: NatsServer,
+    readonly nc: NatsConnection,
+    readonly env: Record<string, string>,
+    readonly opts: Required<DeploymentOptions>,
+  ) {}
+
+  static async start(opts: DeploymentOptions = {}): Promise<Deployment> {
+    const ns = await NatsServer.start();
+    const nc = await connect({ servers: ns.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
+    const d = new Deployment(ns, nc, fastEnv(ns.url), {
+      servers: opts.servers ?? 2,
+      work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
+      service: opts.service ?? "svc",
+    });
+    d.startManager();
+    for (let i = 0; i < d.opts.servers; i++) d.startServer(i);
+    await d.waitServers(d.opts.servers);
+    return d;
+  }
+
+  get manager(): TandemProc | undefined {
+    return this.managers.find((m) => m.running());
+  }
+
+  startManager(): TandemProc {
+    const m = tandem(`manager-${++this.managerCount}`, ["manager", "--node", `m${this.managerCount}`], this.env);
+    this.managers.push(m);
+    return m;
+  }
+
+  startServer(i: number): TandemProc {
+    const p = tandem(`server-${i}`, ["server", "--service", this.opts.service, ...this.opts.work, "--id", `srv${i}-${Date.now() % 100000}`], this.env);
+    this.servers[i] = p;
+    return p;
+  }
+
+  async killServer(i: number): Promise<void> {
+    await this.servers[i]?.kill("SIGKILL");
+  }
+
+  client(name: string, requests: number, concurrency: number, extra: string[] = []): ClientRunner {
+    const args = [
+      "client", "--service", this.opts.service, "--requests", String(requests), "--concurrency", String(concurrency),
+      "--json", "--state", join(this.dir, `${name}.json`), ...extra,
+    ];
+    const c = new ClientRunner(name, args, this.env, requests);
+    this.clients.push(c);
+    return c;
+  }
+
+  async status(): Promise<ManagerStatus | null> {
+    try {
+      const r = await this.nc.request(this.names.mgr("status"), encode({}), { timeout: 1000 });
+      const rep = decode(r.data) as { ok: boolean; value: ManagerStatus };
+      return rep.ok ? rep.value : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async waitServers(count: number, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const st = await this.status();
+      if (st && st.servers.filter((s) => s.alive).length >= count) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`fewer than ${count} servers registered within ${timeoutMs} ms`);
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.clients) await c.kill();
+    for (const s of this.servers) await s?.kill("SIGKILL");
+    for (const m of this.managers) await m.kill("SIGKILL");
+    await this.nc.close();
+    await this.ns.cleanup();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** Logs of every process, for a failing test's message. */
+  logs(tail = 40): string {
+    const all = [...this.managers, ...this.servers.filter((s): s is TandemProc => s !== null), ...this.clients.map((c) => c.proc).filter((p): p is TandemProc => p !== null)];
+    return all.map((p) => `--- ${p.name}\n${p.stderr().split("\n").slice(-tail).join("\n")}`).join("\n");
+  }
+}
+
+export async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

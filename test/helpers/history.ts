@@ -1,0 +1,83 @@
+/**
+ * Checks DESIGN.md's invariants on a recorded history: the JSON lines every incarnation of a
+ * `tandem client --json` wrote, in the order written.
+ *   I1 no loss: every request of every client was answered (and the last incarnation finished).
+ *   I2 once:    no request id reached the application twice. A receipt is committed when
+ *               its TAKEN record is durable (the client prints `taken` lines after each
+ *               commit); a resumed session gets responses again from the committed watermark
+ *               it is told (`resumed.taken`), so lines of a killed incarnation above that
+ *               watermark were never committed and are set aside. The watermark itself is
+ *               checked: it may never be below a commit an earlier incarnation printed.
+ *   I3 order:   within a session, responses reached the application in request order.
+ *   I6 restart data never goes back: a resumed session's restart data is at least as new as
+ *               the newest request the earlier incarnations saw answered (whose publish, and so
+ *               its restart data, was acknowledged before).
+ */
+export type Line = Record<string, unknown>;
+
+export interface ClientHistory {
+  name: string;
+  expected: number;
+  /** Lines of every incarnation, in order. */
+  lines: Line[];
+}
+
+export interface Verdict {
+  ok: boolean;
+  problems: string[];
+  answered: number;
+  expected: number;
+}
+
+export function checkHistory(clients: ClientHistory[]): Verdict {
+  const problems: string[] = [];
+  let answered = 0;
+  let expected = 0;
+  for (const c of clients) {
+    expected += c.expected;
+    const seen = new Map<string, number>();
+    const lastN = new Map<string, number>();
+    const committed = new Map<string, number>();
+    for (const l of c.lines) {
+      if (l.type === "taken") {
+        const session = String(l.session);
+        committed.set(session, Math.max(committed.get(session) ?? 0, Number(l.upTo)));
+        continue;
+      }
+      if (l.type === "response") {
+        const id = String(l.request);
+        const session = String(l.session);
+        const n = Number(l.n);
+        seen.set(id, (seen.get(id) ?? 0) + 1);
+        if (seen.get(id) === 2) problems.push(`I2 ${c.name}: ${id} reached the application twice`);
+        if (l.ok !== true) problems.push(`${c.name}: ${id} failed with ${String(l.error)}`);
+        const prev = lastN.get(session) ?? 0;
+        if (n <= prev) problems.push(`I3 ${c.name}: session ${session} got ${n} after ${prev}`);
+        lastN.set(session, Math.max(prev, n));
+      } else if (l.type === "resumed") {
+        const session = String(l.session);
+        const sent = Number((l.restart as { sent?: number } | null)?.sent ?? 0);
+        const floor = lastN.get(session) ?? 0;
+        if (sent < floor) problems.push(`I6 ${c.name}: session ${session} resumed with restart data ${sent} < ${floor} already answered`);
+        const taken = Number(l.taken);
+        const was = committed.get(session) ?? 0;
+        if (taken < was) problems.push(`I2 ${c.name}: session ${session} resumed at ${taken} below its committed ${was}`);
+        // Set aside receipts above the watermark: they were not committed and come again.
+        for (let n = taken + 1; n <= floor; n++) seen.delete(`${session}.${n}`);
+        lastN.set(session, taken);
+      }
+    }
+    answered += seen.size;
+    if (seen.size !== c.expected) {
+      // Name the gaps: within each session requests are numbered 1..max.
+      const missing: string[] = [];
+      for (const [session, max] of lastN) {
+        for (let n = 1; n <= max; n++) if (!seen.has(`${session}.${n}`)) missing.push(`${session}.${n}`);
+      }
+      problems.push(`I1 ${c.name}: ${seen.size} of ${c.expected} requests answered; missing ${missing.slice(0, 10).join(", ") || "(after the last answered)"}`);
+    }
+    const summary = [...c.lines].reverse().find((l) => l.type === "summary");
+    if (!summary || summary.complete !== true) problems.push(`I1 ${c.name}: the last incarnation did not finish (${JSON.stringify(summary ?? null)})`);
+  }
+  return { ok: problems.length === 0, problems, answered, expected };
+}
