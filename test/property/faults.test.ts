@@ -1,0 +1,108 @@
+/**
+ * Property: for any schedule of process faults (SIGKILL of clients, servers, the manager, or a
+ * manager and a server together; each restarted after a random downtime), once the schedule
+ * heals, the recorded history satisfies I1, I2, I3 and I6.
+ *
+ * Bounded: TANDEM_PROPERTY_RUNS runs (default 3; TANDEM_DEEP=1 makes it 30) within a time
+ * budget; the seed is printed and TANDEM_SEED replays it. fast-check shrinks a failing schedule
+ * to a minimal one, printed with the counterexample.
+ */
+import { describe, expect, it } from "vitest";
+import fc from "fast-check";
+import { Deployment, until } from "../helpers/deployment.js";
+import { checkHistory } from "../helpers/history.js";
+
+const DEEP = process.env.TANDEM_DEEP === "1";
+const RUNS = Number(process.env.TANDEM_PROPERTY_RUNS ?? (DEEP ? 30 : 3));
+const BUDGET_MS = Number(process.env.TANDEM_PROPERTY_BUDGET_MS ?? (DEEP ? 60 * 60_000 : 150_000));
+const SEED = Number(process.env.TANDEM_SEED ?? Math.floor(Math.random() * 2 ** 31));
+
+type Fault =
+  | { kind: "client"; i: number }
+  | { kind: "server"; i: number }
+  | { kind: "manager" }
+  | { kind: "manager+server"; i: number };
+
+interface Step {
+  fault: Fault;
+  /** Wait before the fault. */
+  afterMs: number;
+  /** Time the killed process stays down before it is started again. */
+  downMs: number;
+}
+
+const fault: fc.Arbitrary<Fault> = fc.oneof(
+  fc.record({ kind: fc.constant("client" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.record({ kind: fc.constant("server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.constant({ kind: "manager" as const }),
+  fc.record({ kind: fc.constant("manager+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+);
+
+const schedule = fc.array(
+  fc.record({ fault, afterMs: fc.integer({ min: 50, max: 700 }), downMs: fc.integer({ min: 0, max: 800 }) }),
+  { minLength: 1, maxLength: 4 },
+);
+
+const describeStep = (s: Step) =>
+  `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} ms, down ${s.downMs} ms`;
+
+async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: string[] }> {
+  const d = await Deployment.start({ servers: 2 });
+  try {
+    const clients = [d.client("a", 120, 2), d.client("b", 120, 2)];
+    for (const c of clients) c.start();
+    for (const step of steps) {
+      await new Promise((r) => setTimeout(r, step.afterMs));
+      const f = step.fault;
+      const restarts: Array<() => void> = [];
+      if (f.kind === "client") {
+        const c = clients[f.i]!;
+        if (c.running()) {
+          await c.kill();
+          restarts.push(() => c.start());
+        }
+      }
+      if (f.kind === "server" || f.kind === "manager+server") {
+        await d.killServer(f.i);
+        restarts.push(() => void d.startServer(f.i));
+      }
+      if (f.kind === "manager" || f.kind === "manager+server") {
+        await d.manager?.kill("SIGKILL");
+        restarts.push(() => void d.startManager());
+      }
+      await new Promise((r) => setTimeout(r, step.downMs));
+      for (const r of restarts) r();
+    }
+    // Healed: every process is running again; clients that were killed resume and finish.
+    await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 120_000);
+    const v = checkHistory(clients.map((c) => c.history()));
+    if (!v.ok) console.error(`schedule: ${steps.map(describeStep).join("; ")}\n${v.problems.slice(0, 10).join("\n")}\n${d.logs(15)}`);
+    return v;
+  } catch (err) {
+    console.error(`schedule: ${steps.map(describeStep).join("; ")}\n${String(err)}\n${d.logs(15)}`);
+    return { ok: false, problems: [String(err)] };
+  } finally {
+    await d.stop();
+  }
+}
+
+describe("fault schedules (fast-check)", () => {
+  it(
+    "after any schedule of kills and restarts heals, no request is lost or answered twice, order and restart data hold (I1, I2, I3, I6)",
+    async () => {
+      console.log(`fault property: seed ${SEED}, ${RUNS} run(s), budget ${BUDGET_MS} ms (replay with TANDEM_SEED=${SEED})`);
+      let run = 0;
+      await fc.assert(
+        fc.asyncProperty(schedule, async (steps) => {
+          run++;
+          const t0 = performance.now();
+          const v = await runSchedule(steps);
+          console.log(`  run ${run}: ${steps.map(describeStep).join("; ")} -> ${v.ok ? "ok" : "FAILED"} in ${Math.round(performance.now() - t0)} ms`);
+          expect(v.problems).toEqual([]);
+        }),
+        { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: BUDGET_MS, markInterruptAsFailure: false, endOnFailure: !DEEP },
+      );
+    },
+    BUDGET_MS + 180_000,
+  );
+});
