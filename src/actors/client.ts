@@ -26,8 +26,6 @@ import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 export interface OpenOptions {
   /** Initial client restart data. */
   restart?: unknown;
-  /** Deliver responses in request order (default true). */
-  ordered?: boolean;
   /** Requests outstanding before request() throws TANDEM_BACKPRESSURE (capped by the manager). */
   maxPending?: number;
 }
@@ -325,7 +323,6 @@ export class ClientSession {
       client: this.client.id,
       service,
       ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
-      ...(this.opts.ordered !== undefined ? { ordered: this.opts.ordered } : {}),
       ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
     });
     this.sessionId = rep.session;

@@ -63,7 +63,8 @@ export function newId(bytes = 9): string {
 /** One manager node. Any number may run; the lease makes one of them primary. */
 export class ManagerNode {
   readonly node: string;
-  private readonly log: Logger;
+  private readonly baseLog: Logger;
+  private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
   /** Epoch in which this node may act; 0 when not primary. */
@@ -79,7 +80,8 @@ export class ManagerNode {
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
-    this.log = rt.logger.child({ role: "manager", node: this.node });
+    this.baseLog = rt.logger.child({ role: "manager", node: this.node });
+    this.log = this.baseLog;
   }
 
   get epoch(): number {
@@ -281,6 +283,7 @@ export class ManagerNode {
     core.restore(records, restarts, cursor, now());
     this.core = core;
     this.actingEpoch = epoch;
+    this.log = this.baseLog.child({ epoch });
     const reqInfo = await rt.jsm.streams.info(rt.names.streamReq);
     const respInfo = await rt.jsm.streams.info(rt.names.streamResp);
     this.replayEnd = { req: reqInfo.state.last_seq, resp: respInfo.state.last_seq };
@@ -451,6 +454,7 @@ export class ManagerNode {
 
   private async release(): Promise<void> {
     this.actingEpoch = 0;
+    this.log = this.baseLog;
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
     for (const c of this.consumers) await c.close().catch(() => {});
