@@ -7,6 +7,7 @@ import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { randomBytes } from "node:crypto";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
+import { BackupStore, fullBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
 import { managerMachine, type LeaseView, type ManagerEvent } from "../machines/managerMachine.js";
 import type {
@@ -22,6 +23,7 @@ import type {
   WorkMsg,
 } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
+import { byEpoch, FencedError, FencedKv } from "../runtime/fenced-kv.js";
 import { isWrongLastSequence, readLastPerSubject, takeOverConsumer } from "../runtime/jetstream.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
@@ -52,6 +54,9 @@ export interface ManagerStatus {
   sessions: number;
   servers: Array<{ id: string; service: string; alive: boolean }>;
   services: Array<{ service: string; sessions: number; pending: number; servers: number }>;
+  /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
+  standbys: Array<{ node: string; lastBackupAgeMs: number; seq: number }>;
+  since: string | null;
 }
 
 const now = () => performance.now();
@@ -76,7 +81,18 @@ export class ManagerNode {
   private replayEnd = { req: 0, resp: 0 };
   private caughtUp: Array<() => void> = [];
   /** Takeover measurement: when rebuild started and finished. */
-  lastTakeover: { epoch: number; rebuildMs: number; sessions: number } | null = null;
+  lastTakeover: { epoch: number; rebuildMs: number; sessions: number; fromBackup: boolean } | null = null;
+  /** Standby side: the primary's backups. */
+  readonly backup = new BackupStore();
+  /** Primary side: fenced writers (fresh revision maps per epoch). */
+  private kvSessions: FencedKv | null = null;
+  private kvCtl: FencedKv | null = null;
+  private kvRestart: FencedKv | null = null;
+  private backupSeq = 0;
+  private standbys = new Map<string, { at: number; seq: number; needFull: boolean }>();
+  private ackSub: Subscription | null = null;
+  private lastTick = 0;
+  private primarySince: string | null = null;
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
@@ -111,7 +127,7 @@ export class ManagerNode {
       actions: {
         report: (_, params) => {
           const { event, ...rest } = params;
-          this.log.info(rest, `manager ${event}`);
+          this.baseLog.info(rest, `manager ${event}`);
         },
       },
     });
@@ -161,6 +177,8 @@ export class ManagerNode {
       sessions: core?.sessions.size ?? 0,
       servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
       services: [...services.values()],
+      standbys: [...this.standbys].map(([node, a]) => ({ node, lastBackupAgeMs: Math.round(now() - a.at), seq: a.seq })),
+      since: this.primarySince,
     };
   }
 
@@ -187,8 +205,24 @@ export class ManagerNode {
       if (!stopped) this.timers.push(setTimeout(poll, Math.max(20, this.rt.config.heartbeatMs / 2)));
     };
     void poll();
+    // Backups from the primary: keep them, acknowledge them, and take them as a sign of life.
+    const sub = this.rt.nc.subscribe(this.rt.names.backup, {
+      callback: (err, m) => {
+        if (err || stopped) return;
+        try {
+          const msg = decode(m.data) as BackupMsg;
+          const ack = this.backup.apply(msg, this.node);
+          if (!ack) return; // from an older epoch: not a sign of the current primary
+          if (m.reply) m.respond(encode(ack));
+          sendBack({ type: "BACKUP_SEEN", epoch: msg.epoch });
+        } catch (e) {
+          this.log.warn({ err: e }, "unreadable backup ignored");
+        }
+      },
+    });
     return () => {
       stopped = true;
+      sub.unsubscribe();
     };
   }
 
@@ -254,20 +288,38 @@ export class ManagerNode {
       },
       epoch,
     );
-    const cursor = await this.readCursor();
+    this.kvSessions = new FencedKv(rt.kv.sessions);
+    this.kvCtl = new FencedKv(rt.kv.ctl);
+    this.kvRestart = new FencedKv(rt.kv.restart);
+    const stored = await rt.kv.ctl.get("cursor");
+    const storedCursor = stored && stored.operation === "PUT" ? stored.json<CursorRecord>() : null;
+    if (stored) this.kvCtl.saw("cursor", stored.revision);
+    let cursor = storedCursor;
     const records: SessionRecord[] = [];
-    for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`)) {
-      if (m.data.length === 0) continue; // delete marker
-      try {
-        records.push(decode(m.data) as SessionRecord);
-      } catch {
-        /* a corrupt record cannot be rebuilt; its session will report unknown */
+    // The last backup is the cut to start from when we have one at least as new as the bucket's
+    // (DESIGN.md §4.3); otherwise the bucket (a manager started cold, or a backup missed).
+    const b = this.backup;
+    const fromBackup = b.complete && b.cursor !== null && (!storedCursor || b.cursor.reqSeq >= storedCursor.reqSeq);
+    if (fromBackup) {
+      cursor = b.cursor;
+      records.push(...b.records.values());
+    } else {
+      for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`)) {
+        const key = m.subject.split(".").slice(2).join(".");
+        this.kvSessions.saw(key, m.seq);
+        if (m.data.length === 0) continue; // delete marker
+        try {
+          records.push(decode(m.data) as SessionRecord);
+        } catch {
+          /* a corrupt record cannot be rebuilt; its session will report unknown */
+        }
       }
     }
     const restarts = new Map<string, { client?: RestartRecord; server?: RestartRecord }>();
     for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketRestart}`)) {
       if (m.data.length === 0) continue;
       const key = m.subject.split(".").slice(2).join(".");
+      this.kvRestart.saw(key, m.seq);
       const dot = key.lastIndexOf(".");
       const session = key.slice(0, dot);
       const side = key.slice(dot + 1);
@@ -296,9 +348,9 @@ export class ManagerNode {
     await this.startConsuming(respConsumer, "resp", epoch);
     await this.caughtUpTo(this.replayEnd.req, this.replayEnd.resp, 60_000);
     const rebuildMs = now() - t0;
-    this.lastTakeover = { epoch, rebuildMs, sessions: core.sessions.size };
+    this.lastTakeover = { epoch, rebuildMs, sessions: core.sessions.size, fromBackup };
     this.log.info(
-      { epoch, sessions: core.sessions.size, replayedReq: this.replayEnd.req - reqFrom + 1, replayedResp: this.replayEnd.resp - respFrom + 1, rebuildMs: Math.round(rebuildMs) },
+      { from: fromBackup ? "backup" : "bucket", sessions: core.sessions.size, replayedReq: this.replayEnd.req - reqFrom + 1, replayedResp: this.replayEnd.resp - respFrom + 1, rebuildMs: Math.round(rebuildMs) },
       "rebuilt from backup and queues",
     );
   }
@@ -409,11 +461,44 @@ export class ManagerNode {
     sub(names.mgr("status"), (m) => replyOk(m, this.status()));
     sub(names.register, (m) => this.onRegister(m));
     sub(names.heartbeat, (m) => this.onHeartbeat(m));
+    this.primarySince = new Date().toISOString();
+    this.standbys.clear();
+    this.backupSeq = 0;
+    const inbox = rt.nc.subscribe(`_INBOX.tandem-backup.${this.node}.${epoch}`, {
+      callback: (err, m) => {
+        if (err) return;
+        try {
+          const ack = decode(m.data) as BackupAck;
+          this.standbys.set(ack.node, { at: now(), seq: ack.seq, needFull: ack.needFull });
+        } catch {
+          /* ignore */
+        }
+      },
+    });
+    this.ackSub = inbox;
     // Everyone restarts against this epoch (DESIGN.md §4.3).
     this.run(core.startEpoch(epoch, now()));
     const tickMs = Math.max(20, Math.min(100, rt.config.serverHeartbeatMs / 2));
+    this.lastTick = now();
     const tick = setInterval(() => {
-      if (this.actingEpoch === epoch) this.run(core.tick(now()));
+      if (this.actingEpoch !== epoch) return;
+      const t = now();
+      const gap = t - this.lastTick;
+      this.lastTick = t;
+      // A gap this long means this process was paused (SIGSTOP, a VM freeze): a newer primary
+      // may exist. Check the lease before doing anything else.
+      if (gap > rt.config.leaseMs / 2) {
+        // Timeouts measured across the pause are not real: act on nothing until the lease is
+        // confirmed, then give servers a fresh heartbeat window.
+        this.log.warn({ pausedMs: Math.round(gap) }, "event loop was paused; verifying the lease");
+        void this.verifyLease(epoch).then((ok) => {
+          if (!ok) return;
+          const t2 = now();
+          for (const srv of core.servers.values()) srv.lastSeen = Math.max(srv.lastSeen, t2);
+        });
+        return;
+      }
+      this.run(core.tick(t));
     }, tickMs);
     const snap = setInterval(() => {
       if (this.actingEpoch === epoch && !this.snapshotting) {
@@ -430,25 +515,71 @@ export class ManagerNode {
 
   private async snapshot(epoch: number): Promise<void> {
     const core = this.core;
-    if (!core) return;
-    const { records, cursor } = core.snapshot();
+    const kvSessions = this.kvSessions;
+    const kvCtl = this.kvCtl;
+    if (!core || !kvSessions || !kvCtl) return;
+    const { records, removed, cursor } = core.snapshot();
     try {
-      await Promise.all(records.map((r) => this.rt.kv.sessions.put(r.session, encode(r))));
+      await Promise.all(records.map((r) => kvSessions.write(r.session, r, byEpoch(epoch))));
       // The cursor is written last: every record of this cut is stored before it (a
       // consistent cut to replay from).
-      if (this.actingEpoch === epoch) await this.rt.kv.ctl.put("cursor", encode(cursor));
+      if (this.actingEpoch === epoch) await kvCtl.write("cursor", cursor, byEpoch(epoch));
     } catch (err) {
+      if (err instanceof FencedError) {
+        this.fenced(epoch, err.message);
+        return;
+      }
       // Mark them dirty again so the next snapshot retries.
       for (const r of records) {
         const s = core.sessions.get(r.session);
         if (s) s.dirty = true;
       }
       this.log.warn({ err }, "snapshot failed; will retry");
+      return;
+    }
+    if (this.actingEpoch === epoch) this.sendBackup(epoch, core, records, removed, cursor);
+  }
+
+  /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
+  private sendBackup(epoch: number, core: ManagerCore, records: SessionRecord[], removed: string[], cursor: CursorRecord): void {
+    const reply = this.ackSub ? `_INBOX.tandem-backup.${this.node}.${epoch}` : undefined;
+    if (!reply) return;
+    const stale = now() - 10 * this.rt.config.backupMs - 2000;
+    for (const [node, a] of this.standbys) if (a.at < stale) this.standbys.delete(node);
+    const wantFull = this.backupSeq === 0 || [...this.standbys.values()].some((a) => a.needFull);
+    const seq = ++this.backupSeq;
+    const base = { epoch, node: this.node, seq, cursor };
+    const msgs: BackupMsg[] = wantFull
+      ? fullBackup(base, core.allRecords())
+      : [{ ...base, full: false, part: 1, parts: 1, records, removed }];
+    if (wantFull) for (const a of this.standbys.values()) a.needFull = false;
+    for (const m of msgs) this.rt.nc.publish(this.rt.names.backup, encode(m), { reply });
+  }
+
+  private fenced(epoch: number, reason: string): void {
+    if (this.actingEpoch !== epoch) return;
+    this.actingEpoch = 0;
+    this.log.warn({ reason }, "fenced by a newer manager");
+    this.actor?.send({ type: "FENCED", reason });
+  }
+
+  /** After a pause: is the lease still ours? */
+  private async verifyLease(epoch: number): Promise<boolean> {
+    try {
+      const e = await this.rt.kv.ctl.get("leader");
+      const lease = e && e.operation === "PUT" ? e.json<LeaseRecord>() : null;
+      if (!lease || lease.epoch !== epoch || lease.node !== this.node) {
+        this.fenced(epoch, `lease now held by ${lease?.node ?? "nobody"} at epoch ${lease?.epoch ?? 0}`);
+        return false;
+      }
+      return true;
+    } catch {
+      return this.actingEpoch === epoch;
     }
   }
 
   private async stepDown(epoch: number): Promise<void> {
-    this.log.warn({ epoch }, "stepping down: another manager holds the lease");
+    this.log.warn({ epoch }, "stepped down: serving stopped, back to standby");
     await this.release();
   }
 
@@ -457,6 +588,9 @@ export class ManagerNode {
     this.log = this.baseLog;
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
+    this.ackSub?.unsubscribe();
+    this.ackSub = null;
+    this.primarySince = null;
     for (const c of this.consumers) await c.close().catch(() => {});
     this.consumers = [];
     for (const t of this.timers) clearTimeout(t);
@@ -506,13 +640,17 @@ export class ManagerNode {
     const ordered = (body.ordered as boolean | undefined) ?? true;
     const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart }, now());
     try {
-      await this.rt.kv.sessions.put(session, encode(core.record(entry)));
+      await this.kvSessions!.create(session, core.record(entry));
       entry.dirty = false;
     } catch (err) {
       core.close(client, session);
       return this.reject(m, new TandemError(ErrorCode.NoManager, "could not store the session; try again", { cause: err }));
     }
-    if (this.actingEpoch !== epoch) return;
+    // A primary that was paused must not hand out a session a newer primary will not know.
+    if (this.actingEpoch !== epoch || !(await this.verifyLease(epoch))) {
+      replyError(m, new TandemError(ErrorCode.NotLeader, "this manager lost its lease; retry the open"));
+      return;
+    }
     replyOk<OpenReply>(m, { session, epoch, maxPending, maxPayload: this.rt.config.maxPayload });
     this.log.debug({ session, client, service, server: entry.server }, "session opened");
     this.run(effects);
@@ -589,6 +727,9 @@ export class ManagerNode {
       jsm.streams.purge(names.streamReq, { filter: names.req(client, session) }),
       jsm.streams.purge(names.streamResp, { filter: names.resp(client, session) }),
     ]).catch((err) => this.log.warn({ err, session }, "purge of a closed session's queues failed"));
+    this.kvSessions?.forget(session);
+    this.kvRestart?.forget(`${session}.client`);
+    this.kvRestart?.forget(`${session}.server`);
     await Promise.all([
       kv.sessions.purge(session),
       kv.restart.purge(`${session}.client`),
@@ -702,8 +843,13 @@ export class ManagerNode {
         return;
       }
       case "putRestart": {
-        rt.kv.restart
-          .put(`${e.session}.${e.side}`, encode(e.record))
+        // Never older over newer (I6), whoever wrote the newer one.
+        const mine = e.record;
+        this.kvRestart
+          ?.write(`${e.session}.${e.side}`, mine, (stored) => {
+            const s = stored as RestartRecord | null;
+            return !s || mine.n > s.n || (mine.n === s.n && mine.seq >= s.seq) ? "overwrite" : "skip";
+          })
           .catch((err) => this.log.warn({ err, session: e.session }, "storing restart data in the bucket failed (it stays in the queue)"));
         return;
       }

@@ -103,6 +103,8 @@ export interface SessionRecord {
   lastReq: number;
   answered: number;
   taken: number;
+  /** Epoch of the manager that wrote it: a lower epoch may not overwrite it (I5). */
+  epoch: number;
 }
 
 /** The persisted cursor of the whole table (bucket tandem_ctl, key `cursor`). */
@@ -147,6 +149,8 @@ export class ManagerCore {
   readonly servers = new Map<string, ServerEntry>();
   readonly clients = new Map<string, ClientEntry>();
   readonly services = new Set<string>();
+  /** Sessions closed since the last snapshot (for backups). */
+  private removed: string[] = [];
   reqSeq = 0;
   respSeq = 0;
 
@@ -199,6 +203,7 @@ export class ManagerCore {
     const s = this.sessions.get(session);
     if (!s || s.client !== client) return { closed: null, effects: [] };
     this.sessions.delete(session);
+    this.removed.push(session);
     const effects: Effect[] = [];
     if (s.dispatched && s.server) effects.push({ type: "cancel", server: s.server, session, n: s.dispatched });
     return { closed: s, effects };
@@ -654,11 +659,17 @@ export class ManagerCore {
       lastReq: s.lastReq,
       answered: s.answered,
       taken: s.taken,
+      epoch: this.epoch,
     };
   }
 
+  /** Every open session's record, for a full backup. */
+  allRecords(): SessionRecord[] {
+    return [...this.sessions.values()].map((s) => this.record(s));
+  }
+
   /** Dirty session records (clears the flags) and the cursor that makes them a consistent cut. */
-  snapshot(): { records: SessionRecord[]; cursor: CursorRecord } {
+  snapshot(): { records: SessionRecord[]; removed: string[]; cursor: CursorRecord } {
     const records: SessionRecord[] = [];
     let reqFrom = this.reqSeq + 1;
     let respFrom = this.respSeq + 1;
@@ -670,8 +681,11 @@ export class ManagerCore {
       for (const r of s.requests.values()) if (r.seq > 0 && r.seq < reqFrom) reqFrom = r.seq;
       for (const r of s.responses.values()) if (r.seq > 0 && r.seq < respFrom) respFrom = r.seq;
     }
+    const removed = this.removed;
+    this.removed = [];
     return {
       records,
+      removed,
       cursor: {
         v: 1,
         epoch: this.epoch,

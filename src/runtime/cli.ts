@@ -431,7 +431,8 @@ async function cmdStatus(argv: string[]): Promise<void> {
     process.stdout.write(`${JSON.stringify({ ...st, lease: leaseInfo })}\n`);
   } else {
     const lines = [
-      `primary   ${st.node}  epoch ${st.epoch}${leaseInfo ? `  lease renewed ${leaseInfo.since}` : ""}`,
+      `primary   ${st.node}  epoch ${st.epoch}  since ${st.since ?? "?"}${leaseInfo ? `  (lease renewed ${leaseInfo.since})` : ""}`,
+      `standbys  ${st.standbys.length === 0 ? "none" : st.standbys.map((s) => `${s.node} (last backup ${s.lastBackupAgeMs} ms ago)`).join(", ")}`,
       `sessions  ${st.sessions}`,
       "",
       "service              sessions  pending  servers",

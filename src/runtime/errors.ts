@@ -82,4 +82,5 @@ export const JsApiCode = {
   ConsumerNotFound: 10014,
   StreamNotFound: 10059,
   StreamWrongLastSequence: 10071,
+  StreamWrongLastSequenceUnknown: 10164,
 } as const;

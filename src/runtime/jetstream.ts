@@ -70,5 +70,8 @@ export async function takeOverConsumer(
 }
 
 export function isWrongLastSequence(err: unknown): boolean {
-  return err instanceof JetStreamApiError && err.code === JsApiCode.StreamWrongLastSequence;
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === JsApiCode.StreamWrongLastSequence || err.code === JsApiCode.StreamWrongLastSequenceUnknown)
+  );
 }
