@@ -189,7 +189,8 @@ export class TandemClient {
     const acks: ClientRestartAck["sessions"] = [];
     for (const info of msg.sessions) {
       const s = this.sessions.get(info.session);
-      if (!s) continue;
+      // Not attached yet: its resume, in flight, synchronises it with the manager.
+      if (!s || !s.isAttached) continue;
       s.restartFromManager(msg.epoch);
       acks.push({ session: s.id, taken: s.acceptedUpTo });
     }
@@ -271,6 +272,10 @@ export class ClientSession {
   get acceptedUpTo(): number {
     return this.accepted;
   }
+  /** @internal the manager knows this incarnation (open or resume finished). */
+  get isAttached(): boolean {
+    return this.attached;
+  }
 
   /** @internal */
   async start(persisted: Snapshot<unknown> | undefined): Promise<void> {
@@ -334,7 +339,16 @@ export class ClientSession {
     return { session: rep.session, epoch: rep.epoch };
   }
 
-  private async resumeCall(session: string): Promise<{ session: string; epoch: number }> {
+  /** One resume per incarnation: a manager restart arriving meanwhile must not start another. */
+  private resuming: Promise<{ session: string; epoch: number }> | null = null;
+
+  private resumeCall(session: string): Promise<{ session: string; epoch: number }> {
+    if (this.attached) return Promise.resolve({ session, epoch: this.epoch });
+    this.resuming ??= this.doResume(session).finally(() => (this.resuming = null));
+    return this.resuming;
+  }
+
+  private async doResume(session: string): Promise<{ session: string; epoch: number }> {
     const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session });
     this.serviceName = rep.service;
     this.lastReq = rep.lastReq;

@@ -49,8 +49,8 @@ export async function cmdDemo(argv: string[]): Promise<void> {
   const say = (s = "") => process.stdout.write(`${s}\n`);
   say(bold("Tandem demo"));
   say("Clients hand requests to a manager, which keeps every request, response and restart");
-  say("checkpoint in NATS JetStream and routes the work to servers. We will kill a server midway");
-  say("and check that nothing is lost and nothing arrives twice.\n");
+  say("checkpoint in NATS JetStream and routes the work to servers. We will kill a server, then");
+  say("the primary manager, and check that nothing is lost and nothing arrives twice.\n");
 
   const nats = await NatsServer.start({ storeDir: join(dir, "nats") });
   say(`  1. nats-server with JetStream      ${dim(nats.url)}`);
@@ -71,12 +71,14 @@ export async function cmdDemo(argv: string[]): Promise<void> {
   });
 
   try {
-    start("manager", ["manager", "--node", "demo-manager"]);
-    say(`  2. one manager                     ${dim("tandem manager")}`);
+    start("manager-a", ["manager", "--node", "manager-a"]);
+    await waitFor(nats.url, (st) => st.node === "manager-a");
+    start("manager-b", ["manager", "--node", "manager-b"]);
+    say(`  2. two managers: a primary and a standby that receives its backups  ${dim("tandem manager")}`);
     const servers = ["demo-server-1", "demo-server-2"];
     for (const id of servers) start(id, ["server", "--service", "demo", "--work", "sleep", "--sleep-ms", "8", "--id", id]);
     say(`  3. two servers of service "demo"   ${dim("tandem server --service demo --work sleep")}`);
-    await waitForServers(nats.url, 2);
+    await waitFor(nats.url, (st) => st.servers.filter((x) => x.alive).length >= 2 && st.standbys.length >= 1);
 
     const clients = 3;
     const total = clients * perClient;
@@ -88,6 +90,9 @@ export async function cmdDemo(argv: string[]): Promise<void> {
     let errors = 0;
     let killedAt = 0;
     let movedFirst = 0;
+    let managerKilledAt = 0;
+    const servedAfterManagerKill = new Map<string, number>();
+    const sessionsSeen = new Set<string>();
     const moved = new Set<string>();
     const finished: Array<Promise<void>> = [];
     for (let i = 1; i <= clients; i++) {
@@ -122,6 +127,8 @@ export async function cmdDemo(argv: string[]): Promise<void> {
           if (!movedFirst) movedFirst = performance.now() - killedAt;
         }
         if (l.server) lastServer.set(session, l.server);
+        sessionsSeen.add(session);
+        if (managerKilledAt && !servedAfterManagerKill.has(session)) servedAfterManagerKill.set(session, performance.now() - managerKilledAt);
       });
       finished.push(new Promise((r) => child.once("exit", () => r())));
     }
@@ -135,16 +142,23 @@ export async function cmdDemo(argv: string[]): Promise<void> {
     const tty = process.stdout.isTTY;
     const progress = setInterval(() => {
       const done = seen.size;
-      if (tty) process.stdout.write(`\r  ${bar(done)}${killedAt ? "  (server 1 killed)" : ""}`);
+      const note = managerKilledAt ? "  (server 1 and the primary manager killed)" : killedAt ? "  (server 1 killed)" : "";
+      if (tty) process.stdout.write(`\r  ${bar(done)}${note}`);
       else if (Math.floor((done / total) * 10) !== lastPrinted) {
         lastPrinted = Math.floor((done / total) * 10);
         say(`  ${bar(done)}`);
       }
-      if (kill && !killedAt && done >= total * 0.4) {
+      if (kill && !killedAt && done >= total * 0.3) {
         const victim = procs.find((p) => p.name === servers[0])!;
         victim.child.kill("SIGKILL");
         killedAt = performance.now();
         if (!tty) say(`  -- SIGKILL ${servers[0]} (pid ${victim.child.pid}) --`);
+      }
+      if (kill && !managerKilledAt && done >= total * 0.6) {
+        const victim = procs.find((p) => p.name === "manager-a")!;
+        victim.child.kill("SIGKILL");
+        managerKilledAt = performance.now();
+        if (!tty) say(`  -- SIGKILL the primary manager (pid ${victim.child.pid}) --`);
       }
     }, 100);
     const t0 = performance.now();
@@ -172,21 +186,35 @@ export async function cmdDemo(argv: string[]): Promise<void> {
       say(`  heartbeats, moved its ${moved.size} session(s) to ${servers[1]}, which restarted them from their`);
       say(`  server restart data and redid the request in flight. First response from the new server`);
       say(`  ${movedFirst ? `${Math.round(movedFirst)} ms after the kill` : "not observed"}; the clients just waited a little.`);
+      say("");
+      say(bold("When the primary manager died"));
+      const times = [...servedAfterManagerKill.values()].sort((a, b) => a - b);
+      const waitingSessions = [...sessionsSeen].filter((x) => !servedAfterManagerKill.has(x)).length;
+      say(`  manager-a was killed with SIGKILL at ${Math.round((managerKilledAt - t0) / 100) / 10} s. manager-b, the standby, saw no lease`);
+      say(`  renewal and no backup for a lease period (1 s), took the lease with a new epoch, rebuilt the`);
+      say(`  session table from its last backup plus the queues, and restarted every client and server`);
+      say(`  session. Every session served again ${times.length ? `${Math.round(times[times.length - 1]!)} ms` : "?"} after the kill${waitingSessions ? ` (${waitingSessions} had already finished)` : ""};`);
+      say(`  nothing was lost or duplicated (see above).`);
     }
     say("");
     say(dim(`Process logs (pino JSON): ${join(dir, "logs")}`));
     say(dim("Next: README.md shows the API, the CLI and the guarantees; `npm test` proves them."));
     if (lost !== 0 || duplicates !== 0) process.exitCode = 1;
   } finally {
-    const mgr = procs.find((p) => p.name === "manager");
-    for (const p of procs) if (p !== mgr && p.child.exitCode === null) p.child.kill("SIGTERM");
-    mgr?.child.kill("SIGTERM");
+    for (const p of procs) if (!p.name.startsWith("manager") && p.child.exitCode === null) p.child.kill("SIGTERM");
+    for (const p of procs) if (p.name.startsWith("manager") && p.child.exitCode === null) p.child.kill("SIGTERM");
     await new Promise((r) => setTimeout(r, 300));
     await cleanup();
   }
 }
 
-async function waitForServers(url: string, count: number): Promise<void> {
+interface DemoStatus {
+  node: string;
+  servers: Array<{ alive: boolean }>;
+  standbys: Array<{ node: string }>;
+}
+
+async function waitFor(url: string, ok: (st: DemoStatus) => boolean): Promise<void> {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     const out = await new Promise<string>((res) => {
@@ -196,12 +224,11 @@ async function waitForServers(url: string, count: number): Promise<void> {
       c.once("exit", () => res(s));
     });
     try {
-      const st = JSON.parse(out) as { servers: Array<{ alive: boolean }> };
-      if (st.servers.filter((s) => s.alive).length >= count) return;
+      if (ok(JSON.parse(out) as DemoStatus)) return;
     } catch {
       /* manager not primary yet */
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error("servers did not register within 30 s; see .tandem/demo/logs");
+  throw new Error("the deployment did not come up within 30 s; see .tandem/demo/logs");
 }

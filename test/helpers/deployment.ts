@@ -69,6 +69,7 @@ export class ClientRunner {
 
 export interface DeploymentOptions {
   servers?: number;
+  managers?: number;
   work?: string[];
   service?: string;
 }
@@ -93,17 +94,37 @@ export class Deployment {
     const nc = await connect({ servers: ns.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
     const d = new Deployment(ns, nc, fastEnv(ns.url), {
       servers: opts.servers ?? 2,
+      managers: opts.managers ?? 1,
       work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
       service: opts.service ?? "svc",
     });
     d.startManager();
+    await d.waitPrimary();
+    for (let i = 1; i < d.opts.managers; i++) d.startManager();
     for (let i = 0; i < d.opts.servers; i++) d.startServer(i);
     await d.waitServers(d.opts.servers);
+    if (d.opts.managers > 1) await until(async () => ((await d.status())?.standbys.length ?? 0) >= d.opts.managers - 1, "standbys to get backups", 30_000);
     return d;
   }
 
   get manager(): TandemProc | undefined {
     return this.managers.find((m) => m.running());
+  }
+
+  /** The manager process that is primary now (by the node name its status reports). */
+  async primary(): Promise<TandemProc | undefined> {
+    const st = await this.status();
+    return st ? this.managers.find((m) => m.name === `manager-${st.node.slice(1)}`) : undefined;
+  }
+
+  async waitPrimary(other?: string, timeoutMs = 30_000): Promise<string> {
+    let node = "";
+    await until(async () => {
+      const st = await this.status();
+      node = st?.node ?? "";
+      return node !== "" && node !== other;
+    }, other ? `a primary other than ${other}` : "a primary", timeoutMs);
+    return node;
   }
 
   startManager(): TandemProc {

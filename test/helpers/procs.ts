@@ -30,7 +30,8 @@ export function tandem(name: string, args: string[], env: Record<string, string>
   let err = "";
   createInterface({ input: child.stdout! }).on("line", (l) => {
     try {
-      lines.push(JSON.parse(l) as Record<string, unknown>);
+      // _at: when the test saw it, for takeover timings.
+      lines.push({ ...(JSON.parse(l) as Record<string, unknown>), _at: performance.now() });
     } catch {
       /* not a JSON line */
     }
