@@ -252,17 +252,25 @@ export class ManagerNode {
 
   private async renewLease(lease: LeaseView): Promise<LeaseView> {
     const value: LeaseRecord = { epoch: lease.epoch, node: this.node, since: new Date().toISOString() };
-    const deadline = now() + this.rt.config.leaseMs;
+    const started = now();
+    let warned = false;
     for (;;) {
       try {
         const revision = await this.rt.kv.ctl.update("leader", encode(value), lease.revision, this.rt.config.heartbeatMs * 2);
+        if (warned) this.log.info({ outageMs: Math.round(now() - started) }, "lease renewed again after NATS came back");
         return { ...lease, revision };
       } catch (err) {
-        // Someone changed the lease: we are fenced. Anything else (NATS briefly away): retry
-        // until our own lease would have run out.
-        if (isWrongLastSequence(err) || now() > deadline) {
+        // Someone changed the lease: we are fenced. Anything else means NATS is out of reach,
+        // for the standbys as much as for us (or, in a cluster, our first renewal after it
+        // comes back fails the compare-and-set). Whatever we send meanwhile carries our epoch
+        // and is refused by anyone who has seen a newer one; our bucket writes are fenced.
+        if (isWrongLastSequence(err)) {
           this.actingEpoch = 0;
-          throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; stepping down`, { cause: err });
+          throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; another manager holds it`, { cause: err });
+        }
+        if (!warned && now() - started > this.rt.config.leaseMs) {
+          warned = true;
+          this.log.warn({ err }, "cannot renew the lease (NATS unreachable?); still trying");
         }
         await new Promise((r) => setTimeout(r, 50));
       }

@@ -1,0 +1,490 @@
+/**
+ * `npm run bench`: Tandem against raw NATS, side by side, in one run on one nats-server
+ * (DESIGN.md §7). Never part of `npm test`. Writes bench-results/latest.json, prints a Markdown
+ * table, and draws SVG charts (latency CDF, throughput vs sessions, failover timeline).
+ *
+ *   --quick          a run of about a minute
+ *   --part P         raw,brokered,scale,failover,restart (comma-separated; default all)
+ *   --out DIR        where results go (default bench-results)
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { jetstream } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { TandemClient, type ClientSession } from "../actors/client.js";
+import { unwrap } from "../actors/protocol.js";
+import type { ManagerStatus } from "../actors/manager.js";
+import { resolveConfig } from "./config.js";
+import { createLogger } from "./logger.js";
+import { NatsServer } from "./nats-server.js";
+import { startRuntime, type Runtime } from "./runtime.js";
+import { encode } from "./wire.js";
+
+const CLI = fileURLToPath(new URL("./cli.js", import.meta.url));
+
+interface Latency {
+  n: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+}
+
+function stats(samples: number[]): Latency {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))]! : NaN);
+  return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999) };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function progress(label: string): (done: number, total: number) => void {
+  const tty = process.stderr.isTTY;
+  let last = -1;
+  return (done, total) => {
+    const pct = Math.floor((done / total) * 100);
+    if (pct === last) return;
+    last = pct;
+    if (tty) process.stderr.write(`\r  ${label.padEnd(40)} ${String(pct).padStart(3)}%${pct >= 100 ? "\n" : ""}`);
+    else if (pct % 25 === 0) process.stderr.write(`  ${label} ${pct}%\n`);
+  };
+}
+
+/** Run `op` from `window` loops for `ms`; latencies in ms and the rate per second. */
+async function load(window: number, ms: number, op: (i: number) => Promise<void>, label: string): Promise<{ rate: number; latency: Latency; samples: number[] }> {
+  const samples: number[] = [];
+  const end = performance.now() + ms;
+  const show = progress(label);
+  const started = performance.now();
+  const tick = setInterval(() => show(Math.min(ms, performance.now() - started), ms), 200);
+  await Promise.all(
+    Array.from({ length: window }, async (_, i) => {
+      while (performance.now() < end) {
+        const t = performance.now();
+        await op(i);
+        samples.push(performance.now() - t);
+      }
+    }),
+  );
+  clearInterval(tick);
+  show(ms, ms);
+  return { rate: samples.length / ((performance.now() - started) / 1000), latency: stats(samples), samples };
+}
+
+interface Proc {
+  child: ChildProcess;
+  name: string;
+}
+
+class Fleet {
+  procs: Proc[] = [];
+  constructor(private readonly env: Record<string, string>) {}
+  start(name: string, args: string[]): Proc {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...this.env }, stdio: ["ignore", "ignore", "ignore"] });
+    const p = { child, name };
+    this.procs.push(p);
+    return p;
+  }
+  kill(p: Proc, signal: NodeJS.Signals = "SIGKILL"): void {
+    if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal);
+  }
+  stopAll(): void {
+    for (const p of this.procs) this.kill(p);
+  }
+}
+
+function rssMb(pid: number | undefined): number | null {
+  if (!pid) return null;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Math.round(Number(m[1]) / 1024) : null;
+  } catch {
+    return null;
+  }
+}
+
+async function status(rt: Runtime): Promise<ManagerStatus | null> {
+  try {
+    const r = await rt.nc.request(rt.names.mgr("status"), encode({}), { timeout: 500 });
+    return unwrap<ManagerStatus>(r.data);
+  } catch {
+    return null;
+  }
+}
+
+async function until(cond: () => Promise<boolean> | boolean, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error("bench: timed out waiting for the deployment");
+    await sleep(25);
+  }
+}
+
+export async function main(argv = process.argv.slice(2)): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { quick: { type: "boolean" }, part: { type: "string" }, out: { type: "string" }, help: { type: "boolean", short: "h" } },
+  });
+  if (values.help) {
+    process.stdout.write("Usage: npm run bench -- [--quick] [--part raw,brokered,scale,failover,restart] [--out DIR]\n");
+    return;
+  }
+  const quick = values.quick === true;
+  const parts = new Set((values.part ?? "raw,brokered,scale,failover,restart").split(","));
+  const outDir = values.out ?? "bench-results";
+  const D = quick ? 2500 : 8000; // ms per measurement
+  mkdirSync(outDir, { recursive: true });
+  const ns = await NatsServer.start();
+  const env = { NATS_URL: ns.url, TANDEM_LOG_LEVEL: "warn", TANDEM_LOG_JSON: "1" };
+  const log = createLogger({ level: "warn" });
+  const rt = await startRuntime(resolveConfig({ natsUrls: [ns.url] }), { logger: log, name: "bench" });
+  const fleet = new Fleet(env);
+  const result: Record<string, unknown> = {
+    machine: { cpus: cpus().length, model: cpus()[0]?.model ?? "?", memGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
+    at: new Date().toISOString(),
+    quick,
+  };
+  const ratios: Record<string, number> = {};
+  const cdf: Record<string, number[]> = {};
+  try {
+    // ---- raw NATS: the physical limits ----------------------------------------------
+    if (parts.has("raw") || parts.has("brokered")) {
+      process.stderr.write("raw NATS\n");
+      const a = await connect({ servers: ns.url });
+      const b = await connect({ servers: ns.url });
+      b.subscribe("bench.echo", { callback: (_e, m) => void m.respond(m.data) });
+      await b.flush();
+      const payload = new Uint8Array(128);
+      const coreSeq = await load(1, D, async () => void (await a.request("bench.echo", payload)), "core request-reply, sequential");
+      const coreWin = await load(100, D, async () => void (await a.request("bench.echo", payload, { timeout: 5000 })), "core request-reply, 100 in flight");
+      await rt.jsm.streams.add({ name: "BENCH", subjects: ["bench.js.>"] });
+      const js = jetstream(a);
+      const jsSync = await load(1, D, async () => void (await js.publish("bench.js.a", payload)), "JetStream publish, sync");
+      const jsAsync = await load(256, D, async () => void (await js.publish("bench.js.b", payload)), "JetStream publish, async (256 in flight)");
+      const kvPut = await load(1, D, async () => void (await rt.kv.fence.put("bench", payload)), "KV put");
+      await rt.jsm.streams.delete("BENCH");
+      result.raw = {
+        coreRequestReply: { sequential: { ratePerS: coreSeq.rate, latencyMs: coreSeq.latency }, window100: { ratePerS: coreWin.rate } },
+        jetstreamPublish: { sync: { ratePerS: jsSync.rate, latencyMs: jsSync.latency }, async256: { ratePerS: jsAsync.rate } },
+        kvPut: { ratePerS: kvPut.rate, latencyMs: kvPut.latency },
+      };
+      cdf["raw core request-reply"] = coreSeq.samples;
+      ratios.rawCoreP50 = coreSeq.latency.p50;
+      ratios.rawJsAsync = jsAsync.rate;
+      await a.close();
+      await b.close();
+    }
+
+    // ---- brokered round trips ---------------------------------------------------------
+    const deploy = async (servers: number, managers = 1) => {
+      const ms: Proc[] = [];
+      for (let i = 0; i < managers; i++) {
+        const node = `bench-m${Date.now() % 100000}-${i}`;
+        const p = fleet.start(`manager-${i}`, ["manager", "--node", node]);
+        nodeNames.set(p, node);
+        ms.push(p);
+        if (i === 0) await until(async () => (await status(rt)) !== null);
+      }
+      const ss: Proc[] = [];
+      for (let i = 0; i < servers; i++) ss.push(fleet.start(`server-${i}`, ["server", "--service", "bench", "--work", "echo", "--capacity", "256"]));
+      await until(async () => {
+        const st = await status(rt);
+        return !!st && st.servers.filter((x) => x.alive).length >= servers && st.standbys.length >= managers - 1;
+      });
+      return { managers: ms, servers: ss };
+    };
+    const undeploy = async (d: { managers: Proc[]; servers: Proc[] }) => {
+      for (const p of [...d.servers, ...d.managers]) fleet.kill(p);
+      await sleep(300);
+    };
+    const client = await TandemClient.connect(rt);
+    const openSessions = async (k: number, maxPending = 1000): Promise<ClientSession[]> => {
+      const out: ClientSession[] = [];
+      const show = progress(`opening ${k} sessions`);
+      for (let i = 0; i < k; i += 64) {
+        const batch = await Promise.all(Array.from({ length: Math.min(64, k - i) }, () => client.open("bench", { maxPending })));
+        out.push(...batch);
+        show(out.length, k);
+      }
+      return out;
+    };
+    if (parts.has("brokered")) {
+      process.stderr.write("brokered round trips\n");
+      const d = await deploy(1);
+      const rows: Record<string, unknown> = {};
+      for (const c of [1, 16, 128]) {
+        const sessions = await openSessions(c);
+        const payload = { x: "y".repeat(100) };
+        const r = await load(c, D, async (i) => void (await sessions[i]!.request(payload)), `brokered, ${c} session(s)`);
+        rows[`c${c}`] = { sessions: c, ratePerS: r.rate, latencyMs: r.latency };
+        if (c === 1) {
+          cdf["tandem brokered"] = r.samples;
+          ratios.brokeredP50 = r.latency.p50;
+        }
+        ratios[`brokeredRate${c}`] = r.rate;
+        for (const s of sessions) await s.close();
+      }
+      result.brokered = rows;
+      await undeploy(d);
+    }
+
+    // ---- scale: sessions and servers --------------------------------------------------
+    if (parts.has("scale")) {
+      process.stderr.write("scale\n");
+      const bySessions: unknown[] = [];
+      for (const k of quick ? [1, 100, 1000] : [1, 100, 1000, 10_000]) {
+        const d = await deploy(1);
+        const sessions = await openSessions(k);
+        const window = Math.min(k, 128);
+        let next = 0;
+        // 128 loops share the k sessions; a session busy with another loop's request is skipped.
+        const busy = new Set<number>();
+        const r = await load(window, D, async () => {
+          let i = next++ % k;
+          while (busy.has(i)) i = next++ % k;
+          busy.add(i);
+          try {
+            await sessions[i]!.request({ k });
+          } finally {
+            busy.delete(i);
+          }
+        }, `${k} open sessions (128 in flight)`);
+        bySessions.push({ sessions: k, ratePerS: r.rate, p50Ms: r.latency.p50, p99Ms: r.latency.p99, managerRssMb: rssMb(d.managers[0]!.child.pid) });
+        for (const s of sessions) await s.close().catch(() => {});
+        await undeploy(d);
+      }
+      const byServers: unknown[] = [];
+      for (const n of [1, 2, 4]) {
+        const d = await deploy(n);
+        const sessions = await openSessions(128);
+        const r = await load(128, D, async (i) => void (await sessions[i]!.request({ n })), `${n} server(s), 128 sessions`);
+        byServers.push({ servers: n, ratePerS: r.rate, p50Ms: r.latency.p50, p99Ms: r.latency.p99 });
+        for (const s of sessions) await s.close();
+        await undeploy(d);
+      }
+      result.scale = { bySessions, byServers };
+    }
+
+    // ---- failover: repeated SIGKILL of the primary under load ------------------------
+    if (parts.has("failover")) {
+      process.stderr.write("failover\n");
+      const d = await deploy(1, 2);
+      const sessions = await openSessions(16);
+      const kills = quick ? 3 : 8;
+      const timings: Array<{ kill: number; allServingMs: number; firstMs: number }> = [];
+      const lastServed = new Map<number, number>();
+      let stop = false;
+      const loops = sessions.map(async (s, i) => {
+        while (!stop) {
+          await s.request(i);
+          lastServed.set(i, performance.now());
+        }
+      });
+      for (let k = 0; k < kills; k++) {
+        await sleep(800);
+        const st = await status(rt);
+        const victim = d.managers.find((m) => nodeNames.get(m) === st?.node) ?? d.managers.find((m) => m.child.exitCode === null)!;
+        const t0 = performance.now();
+        fleet.kill(victim);
+        await until(() => sessions.every((_, i) => (lastServed.get(i) ?? 0) > t0), 30_000);
+        const after = sessions.map((_, i) => lastServed.get(i)! - t0);
+        timings.push({ kill: k + 1, allServingMs: Math.max(...after), firstMs: Math.min(...after) });
+        process.stderr.write(`  kill ${k + 1}: every session serving again after ${Math.round(Math.max(...after))} ms\n`);
+        // The killed node comes back as a standby.
+        const idx = d.managers.indexOf(victim);
+        d.managers[idx] = fleet.start(victim.name, ["manager", "--node", `bench-r${k}-${idx}`]);
+        nodeNames.set(d.managers[idx]!, `bench-r${k}-${idx}`);
+        await until(async () => ((await status(rt))?.standbys.length ?? 0) >= 1, 30_000);
+      }
+      stop = true;
+      await Promise.all(loops);
+      const all = timings.map((t) => t.allServingMs).sort((a, b) => a - b);
+      result.failover = { kills: timings, medianMs: all[Math.floor(all.length / 2)], maxMs: all[all.length - 1] };
+      for (const s of sessions) await s.close();
+      await undeploy(d);
+    }
+
+    // ---- restart cost: takeover time vs pending requests ------------------------------
+    if (parts.has("restart")) {
+      process.stderr.write("restart cost\n");
+      const rows: unknown[] = [];
+      for (const pending of quick ? [1000, 10_000] : [1000, 10_000, 100_000]) {
+        const d = await deploy(1, 2);
+        fleet.kill(d.servers[0]!, "SIGSTOP"); // requests queue up, unanswered
+        const sessions = await openSessions(100, 2000);
+        const per = Math.ceil(pending / sessions.length);
+        const show = progress(`queueing ${pending} requests`);
+        let queued = 0;
+        await Promise.all(
+          sessions.map(async (s) => {
+            for (let i = 0; i < per; i++) {
+              await s.send({ i });
+              show(++queued, per * sessions.length);
+            }
+          }),
+        );
+        await sleep(1500); // a backup cut that includes them
+        const before = await status(rt);
+        const t0 = performance.now();
+        fleet.kill(d.managers[0]!);
+        await until(async () => {
+          const st = await status(rt);
+          return !!st && st.node !== before?.node;
+        }, 120_000);
+        const takeoverMs = performance.now() - t0;
+        rows.push({ pending: queued, takeoverMs });
+        process.stderr.write(`  ${queued} pending: standby primary after ${Math.round(takeoverMs)} ms\n`);
+        for (const s of sessions) await s.detach();
+        fleet.kill(d.servers[0]!, "SIGCONT");
+        await undeploy(d);
+        await rt.jsm.streams.purge(rt.names.streamReq);
+        await rt.jsm.streams.purge(rt.names.streamResp);
+      }
+      result.restart = rows;
+    }
+    await client.close();
+  } finally {
+    fleet.stopAll();
+    await rt.close();
+    await ns.cleanup();
+  }
+  result.targets = targets(ratios, result);
+  writeFileSync(join(outDir, "latest.json"), JSON.stringify(result, null, 2));
+  writeCharts(outDir, cdf, result);
+  process.stdout.write(markdown(result));
+  process.stdout.write(`\nresults: ${join(outDir, "latest.json")}, charts: ${join(outDir, "*.svg")}\n`);
+}
+
+const nodeNames = new Map<Proc, string>();
+
+interface Target {
+  name: string;
+  target: string;
+  measured: string;
+  met: boolean | null;
+}
+
+function targets(r: Record<string, number>, result: Record<string, unknown>): Target[] {
+  const out: Target[] = [];
+  if (r.brokeredRate128 !== undefined && r.rawJsAsync !== undefined) {
+    const x = r.brokeredRate128 / r.rawJsAsync;
+    out.push({ name: "brokered round trips/s vs raw JetStream async publishes/s", target: ">= 0.35", measured: x.toFixed(3), met: x >= 0.35 });
+  }
+  if (r.brokeredP50 !== undefined && r.rawCoreP50 !== undefined) {
+    const x = r.brokeredP50 / r.rawCoreP50;
+    out.push({ name: "brokered round-trip p50 vs raw core request-reply p50", target: "<= 4", measured: `${x.toFixed(2)} (${r.brokeredP50.toFixed(3)} ms / ${r.rawCoreP50.toFixed(3)} ms)`, met: x <= 4 });
+  }
+  const f = result.failover as { medianMs: number; maxMs: number } | undefined;
+  if (f) out.push({ name: "failover: SIGKILL of the primary -> every session serving, median", target: "<= 1500 ms", measured: `${Math.round(f.medianMs)} ms (max ${Math.round(f.maxMs)} ms)`, met: f.medianMs <= 1500 });
+  out.push({ name: "hedging: p99 with hedging vs without (5 % delayed 500 ms)", target: "<= 1/5, <= 10 % extra work", measured: "not built yet (hedging issue)", met: null });
+  return out;
+}
+
+function markdown(result: Record<string, unknown>): string {
+  const m = result.machine as { cpus: number; model: string; memGiB: number; node: string };
+  const lines: string[] = [];
+  lines.push(`\n### Tandem vs raw NATS (${m.cpus} cores, ${m.model}, ${m.memGiB} GiB, Node ${m.node}${result.quick ? ", --quick" : ""})\n`);
+  lines.push("| target (DESIGN.md §7) | target | measured | met |", "|---|---|---|---|");
+  for (const t of result.targets as Target[]) lines.push(`| ${t.name} | ${t.target} | ${t.measured} | ${t.met === null ? "—" : t.met ? "yes" : "**no**"} |`);
+  const raw = result.raw as Record<string, Record<string, { ratePerS?: number; latencyMs?: Latency }>> | undefined;
+  const f = (x: number | undefined, d = 0) => (x === undefined || Number.isNaN(x) ? "—" : x.toFixed(d));
+  if (raw) {
+    lines.push("", "| raw NATS | rate/s | p50 ms | p99 ms |", "|---|---|---|---|");
+    lines.push(`| core request-reply, sequential | ${f(raw.coreRequestReply!.sequential!.ratePerS)} | ${f(raw.coreRequestReply!.sequential!.latencyMs!.p50, 3)} | ${f(raw.coreRequestReply!.sequential!.latencyMs!.p99, 3)} |`);
+    lines.push(`| core request-reply, 100 in flight | ${f(raw.coreRequestReply!.window100!.ratePerS)} | | |`);
+    lines.push(`| JetStream publish, sync | ${f(raw.jetstreamPublish!.sync!.ratePerS)} | ${f(raw.jetstreamPublish!.sync!.latencyMs!.p50, 3)} | ${f(raw.jetstreamPublish!.sync!.latencyMs!.p99, 3)} |`);
+    lines.push(`| JetStream publish, 256 in flight | ${f(raw.jetstreamPublish!.async256!.ratePerS)} | | |`);
+    lines.push(`| KV put | ${f((raw.kvPut as unknown as { ratePerS: number }).ratePerS)} | ${f((raw.kvPut as unknown as { latencyMs: Latency }).latencyMs.p50, 3)} | ${f((raw.kvPut as unknown as { latencyMs: Latency }).latencyMs.p99, 3)} |`);
+  }
+  const b = result.brokered as Record<string, { sessions: number; ratePerS: number; latencyMs: Latency }> | undefined;
+  if (b) {
+    lines.push("", "| Tandem brokered round trips | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms |", "|---|---|---|---|---|---|");
+    for (const r of Object.values(b)) lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} |`);
+  }
+  const s = result.scale as { bySessions: Array<Record<string, number | null>>; byServers: Array<Record<string, number>> } | undefined;
+  if (s) {
+    lines.push("", "| open sessions | rate/s | p50 ms | p99 ms | manager RSS MB |", "|---|---|---|---|---|");
+    for (const r of s.bySessions) lines.push(`| ${r.sessions} | ${f(r.ratePerS!)} | ${f(r.p50Ms!, 2)} | ${f(r.p99Ms!, 2)} | ${r.managerRssMb ?? "—"} |`);
+    lines.push("", "| servers per service (128 sessions) | rate/s | p50 ms | p99 ms |", "|---|---|---|---|");
+    for (const r of s.byServers) lines.push(`| ${r.servers} | ${f(r.ratePerS)} | ${f(r.p50Ms, 2)} | ${f(r.p99Ms, 2)} |`);
+  }
+  const fo = result.failover as { kills: Array<{ kill: number; allServingMs: number }>; medianMs: number; maxMs: number } | undefined;
+  if (fo) lines.push("", `Failover, ${fo.kills.length} SIGKILLs of the primary under load (16 sessions, lease 1 s): every session serving again after median ${Math.round(fo.medianMs)} ms, max ${Math.round(fo.maxMs)} ms.`);
+  const rs = result.restart as Array<{ pending: number; takeoverMs: number }> | undefined;
+  if (rs) {
+    lines.push("", "| pending requests at the kill | standby primary after ms |", "|---|---|");
+    for (const r of rs) lines.push(`| ${r.pending} | ${Math.round(r.takeoverMs)} |`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+// ---- SVG charts (hand-drawn: no chart library) ---------------------------------------
+
+function svg(width: number, height: number, body: string, title: string): string {
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="${width / 2}" y="18" text-anchor="middle" font-size="14">${title}</text>${body}</svg>\n`;
+}
+
+function linePlot(series: Array<{ name: string; points: Array<[number, number]>; color: string }>, opts: { title: string; xLabel: string; yLabel: string; logX?: boolean }): string {
+  const W = 640, H = 400, L = 60, R = 20, T = 30, B = 50;
+  const all = series.flatMap((s) => s.points);
+  if (all.length === 0) return svg(W, H, "", opts.title);
+  const tx = (x: number) => (opts.logX ? Math.log10(Math.max(x, 1e-3)) : x);
+  const xs = all.map((p) => tx(p[0]));
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) || 1;
+  const y1 = Math.max(...all.map((p) => p[1])) || 1;
+  const X = (x: number) => L + ((tx(x) - x0) / (x1 - x0 || 1)) * (W - L - R);
+  const Y = (y: number) => H - B - (y / y1) * (H - T - B);
+  let body = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="black"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="black"/>`;
+  body += `<text x="${(L + W - R) / 2}" y="${H - 12}" text-anchor="middle">${opts.xLabel}</text><text x="14" y="${(T + H - B) / 2}" transform="rotate(-90 14 ${(T + H - B) / 2})" text-anchor="middle">${opts.yLabel}</text>`;
+  for (let i = 0; i <= 4; i++) {
+    const xv = opts.logX ? 10 ** (x0 + ((x1 - x0) * i) / 4) : x0 + ((x1 - x0) * i) / 4;
+    body += `<text x="${X(xv)}" y="${H - B + 15}" text-anchor="middle">${xv < 10 ? xv.toFixed(2) : Math.round(xv)}</text>`;
+    body += `<text x="${L - 5}" y="${Y((y1 * i) / 4) + 4}" text-anchor="end">${((y1 * i) / 4).toFixed(y1 < 10 ? 2 : 0)}</text>`;
+  }
+  series.forEach((s, i) => {
+    body += `<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${s.points.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ")}"/>`;
+    body += `<rect x="${W - R - 190}" y="${T + 8 + i * 18}" width="12" height="12" fill="${s.color}"/><text x="${W - R - 172}" y="${T + 18 + i * 18}">${s.name}</text>`;
+  });
+  return svg(W, H, body, opts.title);
+}
+
+function writeCharts(dir: string, cdf: Record<string, number[]>, result: Record<string, unknown>): void {
+  const colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+  const cdfSeries = Object.entries(cdf).map(([name, samples], i) => {
+    const s = [...samples].sort((a, b) => a - b);
+    const step = Math.max(1, Math.floor(s.length / 400));
+    const points: Array<[number, number]> = [];
+    for (let k = 0; k < s.length; k += step) points.push([s[k]!, (k + 1) / s.length]);
+    return { name, points, color: colors[i % colors.length]! };
+  });
+  if (cdfSeries.length) writeFileSync(join(dir, "latency-cdf.svg"), linePlot(cdfSeries, { title: "Round-trip latency CDF (sequential)", xLabel: "latency, ms (log)", yLabel: "fraction", logX: true }));
+  const s = result.scale as { bySessions: Array<{ sessions: number; ratePerS: number }> } | undefined;
+  if (s) writeFileSync(join(dir, "throughput-vs-sessions.svg"), linePlot([{ name: "round trips/s", points: s.bySessions.map((r) => [r.sessions, r.ratePerS] as [number, number]), color: colors[0]! }], { title: "Throughput vs open sessions (128 in flight)", xLabel: "open sessions (log)", yLabel: "round trips/s", logX: true }));
+  const f = result.failover as { kills: Array<{ kill: number; allServingMs: number; firstMs: number }> } | undefined;
+  if (f) {
+    writeFileSync(
+      join(dir, "failover.svg"),
+      linePlot(
+        [
+          { name: "every session serving", points: f.kills.map((k) => [k.kill, k.allServingMs] as [number, number]), color: colors[1]! },
+          { name: "first session serving", points: f.kills.map((k) => [k.kill, k.firstMs] as [number, number]), color: colors[2]! },
+        ],
+        { title: "Failover: SIGKILL of the primary, time to serve again", xLabel: "kill #", yLabel: "ms after the kill" },
+      ),
+    );
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().then(
+    () => process.exit(0),
+    (err) => {
+      process.stderr.write(`bench failed: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
