@@ -220,6 +220,8 @@ export class ClientSession {
   private taking = false;
   /** Handed to the application (>= taken, the committed part). */
   private handed = 0;
+  /** Highest receipt a publish in flight (request or TAKEN) is committing. */
+  private carrying = 0;
   private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
   private restartData: unknown;
@@ -354,6 +356,7 @@ export class ClientSession {
     this.lastReq = rep.lastReq;
     this.taken = rep.taken;
     this.handed = rep.taken;
+    this.carrying = rep.taken;
     this.accepted = rep.taken;
     this.buffer.clear();
     this.maxPending = rep.maxPending;
@@ -406,10 +409,20 @@ export class ClientSession {
     }
     const n = ++this.lastReq;
     const kind = opts.kind ?? "request";
-    const body = { n, kind, payload: payload ?? null, ...(opts.restart !== undefined ? { restart: opts.restart } : {}) };
+    // Receipts handed over but not yet committed ride on this request (one write less).
+    const carry = this.handed > this.taken && this.handed > this.carrying ? this.handed : 0;
+    if (carry) this.carrying = carry;
+    const body = {
+      n,
+      kind,
+      payload: payload ?? null,
+      ...(opts.restart !== undefined ? { restart: opts.restart } : {}),
+      ...(carry ? { taken: carry } : {}),
+    };
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     await this.publishDurable(n, encode(body), kind);
     if (opts.restart !== undefined) this.restartData = opts.restart;
+    if (carry) this.committed(carry);
     return { n, response };
   }
 
@@ -497,15 +510,22 @@ export class ClientSession {
           // Let the application's code run on what it was handed before committing.
           await new Promise((r) => setImmediate(r));
         }
-        if (this.handed === this.taken) return;
+        // A request sent meanwhile carries the receipt; otherwise commit it on its own.
+        if (this.handed <= this.taken || this.handed <= this.carrying) return;
         const commit = this.handed;
+        this.carrying = commit;
         await this.publishDurable(commit, encode({ taken: commit }), "control", `${this.id}.t${commit}`);
-        this.taken = commit;
-        for (const f of this.commitListeners) f(commit);
+        this.committed(commit);
       }
     } finally {
       this.taking = false;
     }
+  }
+
+  private committed(upTo: number): void {
+    if (upTo <= this.taken) return;
+    this.taken = upTo;
+    for (const f of this.commitListeners) f(upTo);
   }
 
   /** Called with the watermark each time receipts up to it are committed. */

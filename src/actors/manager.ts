@@ -61,6 +61,9 @@ export interface ManagerStatus {
 
 const now = () => performance.now();
 
+/** The bucket gets the manager's cut at most this often (standbys get every backup). */
+const KV_EVERY_MS = 1000;
+
 export function newId(bytes = 9): string {
   return randomBytes(bytes).toString("base64url").replace(/[^A-Za-z0-9]/g, "x");
 }
@@ -93,6 +96,9 @@ export class ManagerNode {
   private ackSub: Subscription | null = null;
   private lastTick = 0;
   private primarySince: string | null = null;
+  /** The cut the bucket has not got yet, and when it last got one. */
+  private kvPending = new Map<string, SessionRecord>();
+  private kvWrittenAt = 0;
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
@@ -428,7 +434,13 @@ export class ManagerNode {
     }
     if (parsed.type === "taken") {
       this.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
+    } else if (parsed.type === "open") {
+      const { type: _t, ...open } = parsed;
+      this.run(core.onOpenRecord({ seq: m.seq, ...open }, now()));
     } else {
+      if (parsed.taken !== undefined) {
+        this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
+      }
       this.run(core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying));
     }
   }
@@ -521,31 +533,39 @@ export class ManagerNode {
     };
   }
 
-  private async snapshot(epoch: number): Promise<void> {
+  /**
+   * Every backupMs: take a cut of the table and send it to the standbys. The bucket gets the
+   * latest cut at most once a second (KV_EVERY_MS): standbys hold the fresh one in memory, the
+   * bucket is for a manager started cold, and a write per active session per backup would cost
+   * more than the round trips it protects. Records merge into the pending cut, so the bucket
+   * always holds a consistent cut (every record as of its cursor, or newer).
+   */
+  private async snapshot(epoch: number, flush = false): Promise<void> {
     const core = this.core;
     const kvSessions = this.kvSessions;
     const kvCtl = this.kvCtl;
-    if (!core || !kvSessions || !kvCtl) return;
+    if (!core || !kvSessions || !kvCtl || this.actingEpoch !== epoch) return;
     const { records, removed, cursor } = core.snapshot();
+    for (const r of records) this.kvPending.set(r.session, r);
+    for (const id of removed) this.kvPending.delete(id);
+    this.sendBackup(epoch, core, records, removed, cursor);
+    if (!flush && now() - this.kvWrittenAt < KV_EVERY_MS) return;
+    const pending = [...this.kvPending.values()];
+    this.kvPending.clear();
     try {
-      await Promise.all(records.map((r) => kvSessions.write(r.session, r, byEpoch(epoch))));
-      // The cursor is written last: every record of this cut is stored before it (a
-      // consistent cut to replay from).
+      await Promise.all(pending.map((r) => kvSessions.write(r.session, r, byEpoch(epoch))));
+      // The cursor is written last: every record of this cut is stored before it.
       if (this.actingEpoch === epoch) await kvCtl.write("cursor", cursor, byEpoch(epoch));
+      this.kvWrittenAt = now();
     } catch (err) {
       if (err instanceof FencedError) {
         this.fenced(epoch, err.message);
         return;
       }
-      // Mark them dirty again so the next snapshot retries.
-      for (const r of records) {
-        const s = core.sessions.get(r.session);
-        if (s) s.dirty = true;
-      }
-      this.log.warn({ err }, "snapshot failed; will retry");
-      return;
+      // Keep them for the next write (newer records of the same session win).
+      for (const r of pending) if (!this.kvPending.has(r.session) && core.sessions.has(r.session)) this.kvPending.set(r.session, r);
+      this.log.warn({ err }, "snapshot to the bucket failed; will retry");
     }
-    if (this.actingEpoch === epoch) this.sendBackup(epoch, core, records, removed, cursor);
   }
 
   /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
@@ -599,6 +619,8 @@ export class ManagerNode {
     this.ackSub?.unsubscribe();
     this.ackSub = null;
     this.primarySince = null;
+    this.kvPending.clear();
+    this.kvWrittenAt = 0;
     for (const c of this.consumers) await c.close().catch(() => {});
     this.consumers = [];
     for (const t of this.timers) clearTimeout(t);
@@ -610,7 +632,7 @@ export class ManagerNode {
     const epoch = this.actingEpoch;
     if (epoch && this.core) {
       await this.snapshotting;
-      await this.snapshot(epoch);
+      await this.snapshot(epoch, true);
       this.log.info({ epoch }, "drained: state snapshotted");
     }
     await this.release();
@@ -648,8 +670,14 @@ export class ManagerNode {
     const ordered = (body.ordered as boolean | undefined) ?? true;
     const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart }, now());
     try {
+      // The session's existence goes into its own request queue first: a standby that takes
+      // over from a backup older than this open recreates the session when it replays it.
+      await this.rt.js.publish(
+        this.rt.names.req(client, session),
+        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}) } }),
+        { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }) },
+      );
       await this.kvSessions!.create(session, core.record(entry));
-      entry.dirty = false;
     } catch (err) {
       core.close(client, session);
       return this.reject(m, new TandemError(ErrorCode.NoManager, "could not store the session; try again", { cause: err }));

@@ -25,8 +25,19 @@ export type ParsedRequest =
       type: "request";
       request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown };
       size: number;
+      /** Receipts committed along with this request (the client's `taken` riding on it). */
+      taken?: number;
     }
   | { type: "taken"; client: string; session: string; taken: number }
+  | {
+      type: "open";
+      client: string;
+      session: string;
+      service: string;
+      ordered: boolean;
+      maxPending: number;
+      restart?: unknown;
+    }
   | { error: TandemError; client?: string; session?: string; n?: number };
 
 export function parseRequestMsg(names: Names, m: { subject: string; headers?: MsgHdrs | undefined; data: Uint8Array }): ParsedRequest {
@@ -37,6 +48,19 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     if (!isObject(v)) throw malformed("request body must be a JSON object");
     const kind = m.headers?.get(Header.Kind) ?? "request";
     if (kind === "control") {
+      if (isObject(v.open)) {
+        const o = v.open;
+        const service = typeof o.service === "string" ? o.service : "";
+        if (!service) throw malformed(`open record without "service"`);
+        return {
+          type: "open",
+          ...ids,
+          service,
+          ordered: o.ordered !== false,
+          maxPending: isPositiveInt(o.maxPending) ? o.maxPending : 1000,
+          ...("restart" in o ? { restart: o.restart } : {}),
+        };
+      }
       const taken = field(v, "taken", isNonNegInt, "a non-negative integer");
       return { type: "taken", ...ids, taken };
     }
@@ -44,12 +68,14 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     const k = v.kind ?? "request";
     if (k !== "request" && k !== "update") throw malformed(`field "kind" must be "request" or "update"`, { field: "kind" });
     if (!("payload" in v)) throw malformed(`field "payload" is missing`, { field: "payload" });
-    // Size of what the application sent, measured on the wire form of the payload.
-    const size = encode(v.payload ?? null).length;
+    // Size of what the application sent: the message bounds it; measure exactly only when close.
+    const size = m.data.length <= 64 * 1024 ? m.data.length : encode(v.payload ?? null).length;
+    const taken = typeof v.taken === "number" && Number.isInteger(v.taken) && v.taken >= 0 ? v.taken : undefined;
     return {
       type: "request",
       request: { ...ids, n, kind: k, payload: v.payload, ...("restart" in v ? { restart: v.restart } : {}) },
       size,
+      ...(taken !== undefined ? { taken } : {}),
     };
   } catch (err) {
     const n = Number(m.headers?.get(Header.Request));

@@ -178,6 +178,28 @@ export class ManagerCore {
     return { entry, effects };
   }
 
+  /**
+   * The `open` record at the head of a session's request queue: on replay it recreates a
+   * session opened after the cut being rebuilt from (live, the session already exists).
+   */
+  onOpenRecord(
+    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown },
+    now: number,
+  ): Effect[] {
+    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    if (this.sessions.has(m.session)) return [];
+    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, m.maxPending);
+    entry.server = this.pickServer(m.service);
+    entry.serverSynced = false; // whichever server gets it must be restarted with it
+    if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
+    this.sessions.set(entry.id, entry);
+    this.services.add(m.service);
+    this.client(m.client);
+    const effects: Effect[] = [];
+    this.pump(entry, now, effects);
+    return effects;
+  }
+
   isKnownService(service: string): boolean {
     return this.services.has(service);
   }

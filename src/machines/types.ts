@@ -27,6 +27,8 @@ export interface RequestBody {
   payload: unknown;
   /** New client restart data, stored with this request's queue position. */
   restart?: unknown;
+  /** Receipts committed with this request: the application has taken responses up to here. */
+  taken?: number;
 }
 
 /** Control message in the request queue: the application has taken responses up to `taken`. */

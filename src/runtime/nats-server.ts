@@ -43,6 +43,18 @@ export interface NatsServerOptions {
   startTimeoutMs?: number;
 }
 
+/** Servers this process started: killed if the process exits without stopping them. */
+const live = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const c of live) {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+});
+
 export class NatsServer {
   private child: ChildProcess | undefined;
   private readonly ownsDir: boolean;
@@ -89,6 +101,8 @@ export class NatsServer {
       throw missing(err);
     }
     this.child = child;
+    live.add(child);
+    child.once("exit", () => live.delete(child));
     this.stderrTail = "";
     child.stderr?.on("data", (d: Buffer) => {
       this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);

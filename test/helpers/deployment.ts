@@ -98,12 +98,20 @@ export class Deployment {
       work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
       service: opts.service ?? "svc",
     });
-    d.startManager();
-    await d.waitPrimary();
-    for (let i = 1; i < d.opts.managers; i++) d.startManager();
-    for (let i = 0; i < d.opts.servers; i++) d.startServer(i);
-    await d.waitServers(d.opts.servers);
-    if (d.opts.managers > 1) await until(async () => ((await d.status())?.standbys.length ?? 0) >= d.opts.managers - 1, "standbys to get backups", 30_000);
+    try {
+      d.startManager();
+      await d.waitPrimary();
+      for (let i = 1; i < d.opts.managers; i++) d.startManager();
+      for (let i = 0; i < d.opts.servers; i++) d.startServer(i);
+      await d.waitServers(d.opts.servers);
+      if (d.opts.managers > 1) {
+        await until(async () => ((await d.status())?.standbys.length ?? 0) >= d.opts.managers - 1, "standbys to get backups", 30_000);
+      }
+    } catch (err) {
+      console.error(`deployment did not come up: ${String(err)}\n${d.logs(30)}`);
+      await d.stop();
+      throw err;
+    }
     return d;
   }
 
@@ -174,11 +182,13 @@ export class Deployment {
   }
 
   async stop(): Promise<void> {
-    for (const c of this.clients) await c.kill();
-    for (const s of this.servers) await s?.kill("SIGKILL");
-    for (const m of this.managers) await m.kill("SIGKILL");
-    await this.nc.close();
-    await this.ns.cleanup();
+    // Kill everything first, synchronously, so nothing outlives a failing teardown.
+    const procs = [...this.clients.map((c) => c.proc), ...this.servers, ...this.managers].filter((p): p is TandemProc => !!p);
+    for (const p of procs) if (p.running()) process.kill(p.pid, "SIGKILL");
+    await Promise.allSettled(procs.map((p) => p.exited));
+    for (const c of this.clients) c.collect();
+    await this.nc.close().catch(() => {});
+    await this.ns.cleanup().catch(() => {});
     rmSync(this.dir, { recursive: true, force: true });
   }
 

@@ -20,6 +20,16 @@ export interface TandemProc {
 }
 
 const all = new Set<TandemProc>();
+// A test process that ends (or a worker torn down) takes its processes with it.
+process.once("exit", () => {
+  for (const p of all) {
+    try {
+      process.kill(p.pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+});
 
 export function tandem(name: string, args: string[], env: Record<string, string>): TandemProc {
   const child = spawn(process.execPath, [CLI, ...args], {

@@ -180,6 +180,22 @@ describe("manager core - clients", () => {
 });
 
 describe("manager core - snapshot and replay", () => {
+  it("a session opened after the cut is recreated from its open record when the queue is replayed", () => {
+    const before = new ManagerCore(LIMITS, 1);
+    before.registerServer("s1", "svc", 1, 0);
+    const { cursor, records } = before.snapshot(); // the cut: no sessions yet
+    const after = new ManagerCore(LIMITS, 2);
+    after.restore(records, new Map(), cursor, 0);
+    after.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", ordered: true, maxPending: 5, restart: { step: 0 } }, 0);
+    after.onRequest({ seq: 2, client: "c", session: "A", n: 1, kind: "request", payload: 1, size: 1 }, 0, true);
+    const s = after.sessions.get("A");
+    expect(s?.lastReq).toBe(1);
+    expect(s?.clientRestart?.data).toEqual({ step: 0 });
+    // Live, the record of an existing session changes nothing.
+    expect(after.onOpenRecord({ seq: 3, client: "c", session: "A", service: "svc", ordered: true, maxPending: 5 }, 0)).toEqual([]);
+    expect(after.sessions.get("A")?.lastReq).toBe(1);
+  });
+
   it("rebuilds from a snapshot plus the queues past its cursors to the same decisions", () => {
     // Property: for any split point, snapshot + replay of the rest == the live table.
     fc.assert(

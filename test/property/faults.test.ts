@@ -1,7 +1,9 @@
 /**
- * Property: for any schedule of process faults (SIGKILL of clients, servers, the manager, or a
- * manager and a server together; each restarted after a random downtime), once the schedule
- * heals, the recorded history satisfies I1, I2, I3 and I6.
+ * Property: for any schedule of process faults against a deployment with a primary and a
+ * standby manager (SIGKILL of a client, a server, the primary, or the primary and a server
+ * together; SIGSTOP/SIGCONT of the primary; SIGKILL of nats-server, started again on its store;
+ * each back after a random downtime), once the schedule heals, the recorded history satisfies
+ * I1, I2, I3 and I6.
  *
  * Bounded: TANDEM_PROPERTY_RUNS runs (default 3; TANDEM_DEEP=1 makes it 30) within a time
  * budget; the seed is printed and TANDEM_SEED replays it. fast-check shrinks a failing schedule
@@ -20,8 +22,10 @@ const SEED = Number(process.env.TANDEM_SEED ?? Math.floor(Math.random() * 2 ** 3
 type Fault =
   | { kind: "client"; i: number }
   | { kind: "server"; i: number }
-  | { kind: "manager" }
-  | { kind: "manager+server"; i: number };
+  | { kind: "primary" }
+  | { kind: "primary+server"; i: number }
+  | { kind: "pause-primary" }
+  | { kind: "nats" };
 
 interface Step {
   fault: Fault;
@@ -34,8 +38,10 @@ interface Step {
 const fault: fc.Arbitrary<Fault> = fc.oneof(
   fc.record({ kind: fc.constant("client" as const), i: fc.integer({ min: 0, max: 1 }) }),
   fc.record({ kind: fc.constant("server" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.constant({ kind: "manager" as const }),
-  fc.record({ kind: fc.constant("manager+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.constant({ kind: "primary" as const }),
+  fc.record({ kind: fc.constant("primary+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.constant({ kind: "pause-primary" as const }),
+  fc.constant({ kind: "nats" as const }),
 );
 
 const schedule = fc.array(
@@ -47,14 +53,14 @@ const describeStep = (s: Step) =>
   `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} ms, down ${s.downMs} ms`;
 
 async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: string[] }> {
-  const d = await Deployment.start({ servers: 2 });
+  const d = await Deployment.start({ servers: 2, managers: 2 });
   try {
     const clients = [d.client("a", 120, 2), d.client("b", 120, 2)];
     for (const c of clients) c.start();
     for (const step of steps) {
       await new Promise((r) => setTimeout(r, step.afterMs));
       const f = step.fault;
-      const restarts: Array<() => void> = [];
+      const restarts: Array<() => void | Promise<void>> = [];
       if (f.kind === "client") {
         const c = clients[f.i]!;
         if (c.running()) {
@@ -62,17 +68,33 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
           restarts.push(() => c.start());
         }
       }
-      if (f.kind === "server" || f.kind === "manager+server") {
+      if (f.kind === "server" || f.kind === "primary+server") {
         await d.killServer(f.i);
         restarts.push(() => void d.startServer(f.i));
       }
-      if (f.kind === "manager" || f.kind === "manager+server") {
-        await d.manager?.kill("SIGKILL");
-        restarts.push(() => void d.startManager());
+      if (f.kind === "primary" || f.kind === "primary+server") {
+        const p = await d.primary();
+        if (p) {
+          await p.kill("SIGKILL");
+          restarts.push(() => void d.startManager());
+        }
+      }
+      if (f.kind === "pause-primary") {
+        const p = await d.primary();
+        if (p?.running()) {
+          p.child.kill("SIGSTOP");
+          restarts.push(() => void p.child.kill("SIGCONT"));
+        }
+      }
+      if (f.kind === "nats") {
+        await d.ns.stop();
+        restarts.push(() => d.ns.restart());
       }
       await new Promise((r) => setTimeout(r, step.downMs));
-      for (const r of restarts) r();
+      for (const r of restarts) await r();
     }
+    // A stopped manager that was never continued would hold nothing up, but be sure.
+    for (const m of d.managers) if (m.running()) m.child.kill("SIGCONT");
     // Healed: every process is running again; clients that were killed resume and finish.
     await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 120_000);
     const v = checkHistory(clients.map((c) => c.history()));
