@@ -347,6 +347,9 @@ export class ManagerNode {
       restarts.set(session, e);
     }
     core.restore(records, restarts, cursor, now());
+    // Records from a backup are newer than the bucket's: the first cut written to the bucket
+    // must hold all of them, or it would pair stale records with a newer cursor.
+    if (fromBackup) for (const s of core.sessions.values()) s.dirty = true;
     this.core = core;
     this.actingEpoch = epoch;
     this.log = this.baseLog.child({ epoch });
@@ -525,11 +528,23 @@ export class ManagerNode {
         this.snapshotting = this.snapshot(epoch).finally(() => (this.snapshotting = null));
       }
     }, rt.config.backupMs);
-    this.timers.push(tick, snap);
+    // Watchdog: a session waiting for something the table does not hold would wait forever.
+    const reported = new Set<string>();
+    const watchdog = setInterval(() => {
+      if (this.actingEpoch !== epoch) return;
+      for (const x of core.stalled()) {
+        const key = `${x.session}.${x.missing}.${x.n}`;
+        if (reported.has(key)) continue;
+        reported.add(key);
+        this.log.error(x, "session stalled: the table lacks a queue entry it needs (please report this)");
+      }
+    }, 5000);
+    this.timers.push(tick, snap, watchdog);
     void sendBack;
     return () => {
       clearInterval(tick);
       clearInterval(snap);
+      clearInterval(watchdog);
     };
   }
 

@@ -613,6 +613,22 @@ export class ManagerCore {
     return effects;
   }
 
+  /**
+   * Sessions that wait for a request or response the table does not hold: an inconsistency
+   * between a restored cut and the queues. Never expected; reported rather than left silent.
+   */
+  stalled(): Array<{ session: string; missing: "request" | "response"; n: number }> {
+    const out: Array<{ session: string; missing: "request" | "response"; n: number }> = [];
+    for (const s of this.sessions.values()) {
+      if (s.lastReq > s.answered && s.dispatched === 0 && !s.requests.has(s.answered + 1) && !s.responses.has(s.answered + 1)) {
+        out.push({ session: s.id, missing: "request", n: s.answered + 1 });
+      } else if (s.answered > s.delivered && s.delivering === 0 && !s.responses.has(s.delivered + 1) && s.delivered >= s.taken) {
+        out.push({ session: s.id, missing: "response", n: s.delivered + 1 });
+      }
+    }
+    return out;
+  }
+
   // ---- the two pumps: dispatch the next request, deliver the next response ---------------
 
   private pump(s: SessionEntry, now: number, effects: Effect[]): void {

@@ -180,6 +180,14 @@ describe("manager core - clients", () => {
 });
 
 describe("manager core - snapshot and replay", () => {
+  it("reports a session that waits for a request the table does not hold (a stale cut under a newer cursor)", () => {
+    const core = new ManagerCore(LIMITS, 2);
+    const stale = { v: 1 as const, session: "A", client: "c", service: "svc", ordered: true, maxPending: 5, server: null, status: "open" as const, lastReq: 4, answered: 2, taken: 2, epoch: 1 };
+    core.restore([stale], new Map(), { v: 1, epoch: 1, reqSeq: 10, respSeq: 10, reqFrom: 11, respFrom: 11, services: ["svc"], servers: [] }, 0);
+    core.onRequest({ seq: 11, client: "c", session: "A", n: 4, kind: "request", payload: 4, size: 1 }, 0, true);
+    expect(core.stalled()).toEqual([{ session: "A", missing: "request", n: 3 }]);
+  });
+
   it("a session opened after the cut is recreated from its open record when the queue is replayed", () => {
     const before = new ManagerCore(LIMITS, 1);
     before.registerServer("s1", "svc", 1, 0);
