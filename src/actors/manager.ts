@@ -78,6 +78,8 @@ export class ManagerNode {
   /** Epoch in which this node may act; 0 when not primary. */
   private actingEpoch = 0;
   private consumers: ConsumerMessages[] = [];
+  /** Current consumer generation per stream: an older loop that ends is not a fencing. */
+  private consumerGen = { req: 0, resp: 0 };
   private subs: Subscription[] = [];
   private timers: NodeJS.Timeout[] = [];
   private snapshotting: Promise<void> | null = null;
@@ -95,6 +97,7 @@ export class ManagerNode {
   private standbys = new Map<string, { at: number; seq: number; needFull: boolean }>();
   private ackSub: Subscription | null = null;
   private lastTick = 0;
+  private resumingConsumers = false;
   private primarySince: string | null = null;
   /** The cut the bucket has not got yet, and when it last got one. */
   private kvPending = new Map<string, SessionRecord>();
@@ -392,11 +395,12 @@ export class ManagerNode {
 
   private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number): Promise<void> {
     const messages = await consumer.consume({ max_messages: 512, expires: 2000, abort_on_missing_resource: true });
+    const gen = ++this.consumerGen[which];
     this.consumers.push(messages);
     void (async () => {
       try {
         for await (const m of messages) {
-          if (this.actingEpoch !== epoch) break;
+          if (this.actingEpoch !== epoch || this.consumerGen[which] !== gen) break;
           try {
             if (which === "req") this.onRequestMsg(m);
             else this.onResponseMsg(m);
@@ -411,14 +415,45 @@ export class ManagerNode {
           for (const f of [...this.caughtUp]) f();
         }
       } catch (err) {
-        if (this.actingEpoch === epoch) this.log.warn({ err, which }, "consumer ended");
+        if (this.actingEpoch === epoch && this.consumerGen[which] === gen) this.log.warn({ err, which }, "consumer ended");
       }
       // Our consumer was deleted (a newer primary took it over) or ended: we must stop acting.
-      if (this.actingEpoch === epoch) {
-        this.actingEpoch = 0;
-        this.actor?.send({ type: "FENCED", reason: `${which} consumer lost` });
+      if (this.actingEpoch === epoch && this.consumerGen[which] === gen) {
+        this.fenced(epoch, `${which} consumer lost`);
       }
     })();
+  }
+
+  /**
+   * Start consuming again from what the table has applied (after a reconnect, or when the
+   * queues move and our consumer does not). Safe: consumers are ack-none and every queue
+   * event is applied idempotently, so re-reading from our own cursor loses and doubles nothing.
+   */
+  private async resumeConsumers(epoch: number, why: string): Promise<void> {
+    const core = this.core;
+    if (!core || this.actingEpoch !== epoch || this.resumingConsumers) return;
+    this.resumingConsumers = true;
+    try {
+      // Never take the consumers back from a newer primary.
+      if (!(await this.verifyLease(epoch))) return;
+      const { rt } = this;
+      this.consumerGen.req++;
+      this.consumerGen.resp++;
+      const old = this.consumers;
+      this.consumers = [];
+      for (const c of old) await c.close().catch(() => {});
+      const prefix = rt.config.prefix.replace(/-/g, "_");
+      const req = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, core.reqSeq + 1);
+      const resp = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, core.respSeq + 1);
+      if (this.actingEpoch !== epoch) return;
+      await this.startConsuming(req, "req", epoch);
+      await this.startConsuming(resp, "resp", epoch);
+      this.log.info({ why, reqFrom: core.reqSeq + 1, respFrom: core.respSeq + 1 }, "consumers resumed from the table's cursors");
+    } catch (err) {
+      this.log.warn({ err, why }, "could not resume the consumers yet; will retry");
+    } finally {
+      this.resumingConsumers = false;
+    }
   }
 
   private onRequestMsg(m: JsMsg): void {
@@ -528,6 +563,33 @@ export class ManagerNode {
         this.snapshotting = this.snapshot(epoch).finally(() => (this.snapshotting = null));
       }
     }, rt.config.backupMs);
+    // After a reconnect the pulls in flight are gone: resume consuming at once rather than
+    // waiting for missed heartbeats to tell the client library.
+    let serving = true;
+    void (async () => {
+      for await (const st of rt.nc.status()) {
+        if (!serving || this.actingEpoch !== epoch) break;
+        if (st.type === "reconnect") void this.resumeConsumers(epoch, "reconnected to NATS");
+      }
+    })();
+    // And if the queues move while our cursors do not, resume too.
+    let lastProgress = { req: -1, resp: -1, at: now() };
+    const progress = setInterval(() => {
+      if (this.actingEpoch !== epoch) return;
+      if (core.reqSeq !== lastProgress.req || core.respSeq !== lastProgress.resp) {
+        lastProgress = { req: core.reqSeq, resp: core.respSeq, at: now() };
+        return;
+      }
+      if (now() - lastProgress.at < 3000) return;
+      void Promise.all([rt.jsm.streams.info(rt.names.streamReq), rt.jsm.streams.info(rt.names.streamResp)])
+        .then(([r, p]) => {
+          if (r.state.last_seq > core.reqSeq || p.state.last_seq > core.respSeq) {
+            lastProgress.at = now();
+            void this.resumeConsumers(epoch, "queues moved but the consumers did not deliver");
+          }
+        })
+        .catch(() => {});
+    }, 1000);
     // Watchdog: a session waiting for something the table does not hold would wait forever.
     const reported = new Set<string>();
     const watchdog = setInterval(() => {
@@ -539,12 +601,14 @@ export class ManagerNode {
         this.log.error(x, "session stalled: the table lacks a queue entry it needs (please report this)");
       }
     }, 5000);
-    this.timers.push(tick, snap, watchdog);
+    this.timers.push(tick, snap, watchdog, progress);
     void sendBack;
     return () => {
+      serving = false;
       clearInterval(tick);
       clearInterval(snap);
       clearInterval(watchdog);
+      clearInterval(progress);
     };
   }
 
