@@ -99,6 +99,7 @@ export class ManagerNode {
   private lastTick = 0;
   private resumingConsumers = false;
   private primarySince: string | null = null;
+  private primaryAt = 0;
   /** The cut the bucket has not got yet, and when it last got one. */
   private kvPending = new Map<string, SessionRecord>();
   private kvWrittenAt = 0;
@@ -520,6 +521,7 @@ export class ManagerNode {
     sub(names.register, (m) => this.onRegister(m));
     sub(names.heartbeat, (m) => this.onHeartbeat(m));
     this.primarySince = new Date().toISOString();
+    this.primaryAt = now();
     this.standbys.clear();
     this.backupSeq = 0;
     const inbox = rt.nc.subscribe(`_INBOX.tandem-backup.${this.node}.${epoch}`, {
@@ -736,6 +738,11 @@ export class ManagerNode {
     }
     const client = body.client as string;
     const service = body.service as string;
+    if (!core.isKnownService(service) && now() - this.primaryAt < this.rt.config.serverTimeoutMs) {
+      // Just took over: servers of this service may not have registered again yet. Retryable.
+      replyError(m, new TandemError(ErrorCode.NoManager, `manager is starting; service "${service}" not seen yet, retry`, { context: { service } }));
+      return;
+    }
     if (!core.isKnownService(service)) {
       return this.reject(
         m,
