@@ -98,6 +98,8 @@ export class ManagerNode {
   private ackSub: Subscription | null = null;
   private lastTick = 0;
   private resumingConsumers = false;
+  /** The next rebuild reads the bucket, not the backup (after an inconsistency). */
+  private forceBucket = false;
   private primarySince: string | null = null;
   private primaryAt = 0;
   /** The cut the bucket has not got yet, and when it last got one. */
@@ -317,7 +319,8 @@ export class ManagerNode {
     // The last backup is the cut to start from when we have one at least as new as the bucket's
     // (DESIGN.md §4.3); otherwise the bucket (a manager started cold, or a backup missed).
     const b = this.backup;
-    const fromBackup = b.complete && b.cursor !== null && (!storedCursor || b.cursor.reqSeq >= storedCursor.reqSeq);
+    const fromBackup = !this.forceBucket && b.complete && b.cursor !== null && (!storedCursor || b.cursor.reqSeq >= storedCursor.reqSeq);
+    this.forceBucket = false;
     if (fromBackup) {
       cursor = b.cursor;
       records.push(...b.records.values());
@@ -480,8 +483,35 @@ export class ManagerNode {
       if (parsed.taken !== undefined) {
         this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
       }
-      this.run(core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying));
+      const effects = core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying);
+      if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
+        void this.unknownSession(parsed.request.session, effects);
+      } else {
+        this.run(effects);
+      }
     }
+  }
+
+  /**
+   * Before telling a client its session is unknown, make sure the bucket agrees: a session the
+   * bucket has but the table lacks means the table is wrong (a cut read while NATS was
+   * restarting, say). Then nothing is answered: this manager steps down and the next takeover
+   * rebuilds from the bucket.
+   */
+  private async unknownSession(session: string, effects: Effect[]): Promise<void> {
+    const epoch = this.actingEpoch;
+    try {
+      const e = await this.rt.kv.sessions.get(session);
+      if (e && e.operation === "PUT") {
+        this.log.error({ session }, "the table lacks a session the bucket has; stepping down to rebuild from the bucket");
+        this.forceBucket = true;
+        this.fenced(epoch, "table inconsistent with the bucket");
+        return;
+      }
+    } catch {
+      return; // cannot tell now; the client retries its request
+    }
+    if (this.actingEpoch === epoch) this.run(effects);
   }
 
   private onResponseMsg(m: JsMsg): void {
@@ -799,6 +829,14 @@ export class ManagerNode {
     }
     const { entry, effects } = core.resume(client, session, now());
     if (!entry) {
+      const rec = await this.rt.kv.sessions.get(session).catch(() => null);
+      if (rec && rec.operation === "PUT" && rec.json<SessionRecord>().client === client) {
+        this.log.error({ session }, "the table lacks a session the bucket has; stepping down to rebuild from the bucket");
+        this.forceBucket = true;
+        this.fenced(this.actingEpoch, "table inconsistent with the bucket");
+        replyError(m, new TandemError(ErrorCode.NoManager, "manager is rebuilding; retry the resume"));
+        return;
+      }
       return this.reject(
         m,
         new TandemError(ErrorCode.UnknownSession, `session ${session} is not open (closed, or never opened by client ${client}); open a new session`, {

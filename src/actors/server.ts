@@ -275,10 +275,22 @@ export class TandemServer {
         restart = data;
         hasRestart = true;
         checkpoints++;
-        await this.rt.js.publish(subject, encode({ n: w.n, server: this.id, restart: data }), {
-          msgID: `${w.session}.${w.n}.c${checkpoints}.${this.id}`,
-          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id }),
-        });
+        const msgID = `${w.session}.${w.n}.c${checkpoints}.${this.id}`;
+        const body = encode({ n: w.n, server: this.id, restart: data });
+        // A slow ack is no reason to fail the work: retry with the same id (stored once).
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await this.rt.js.publish(subject, body, {
+              msgID,
+              headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id }),
+            });
+            return;
+          } catch (err) {
+            if (run.abort.signal.aborted) throw run.abort.signal.reason;
+            if (attempt === 3) log.warn({ err }, "storing a checkpoint keeps failing; retrying");
+            await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 1000)));
+          }
+        }
       },
     };
     let body: Record<string, unknown>;

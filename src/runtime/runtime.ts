@@ -13,8 +13,9 @@ import { NatsServer } from "./nats-server.js";
 import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js";
 import { Names } from "./wire.js";
 
-/** Ack timeout of JetStream publishes and API calls (acks take < 200 ms at p99.9 under load). */
-export const JS_TIMEOUT_MS = 1500;
+/** Ack timeout of JetStream publishes (acks take < 200 ms at p99.9 under load; CPU-starved
+ * processes need more). */
+export const JS_TIMEOUT_MS = 3000;
 
 export interface Runtime {
   readonly config: Config;

@@ -69,6 +69,8 @@ describe("bad input is rejected, not lost (I7)", () => {
   });
 
   it("unknown service - open gets TANDEM_UNKNOWN_SERVICE and a DLQ copy", async () => {
+    // A manager that just became primary answers "retry" while servers register again.
+    await new Promise((r) => setTimeout(r, rt.config.serverTimeoutMs));
     const r = await ask(rt.names.mgr("open"), encode({ client: "x", service: "ghost" }));
     expect(r.error?.code).toBe("TANDEM_UNKNOWN_SERVICE");
     await dlq("unknown_service");

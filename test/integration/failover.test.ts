@@ -13,7 +13,9 @@ import { logLines } from "../helpers/procs.js";
 import { recovery } from "../helpers/timing.js";
 
 let d: Deployment | undefined;
-afterEach(async () => {
+afterEach(async (ctx) => {
+  // A failing test shows what every process said, for whoever reads CI's output.
+  if (d && ctx.task.result?.state === "fail") console.error(d.logs(60));
   await d?.stop();
   d = undefined;
 });
