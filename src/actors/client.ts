@@ -162,6 +162,12 @@ export class TandemClient {
       replyError(m, new TandemError(ErrorCode.UnknownSession, `client ${this.id} has no session ${d.session} open in this process`));
       return;
     }
+    if (!s.isAttached) {
+      // Still resuming: its delivery state is about to be set from the manager's reply, so
+      // accepting now would be forgotten. Refuse; the manager delivers again after the resume.
+      replyError(m, new TandemError(ErrorCode.NoManager, `session ${d.session} is resuming`));
+      return;
+    }
     if (this.stale(m, d.epoch, s.epoch)) return;
     this.seeEpoch(d.epoch);
     if (m.headers?.get(Header.Kind) === "control") {
