@@ -80,11 +80,13 @@ export class ManagerNode {
   private consumers: ConsumerMessages[] = [];
   /** Current consumer generation per stream: an older loop that ends is not a fencing. */
   private consumerGen = { req: 0, resp: 0 };
+  private consumerRefs: { req: Consumer | null; resp: Consumer | null } = { req: null, resp: null };
+  /** Messages the current consumer of each stream delivered and the table applied. */
+  private applied = { req: 0, resp: 0 };
   private subs: Subscription[] = [];
   private timers: NodeJS.Timeout[] = [];
   private snapshotting: Promise<void> | null = null;
   private replayEnd = { req: 0, resp: 0 };
-  private caughtUp: Array<() => void> = [];
   /** Takeover measurement: when rebuild started and finished. */
   lastTakeover: { epoch: number; rebuildMs: number; sessions: number; fromBackup: boolean } | null = null;
   /** Standby side: the primary's backups. */
@@ -379,26 +381,39 @@ export class ManagerNode {
     );
   }
 
-  private caughtUpTo(req: number, resp: number, timeoutMs: number): Promise<void> {
-    const done = () => !this.core || (this.core.reqSeq >= req && this.core.respSeq >= resp);
-    if (done()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.caughtUp = this.caughtUp.filter((f) => f !== check);
-        reject(new TandemError(ErrorCode.NoManager, `manager did not catch up with the queues in ${timeoutMs} ms`));
-      }, timeoutMs);
-      const check = () => {
-        if (!done()) return;
-        clearTimeout(t);
-        this.caughtUp = this.caughtUp.filter((f) => f !== check);
-        resolve();
-      };
-      this.caughtUp.push(check);
-    });
+  /**
+   * Wait until the table has applied the queues up to these stream sequences. A sequence may
+   * belong to a message since purged (a closed session), which no consumer will deliver: a
+   * consumer with nothing pending, whose last delivery we applied, is caught up as well.
+   */
+  private async caughtUpTo(req: number, resp: number, timeoutMs: number): Promise<void> {
+    const deadline = now() + timeoutMs;
+    const done = async (which: "req" | "resp", target: number): Promise<boolean> => {
+      const core = this.core;
+      if (!core) return true;
+      const seq = which === "req" ? core.reqSeq : core.respSeq;
+      if (seq >= target) return true;
+      const c = this.consumerRefs[which];
+      if (!c) return false;
+      const info = await c.info().catch(() => null);
+      // Caught up: nothing left to deliver, and we applied every message it delivered.
+      if (!info || info.num_pending !== 0 || info.delivered.consumer_seq > this.applied[which]) return false;
+      // Nothing left to deliver below the target: only purged sequences remain.
+      if (which === "req") core.reqSeq = Math.max(core.reqSeq, target);
+      else core.respSeq = Math.max(core.respSeq, target);
+      return true;
+    };
+    for (;;) {
+      if ((await done("req", req)) && (await done("resp", resp))) return;
+      if (now() > deadline) throw new TandemError(ErrorCode.NoManager, `manager did not catch up with the queues in ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number): Promise<void> {
     const messages = await consumer.consume({ max_messages: 512, expires: 2000, abort_on_missing_resource: true });
+    this.consumerRefs[which] = consumer;
+    this.applied[which] = 0;
     const gen = ++this.consumerGen[which];
     this.consumers.push(messages);
     void (async () => {
@@ -411,12 +426,12 @@ export class ManagerNode {
           } catch (err) {
             this.log.error({ err, subject: m.subject, seq: m.seq }, "failed to apply a queue message");
           }
+          this.applied[which]++;
           // A seq with nothing for us (deleted session) still moves the cursor.
           if (this.core) {
             if (which === "req") this.core.reqSeq = Math.max(this.core.reqSeq, m.seq);
             else this.core.respSeq = Math.max(this.core.respSeq, m.seq);
           }
-          for (const f of [...this.caughtUp]) f();
         }
       } catch (err) {
         if (this.actingEpoch === epoch && this.consumerGen[which] === gen) this.log.warn({ err, which }, "consumer ended");
@@ -734,6 +749,7 @@ export class ManagerNode {
     this.kvWrittenAt = 0;
     for (const c of this.consumers) await c.close().catch(() => {});
     this.consumers = [];
+    this.consumerRefs = { req: null, resp: null };
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
     this.core = null;

@@ -86,6 +86,29 @@ describe("crashes of real processes", () => {
   });
 });
 
+describe("restarts after sessions closed", () => {
+  it("manager - killed after every session closed, a new one becomes primary at once (regression: it waited for purged sequences)", async () => {
+    d = await Deployment.start({ servers: 1 });
+    const c = d.client("client", 40, 4);
+    c.start();
+    await until(() => c.finished(), "the client to finish (its sessions are closed and purged)");
+    const old = (await d.status())!.node;
+    await d.manager!.kill("SIGKILL");
+    const t0 = performance.now();
+    d.startManager();
+    await d.waitPrimary(old, 15_000);
+    console.log(`new primary after ${Math.round(performance.now() - t0)} ms (lease ${d.env.TANDEM_LEASE_MS} ms)`);
+    // And it serves: a new client's sessions open, resume after a kill, and finish.
+    const c2 = d.client("client2", 40, 2);
+    c2.start();
+    await until(() => c2.answered() >= 10, "the new client to be served");
+    await c2.kill();
+    c2.start();
+    await until(() => c2.finished(), "the resumed client to finish");
+    expect(verdict(d).problems).toEqual([]);
+  });
+});
+
 // The hash handler's digest, recomputed here: the same for work restarted from a checkpoint.
 function expectedDigest(payload: unknown, rounds: number): string {
   let digest = createHash("sha256").update(JSON.stringify(payload ?? null)).digest("hex");
