@@ -61,6 +61,7 @@ export class TandemClient {
   private readonly sessions = new Map<string, ClientSession>();
   private subs: Subscription[] = [];
   private maxEpoch = 0;
+  private watchdog: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly rt: Runtime,
@@ -91,6 +92,13 @@ export class TandemClient {
     sub(names.cli(c.id, "deliver"), (m) => c.onDeliver(m));
     sub(names.cli(c.id, "restart"), (m) => c.onRestart(m));
     await rt.nc.flush();
+    // Safety net: a session whose deliveries stop while it waits re-syncs (never expected;
+    // logged when it happens). Longer than a takeover plus its restart round trips.
+    const stallMs = Math.max(5000, rt.config.leaseMs * 5);
+    c.watchdog = setInterval(() => {
+      for (const s of c.sessions.values()) void s.resyncIfStalled(stallMs);
+    }, 1000);
+    c.watchdog.unref();
     return c;
   }
 
@@ -128,6 +136,7 @@ export class TandemClient {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.watchdog);
     for (const s of [...this.sessions.values()]) await s.detach();
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
@@ -228,6 +237,8 @@ export class ClientSession {
   private handed = 0;
   /** Highest receipt a publish in flight (request or TAKEN) is committing. */
   private carrying = 0;
+  /** When the manager last delivered to this session (for the stall watchdog). */
+  private lastDelivery = Date.now();
   private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
   private restartData: unknown;
@@ -359,11 +370,14 @@ export class ClientSession {
   private async doResume(session: string): Promise<{ session: string; epoch: number }> {
     const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session });
     this.serviceName = rep.service;
-    this.lastReq = rep.lastReq;
-    this.taken = rep.taken;
-    this.handed = rep.taken;
-    this.carrying = rep.taken;
-    this.accepted = rep.taken;
+    // A live session re-syncing keeps what it has handed over: the manager delivers again from
+    // its committed watermark and anything already handed is dropped as a duplicate (I2).
+    const live = this.handed > 0 || this.lastReq > 0;
+    this.lastReq = Math.max(this.lastReq, rep.lastReq);
+    this.taken = Math.max(this.taken, rep.taken);
+    this.handed = live ? Math.max(this.handed, rep.taken) : rep.taken;
+    this.carrying = Math.max(this.carrying, rep.taken);
+    this.accepted = this.handed;
     this.buffer.clear();
     this.maxPending = rep.maxPending;
     this.maxPayload = rep.maxPayload;
@@ -452,8 +466,25 @@ export class ClientSession {
     }
   }
 
+  /** @internal nothing delivered for a while with requests outstanding: re-sync. */
+  async resyncIfStalled(stallMs: number): Promise<void> {
+    if (this.closed || !this.attached || this.resuming) return;
+    const outstanding = [...this.waiters.keys()].filter((n) => n > this.handed).length + (this.unclaimed > 0 ? this.orphanDemand.length : 0);
+    if (outstanding === 0 || Date.now() - this.lastDelivery < stallMs) return;
+    this.log.warn({ outstanding, handed: this.handed, accepted: this.accepted, taken: this.taken, silentMs: Date.now() - this.lastDelivery }, "no delivery for a while with requests outstanding; re-syncing with the manager");
+    this.lastDelivery = Date.now();
+    this.attached = false;
+    try {
+      await this.resumeCall(this.id);
+    } catch (err) {
+      this.attached = true;
+      this.log.warn({ err }, "re-sync failed; will try again");
+    }
+  }
+
   /** @internal a delivery from the manager; true when accepted. */
   accept(d: DeliverMsg): true | TandemError {
+    this.lastDelivery = Date.now();
     if (d.n <= this.accepted) return true; // again after a manager restart: already have it
     if (d.n !== this.accepted + 1) {
       return new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${this.accepted + 1}`);
