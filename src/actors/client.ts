@@ -237,6 +237,8 @@ export class ClientSession {
   private handed = 0;
   /** Highest receipt a publish in flight (request or TAKEN) is committing. */
   private carrying = 0;
+  /** Bodies of requests sent by this process and not yet answered (for a re-sync). */
+  private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind }>();
   /** When the manager last delivered to this session (for the stall watchdog). */
   private lastDelivery = Date.now();
   private commitListeners: Array<(n: number) => void> = [];
@@ -368,8 +370,24 @@ export class ClientSession {
   }
 
   private async doResume(session: string): Promise<{ session: string; epoch: number }> {
-    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session });
+    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.lastReq });
     this.serviceName = rep.service;
+    // Requests this process sent that the manager still lacks: send them again (same message
+    // id: stored at most once). Says in the log whether JetStream already had them.
+    for (let n = rep.lastReq + 1; n <= this.lastReq; n++) {
+      const u = this.unanswered.get(n);
+      if (!u) continue;
+      const rt = this.client.rt;
+      try {
+        const ack = await rt.js.publish(rt.names.req(this.client.id, session), u.data, {
+          msgID: `${session}.${n}`,
+          headers: makeHeaders({ session, request: n, epoch: rep.epoch, kind: u.kind, client: this.client.id }),
+        });
+        this.log.warn({ n, managerLastReq: rep.lastReq, duplicate: ack.duplicate, seq: ack.seq }, "the manager lacked a request this session sent; sent it again");
+      } catch (err) {
+        this.log.warn({ err, n }, "sending a request again failed; the next re-sync retries");
+      }
+    }
     // A live session re-syncing keeps what it has handed over: the manager delivers again from
     // its committed watermark and anything already handed is dropped as a duplicate (I2).
     const live = this.handed > 0 || this.lastReq > 0;
@@ -415,6 +433,7 @@ export class ClientSession {
    * and a promise of its Response (never rejected: check `ok`), for pipelining on one session.
    */
   async send(payload: unknown, opts: RequestOptions = {}): Promise<{ n: number; response: Promise<Response> }> {
+    if (this.resuming) await this.resuming.catch(() => {}); // a re-sync in progress: wait for it
     if (this.closed || !this.attached) throw new TandemError(ErrorCode.Closed, "session is closed");
     if (this.lastReq - this.taken >= this.maxPending) {
       throw new TandemError(ErrorCode.Backpressure, `session ${this.id} has ${this.maxPending} pending requests; await responses before sending more`, {
@@ -440,7 +459,9 @@ export class ClientSession {
       ...(carry ? { taken: carry } : {}),
     };
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
-    await this.publishDurable(n, encode(body), kind);
+    const data = encode(body);
+    this.unanswered.set(n, { data, kind });
+    await this.publishDurable(n, data, kind);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (carry) this.committed(carry);
     return { n, response };

@@ -3,7 +3,7 @@
  * subjects, streams and buckets of DESIGN.md §2. Only the primary acts; every effect checks
  * that this node is still primary of the epoch it was decided in (I5).
  */
-import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { randomBytes } from "node:crypto";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
@@ -475,9 +475,9 @@ export class ManagerNode {
     }
   }
 
-  private onRequestMsg(m: JsMsg): void {
+  private onRequestMsg(m: JsMsg, forceReplay = false): void {
     const core = this.core!;
-    const replaying = m.seq <= this.replayEnd.req;
+    const replaying = forceReplay || m.seq <= this.replayEnd.req;
     const parsed = parseRequestMsg(this.rt.names, m);
     if ("error" in parsed) {
       core.reqSeq = Math.max(core.reqSeq, m.seq);
@@ -765,6 +765,58 @@ export class ManagerNode {
     await this.release();
   }
 
+  /**
+   * Safety net: re-read one session's request and response queues from the streams and apply
+   * them (idempotently) when its client has sent more than the table holds.
+   */
+  private async replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number): Promise<void> {
+    const { rt } = this;
+    const core = this.core;
+    if (!core) return;
+    let applied = 0;
+    for (const [stream, subject] of [
+      [rt.names.streamReq, rt.names.req(client, session)],
+      [rt.names.streamResp, rt.names.resp(client, session)],
+    ] as const) {
+      try {
+        const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
+        if (!info.state.subjects?.[subject]) continue;
+        const name = `replay_${newId(6)}`;
+        await rt.jsm.consumers.add(stream, { name, ack_policy: AckPolicy.None, filter_subject: subject, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
+        const c = await rt.js.consumers.get(stream, name);
+        try {
+          for (;;) {
+            const batch = await c.fetch({ max_messages: 500, expires: 1000 });
+            let got = 0;
+            let last = -1;
+            for await (const msg of batch) {
+              got++;
+              last = msg.info.pending;
+              const reqSeq = core.reqSeq;
+              const respSeq = core.respSeq;
+              if (stream === rt.names.streamReq) this.onRequestMsg(msg, true);
+              else this.onResponseMsg(msg);
+              core.reqSeq = reqSeq; // a targeted replay moves no cursor
+              core.respSeq = respSeq;
+              applied++;
+              if (msg.info.pending === 0) break;
+            }
+            if (got === 0 || last === 0) break;
+          }
+        } finally {
+          await c.delete().catch(() => {});
+        }
+      } catch (err) {
+        this.log.warn({ err, session }, "re-reading a session's queue failed");
+      }
+    }
+    const s = core.sessions.get(session);
+    this.log.error(
+      { session, client, tableLastReq, clientLastReq, nowLastReq: s?.lastReq, applied },
+      "the table lacked requests its client had sent; re-read the session's queues (please report this)",
+    );
+  }
+
   // ---- request/reply handlers ------------------------------------------------------------
 
   private async onOpen(m: Msg): Promise<void> {
@@ -828,11 +880,13 @@ export class ManagerNode {
     const core = this.core!;
     let client: string;
     let session: string;
+    let clientLastReq = 0;
     try {
       const v = decode(m.data);
       if (!isObject(v)) throw malformed("resume: body must be an object");
       client = field(v, "client", isToken, "a token");
       session = field(v, "session", isToken, "a token");
+      clientLastReq = typeof v.lastReq === "number" ? v.lastReq : 0;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -842,6 +896,11 @@ export class ManagerNode {
       await this.caughtUpTo(info.state.last_seq, 0, 5000);
     } catch (err) {
       return this.reject(m, new TandemError(ErrorCode.NoManager, "manager is catching up with the queues; retry the resume", { cause: err }));
+    }
+    const known = core.sessions.get(session);
+    if (known && known.client === client && clientLastReq > known.lastReq) {
+      // The client has sent requests the table does not hold: read this session's queues again.
+      await this.replaySession(client, session, known.lastReq, clientLastReq);
     }
     const { entry, effects } = core.resume(client, session, now());
     if (!entry) {
