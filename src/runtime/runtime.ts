@@ -103,13 +103,26 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   }
   const nc = await connectNats({ servers, name: opts.name });
   const names = new Names(config.prefix);
-  const jsm = await jetstreamManager(nc);
   // A publish lost in a NATS outage would wait the default 5 s for its ack; every Tandem publish
   // is retried with the same message id, so a short timeout only costs a de-duplicated retry.
   const js = jetstream(nc, { timeout: JS_TIMEOUT_MS });
   const popts = { replicas: config.replicas, duplicateWindowMs: config.duplicateWindowMs };
-  if (opts.provision !== false) await provisionStreams(jsm, names, popts);
-  const kv = await provisionBuckets(nc, names, popts);
+  // NATS may go away while we start (a restart, a failover): keep trying for a minute.
+  const deadline = Date.now() + 60_000;
+  let jsm: JetStreamManager;
+  let kv: Buckets;
+  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+    try {
+      jsm = await jetstreamManager(nc);
+      if (opts.provision !== false) await provisionStreams(jsm, names, popts);
+      kv = await provisionBuckets(nc, names, popts);
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      logger.warn({ err }, "JetStream not reachable while starting; retrying");
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
   let closed = false;
   return {
     config,
