@@ -154,7 +154,8 @@ export async function cmdDemo(argv: string[]): Promise<void> {
         killedAt = performance.now();
         if (!tty) say(`  -- SIGKILL ${servers[0]} (pid ${victim.child.pid}) --`);
       }
-      if (kill && !managerKilledAt && done >= total * 0.6) {
+      // The primary dies only after the server failover is over, so each story reads alone.
+      if (kill && !managerKilledAt && movedFirst > 0 && done >= total * 0.6) {
         const victim = procs.find((p) => p.name === "manager-a")!;
         victim.child.kill("SIGKILL");
         managerKilledAt = performance.now();
