@@ -5,7 +5,6 @@
  */
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Msg, Subscription } from "@nats-io/transport-node";
-import { randomBytes } from "node:crypto";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
 import { BackupStore, fullBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
@@ -25,6 +24,7 @@ import type {
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import { byEpoch, FencedError, FencedKv } from "../runtime/fenced-kv.js";
 import { isWrongLastSequence, readLastPerSubject, takeOverConsumer } from "../runtime/jetstream.js";
+import { newId } from "../runtime/ids.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import {
@@ -64,9 +64,6 @@ const now = () => performance.now();
 /** The bucket gets the manager's cut at most this often (standbys get every backup). */
 const KV_EVERY_MS = 1000;
 
-export function newId(bytes = 9): string {
-  return randomBytes(bytes).toString("base64url").replace(/[^A-Za-z0-9]/g, "x");
-}
 
 /** One manager node. Any number may run; the lease makes one of them primary. */
 export class ManagerNode {
@@ -87,8 +84,6 @@ export class ManagerNode {
   private timers: NodeJS.Timeout[] = [];
   private snapshotting: Promise<void> | null = null;
   private replayEnd = { req: 0, resp: 0 };
-  /** Takeover measurement: when rebuild started and finished. */
-  lastTakeover: { epoch: number; rebuildMs: number; sessions: number; fromBackup: boolean } | null = null;
   /** Standby side: the primary's backups. */
   readonly backup = new BackupStore();
   /** Primary side: fenced writers (fresh revision maps per epoch). */
@@ -374,7 +369,6 @@ export class ManagerNode {
     await this.startConsuming(respConsumer, "resp", epoch);
     await this.caughtUpTo(this.replayEnd.req, this.replayEnd.resp, 60_000);
     const rebuildMs = now() - t0;
-    this.lastTakeover = { epoch, rebuildMs, sessions: core.sessions.size, fromBackup };
     this.log.info(
       { from: fromBackup ? "backup" : "bucket", sessions: core.sessions.size, replayedReq: this.replayEnd.req - reqFrom + 1, replayedResp: this.replayEnd.resp - respFrom + 1, rebuildMs: Math.round(rebuildMs) },
       "rebuilt from backup and queues",
@@ -518,9 +512,7 @@ export class ManagerNode {
     try {
       const e = await this.rt.kv.sessions.get(session);
       if (e && e.operation === "PUT") {
-        this.log.error({ session }, "the table lacks a session the bucket has; stepping down to rebuild from the bucket");
-        this.forceBucket = true;
-        this.fenced(epoch, "table inconsistent with the bucket");
+        this.rebuildFromBucket(epoch, session);
         return;
       }
     } catch {
@@ -717,6 +709,13 @@ export class ManagerNode {
     this.actor?.send({ type: "FENCED", reason });
   }
 
+  /** The table lacks a session the bucket has: step down; the next takeover reads the bucket. */
+  private rebuildFromBucket(epoch: number, session: string): void {
+    this.log.error({ session }, "the table lacks a session the bucket has; stepping down to rebuild from the bucket");
+    this.forceBucket = true;
+    this.fenced(epoch, "table inconsistent with the bucket");
+  }
+
   /** After a pause: is the lease still ours? */
   private async verifyLease(epoch: number): Promise<boolean> {
     try {
@@ -906,9 +905,7 @@ export class ManagerNode {
     if (!entry) {
       const rec = await this.rt.kv.sessions.get(session).catch(() => null);
       if (rec && rec.operation === "PUT" && rec.json<SessionRecord>().client === client) {
-        this.log.error({ session }, "the table lacks a session the bucket has; stepping down to rebuild from the bucket");
-        this.forceBucket = true;
-        this.fenced(this.actingEpoch, "table inconsistent with the bucket");
+        this.rebuildFromBucket(this.actingEpoch, session);
         replyError(m, new TandemError(ErrorCode.NoManager, "manager is rebuilding; retry the resume"));
         return;
       }

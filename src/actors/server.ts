@@ -11,7 +11,7 @@ import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
-import { newId } from "./manager.js";
+import { newId } from "../runtime/ids.js";
 import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
