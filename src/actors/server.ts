@@ -12,6 +12,7 @@ import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
+import { FenceLost, type FencedStore } from "../runtime/store.js";
 import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
@@ -29,6 +30,15 @@ export interface WorkContext {
   signal: AbortSignal;
   /** Store server restart data now (durable before it resolves); it also goes with the response. */
   checkpoint(data: unknown): Promise<void>;
+  /**
+   * Change the server's external store exactly once for this request (I4): runs fn in the
+   * store's transaction and commits unless another duplicate of the request committed first.
+   * A duplicate that lost stops here (the server answers with the winner's result).
+   */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  commit<R, Tx = any>(fn: (tx: Tx) => Promise<R>): Promise<R>;
+  /** The fenced store the server was started with, if any. */
+  store: FencedStore | undefined;
   log: Logger;
 }
 
@@ -40,6 +50,8 @@ export interface ServerOptions {
   /** Requests run at once; more wait in line. */
   capacity?: number;
   id?: string;
+  /** External store for `ctx.commit` (PgStore, KvStore). */
+  store?: FencedStore;
 }
 
 interface Running {
@@ -62,7 +74,7 @@ export class TandemServer {
   private epoch = 0;
   private stopping = false;
   /** Counters for tests and the CLI. */
-  readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0 };
+  readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };
 
   constructor(
     private readonly rt: Runtime,
@@ -268,9 +280,18 @@ export class TandemServer {
     let hasRestart = false;
     let checkpoints = 0;
     const subject = this.rt.names.resp(w.client, w.session);
+    const store = this.opts.store;
     const ctx: WorkContext = {
       signal: run.abort.signal,
       log,
+      store,
+      commit: async <R, Tx>(fn: (tx: Tx) => Promise<R>): Promise<R> => {
+        if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
+        const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.abort.signal, fn as (tx: unknown) => Promise<R>);
+        if (!out.won) throw new FenceLost(out.result, out.by);
+        this.stats.committed++;
+        return out.result;
+      },
       checkpoint: async (data: unknown) => {
         restart = data;
         hasRestart = true;
@@ -302,6 +323,16 @@ export class TandemServer {
       body = { n: w.n, server: this.id, ok: result ?? null };
       this.stats.completed++;
     } catch (err) {
+      if (err instanceof FenceLost) {
+        // Another duplicate's update is the applied one: answer with its result, change nothing.
+        this.stats.fenceLost++;
+        log.info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
+        body = { n: w.n, server: this.id, ok: err.result ?? null };
+        if (hasRestart) body.restart = restart;
+        await this.storeResponse(subject, w, body);
+        this.finish(key);
+        return;
+      }
       if (run.abort.signal.aborted) {
         // Cancelled work leaves no response: the request is answered elsewhere or not at all.
         this.finish(key);

@@ -29,6 +29,14 @@ export const ErrorCode = {
   NatsServer: "TANDEM_NATS_SERVER",
   /** Another manager holds the lease with a newer epoch. */
   NotLeader: "TANDEM_NOT_LEADER",
+  /** `commit` was called by a server that has no fenced store configured. */
+  NoStore: "TANDEM_NO_STORE",
+  /** The external store failed or refused the update (the update was not applied). */
+  Store: "TANDEM_STORE",
+  /** A fenced KV update tried to set more than one key (one key is atomic, two are not). */
+  FenceMultiKey: "TANDEM_FENCE_MULTI_KEY",
+  /** Hedge options are invalid. */
+  Hedge: "TANDEM_HEDGE",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -36,6 +44,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.Backpressure,
   ErrorCode.NoManager,
   ErrorCode.NotLeader,
+  ErrorCode.Store,
 ]);
 
 export interface TandemErrorOptions {

@@ -1,0 +1,200 @@
+/**
+ * Fenced commit on JetStream KV (the embedded default, no database needed).
+ *
+ * The fence is a key `<session>.<request>` in `tandem_fence`, created by the duplicate that may
+ * commit (create fails for everyone else). The change itself is a compare-and-set of ONE data
+ * key on the revision the handler read, and the written value carries the ids of the last
+ * RECENT requests applied to that key with their results. That is what makes it exactly once
+ * even when the fence holder dies between its write and marking the fence done: whoever
+ * takes the claim over reads the key, finds the request's id there, and does not apply twice.
+ *
+ * Limits, stated: an update may set one key (two keys are two writes and not atomic in KV; use
+ * the PostgreSQL store for those, or keep related data in one key). Keys it only reads are not
+ * checked at commit. A claim whose holder died is taken over after `claimTimeoutMs` with no
+ * change to it; its exactly-once check covers the last RECENT updates of the key.
+ */
+import type { KV, KvEntry } from "@nats-io/kv";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ErrorCode, TandemError } from "./errors.js";
+import { isWrongLastSequence } from "./jetstream.js";
+import { fenceKey, type FenceId, type FenceOutcome, type FencedStore } from "./store.js";
+import { decode, encode } from "./wire.js";
+
+export const RECENT = 64;
+
+/** What a data key holds: the value and the requests that last changed it. */
+interface Envelope {
+  v: unknown;
+  recent: Array<{ id: string; result: unknown; by: string }>;
+}
+
+type FenceRecord =
+  | { state: "claimed"; server: string; at: number }
+  | { state: "done"; server: string; result: unknown; at: number };
+
+/** What an update handler gets from the KV store. */
+export interface KvTx {
+  /** The key's current value (undefined when absent). */
+  get<T = unknown>(key: string): Promise<T | undefined>;
+  /** The new value of the one key this update changes. */
+  set(key: string, value: unknown): void;
+}
+
+export interface KvStoreOptions {
+  /** Bucket of the data keys; created when missing. */
+  bucket: string;
+  /** Bucket of the fence records (the deployment's `tandem_fence`). */
+  fence: KV;
+  /** A claim unchanged this long is taken over (its holder is presumed dead). */
+  claimTimeoutMs?: number;
+  replicas?: number;
+}
+
+/** The update already reached the key (a previous holder of the claim wrote it). */
+class AlreadyApplied {
+  constructor(
+    readonly result: unknown,
+    readonly by: string,
+  ) {}
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function envelope(e: KvEntry | null): { env: Envelope | null; rev: number } {
+  if (!e || e.operation !== "PUT") return { env: null, rev: e ? e.revision : 0 };
+  return { env: decode(e.value) as Envelope, rev: e.revision };
+}
+
+export class KvStore implements FencedStore<KvTx> {
+  readonly kind = "kv";
+  private readonly claimTimeoutMs: number;
+
+  private constructor(
+    readonly data: KV,
+    private readonly fence: KV,
+    opts: KvStoreOptions,
+  ) {
+    this.claimTimeoutMs = opts.claimTimeoutMs ?? 10_000;
+  }
+
+  static async open(nc: NatsConnection, opts: KvStoreOptions): Promise<KvStore> {
+    const kvm = new Kvm(nc);
+    let data: KV;
+    try {
+      data = await kvm.create(opts.bucket, { history: 1, replicas: opts.replicas ?? 1 });
+    } catch {
+      data = await kvm.open(opts.bucket);
+    }
+    return new KvStore(data, opts.fence, opts);
+  }
+
+  /** Read a data key's value (outside any update). */
+  async read<T = unknown>(key: string): Promise<T | undefined> {
+    const { env } = envelope(await this.data.get(key));
+    return env ? (env.v as T) : undefined;
+  }
+
+  /** Set a data key directly (seeding; not fenced). */
+  async seed(key: string, value: unknown): Promise<void> {
+    await this.data.put(key, encode({ v: value, recent: [] } satisfies Envelope));
+  }
+
+  async commit<R>(f: FenceId, signal: AbortSignal, fn: (tx: KvTx) => Promise<R>): Promise<FenceOutcome<R>> {
+    const key = fenceKey(f);
+    const claim = await this.claim(key, f.server, signal);
+    if ("done" in claim) return { won: false, result: claim.done.result as R, by: claim.done.server };
+    let outcome: FenceOutcome<R>;
+    try {
+      outcome = await this.apply(key, f.server, signal, fn);
+    } catch (err) {
+      // Not applied: free the claim so another duplicate need not wait for it to go stale.
+      await this.fence.delete(key, { previousSeq: claim.rev }).catch(() => {});
+      throw err;
+    }
+    // Done. If someone took the claim over meanwhile, it found our write and agrees with us.
+    const done: FenceRecord = { state: "done", server: outcome.by, result: outcome.result, at: Date.now() };
+    await this.fence.update(key, encode(done), claim.rev).catch(() => {});
+    return outcome;
+  }
+
+  async close(): Promise<void> {}
+
+  /** Take the claim, or learn the outcome of whoever holds it. */
+  private async claim(key: string, server: string, signal: AbortSignal): Promise<{ rev: number } | { done: { server: string; result: unknown } }> {
+    const mine = (): Uint8Array => encode({ state: "claimed", server, at: Date.now() } satisfies FenceRecord);
+    let seenRev = -1;
+    let seenAt = 0;
+    for (let wait = 10; ; wait = Math.min(wait * 2, 100)) {
+      if (signal.aborted) throw signal.reason;
+      try {
+        return { rev: await this.fence.create(key, mine()) };
+      } catch (err) {
+        if (!isWrongLastSequence(err)) throw err;
+      }
+      const e = await this.fence.get(key);
+      if (!e || e.operation !== "PUT") continue; // released meanwhile: try to create again
+      const rec = decode(e.value) as FenceRecord;
+      if (rec.state === "done") return { done: { server: rec.server, result: rec.result } };
+      // Claimed by another duplicate: wait for it, unless it has stopped moving.
+      if (e.revision !== seenRev) {
+        seenRev = e.revision;
+        seenAt = Date.now();
+      } else if (Date.now() - seenAt > this.claimTimeoutMs) {
+        try {
+          return { rev: await this.fence.update(key, mine(), e.revision) };
+        } catch (err) {
+          if (!isWrongLastSequence(err)) throw err;
+        }
+      }
+      await sleep(wait);
+    }
+  }
+
+  /** Run fn and compare-and-set its one key; re-run on conflict. */
+  private async apply<R>(id: string, server: string, signal: AbortSignal, fn: (tx: KvTx) => Promise<R>): Promise<FenceOutcome<R>> {
+    for (let attempt = 0; ; attempt++) {
+      if (signal.aborted) throw signal.reason;
+      const reads = new Map<string, { env: Envelope | null; rev: number }>();
+      let write: { key: string; value: unknown } | null = null;
+      const read = async (k: string) => {
+        let r = reads.get(k);
+        if (!r) {
+          r = envelope(await this.data.get(k));
+          reads.set(k, r);
+          const done = r.env?.recent.find((x) => x.id === id);
+          if (done) throw new AlreadyApplied(done.result, done.by);
+        }
+        return r;
+      };
+      const tx: KvTx = {
+        get: async <T>(k: string) => (await read(k)).env?.v as T | undefined,
+        set: (k, value) => {
+          if (write && write.key !== k) {
+            throw new TandemError(ErrorCode.FenceMultiKey, `a KV update may set one key; it set "${write.key}" and "${k}". Keep related data in one key or use the PostgreSQL store`, {
+              context: { keys: [write.key, k] },
+            });
+          }
+          write = { key: k, value };
+        },
+      };
+      let result: R;
+      try {
+        result = await fn(tx);
+        const w = write as { key: string; value: unknown } | null;
+        if (!w) return { won: true, result, by: server }; // nothing to change
+        const { env, rev } = await read(w.key);
+        if (signal.aborted) throw signal.reason;
+        const next: Envelope = { v: w.value, recent: [...(env?.recent ?? []).slice(-(RECENT - 1)), { id, result, by: server }] };
+        if (rev === 0) await this.data.create(w.key, encode(next));
+        else await this.data.update(w.key, encode(next), rev);
+        return { won: true, result, by: server };
+      } catch (err) {
+        if (err instanceof AlreadyApplied) return { won: err.by === server, result: err.result as R, by: err.by };
+        if (!isWrongLastSequence(err)) throw err;
+        // Another update changed the key between our read and write: read and run again.
+        if (attempt > 0 && attempt % 50 === 0) await sleep(5);
+      }
+    }
+  }
+}
