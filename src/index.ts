@@ -15,6 +15,16 @@ export type { Runtime } from "./runtime/runtime.js";
 export { createLogger } from "./runtime/logger.js";
 export { NatsServer } from "./runtime/nats-server.js";
 export { builtinHandlers } from "./runtime/work.js";
+export type { HedgeOptions } from "./machines/types.js";
+export type { HedgeRecord } from "./actors/hedgeProxy.js";
+export type { SessionInfo, TookRecord } from "./runtime/session-info.js";
+export { FenceLost } from "./runtime/store.js";
+export type { FencedStore, FenceId, FenceOutcome } from "./runtime/store.js";
+export { KvStore } from "./runtime/store-kv.js";
+export type { KvTx, KvStoreOptions } from "./runtime/store-kv.js";
+export { PgStore } from "./runtime/store-pg.js";
+export type { PgStoreOptions } from "./runtime/store-pg.js";
+export { ledgerHandler, seedLedger, readLedger } from "./runtime/ledger.js";
 
 import { configFromEnv, resolveConfig, type Config } from "./runtime/config.js";
 import { createLogger, type Logger } from "./runtime/logger.js";

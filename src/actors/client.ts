@@ -10,6 +10,7 @@ import { clientSessionMachine } from "../machines/clientSessionMachine.js";
 import type {
   ClientRestartAck,
   DeliverMsg,
+  HedgeOptions,
   OpenReply,
   RequestKind,
   RestartMsg,
@@ -19,15 +20,23 @@ import type {
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
+import { readSessionInfo, type SessionInfo } from "../runtime/session-info.js";
 import { decode, encode, Header, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
-import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
   /** Initial client restart data. */
   restart?: unknown;
   /** Requests outstanding before request() throws TANDEM_BACKPRESSURE (capped by the manager). */
   maxPending?: number;
+  /**
+   * Hedged requests (DESIGN.md §5): each request goes to one server and, with no response after
+   * `after` ms (0 = at once, "p95" = the service's learned 95th percentile), to up to
+   * `copies` − 1 others. The first stored response wins; the other copies are cancelled. Use
+   * `kind: "update"` with a fenced store on the servers for requests that change a store.
+   */
+  hedge?: HedgeOptions;
 }
 
 export interface RequestOptions {
@@ -104,6 +113,7 @@ export class TandemClient {
 
   /** Open a new session with a server of `service`. */
   async open(service: string, opts: OpenOptions = {}): Promise<ClientSession> {
+    if (opts.hedge !== undefined) opts = { ...opts, hedge: parseHedge(opts.hedge) };
     const s = new ClientSession(this, service, opts, null);
     await s.start(undefined);
     this.sessions.set(s.id, s);
@@ -123,6 +133,11 @@ export class TandemClient {
       throw err;
     }
     return s;
+  }
+
+  /** What the session records say of a session: for hedged requests, who took and who won. */
+  async sessionInfo(session: string): Promise<SessionInfo> {
+    return readSessionInfo(this.rt, session);
   }
 
   /** @internal */
@@ -350,6 +365,7 @@ export class ClientSession {
       service,
       ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
       ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
+      ...(this.opts.hedge !== undefined ? { hedge: this.opts.hedge } : {}),
     });
     this.sessionId = rep.session;
     this.maxPending = rep.maxPending;

@@ -6,12 +6,14 @@
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
+import { DEFAULT_HEDGE_BUDGET } from "../machines/hedgeBudget.js";
 import { BackupStore, fullBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
 import { managerMachine, type LeaseView, type ManagerEvent } from "../machines/managerMachine.js";
 import type {
   ClientRestartAck,
   DeliverMsg,
+  HedgeOptions,
   HeartbeatReply,
   OpenReply,
   Reply,
@@ -38,12 +40,24 @@ import {
   makeHeaders,
   malformed,
 } from "../runtime/wire.js";
-import { parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
+import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
+import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 
 export interface LeaseRecord {
   epoch: number;
   node: string;
   since: string;
+}
+
+/** Per service: the hedging budget and learned delay (they survive a failover). */
+export interface HedgingStatus {
+  requests: number;
+  extra: number;
+  tokens: number;
+  p95Ms: number | null;
+  samples: number;
+  /** Hedged requests in flight on this primary. */
+  inFlight?: number;
 }
 
 export interface ManagerStatus {
@@ -53,7 +67,7 @@ export interface ManagerStatus {
   leader: string | null;
   sessions: number;
   servers: Array<{ id: string; service: string; alive: boolean }>;
-  services: Array<{ service: string; sessions: number; pending: number; servers: number }>;
+  services: Array<{ service: string; sessions: number; pending: number; servers: number; hedging?: HedgingStatus }>;
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
   standbys: Array<{ node: string; lastBackupAgeMs: number; seq: number }>;
   since: string | null;
@@ -72,6 +86,8 @@ export class ManagerNode {
   private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
+  /** Hedging proxies of the current epoch. */
+  private proxies: HedgeProxies | null = null;
   /** Epoch in which this node may act; 0 when not primary. */
   private actingEpoch = 0;
   private consumers: ConsumerMessages[] = [];
@@ -162,7 +178,7 @@ export class ManagerNode {
 
   status(): ManagerStatus {
     const core = this.core;
-    const services = new Map<string, { service: string; sessions: number; pending: number; servers: number }>();
+    const services = new Map<string, ManagerStatus["services"][number]>();
     const svc = (name: string) => {
       let e = services.get(name);
       if (!e) services.set(name, (e = { service: name, sessions: 0, pending: 0, servers: 0 }));
@@ -176,6 +192,10 @@ export class ManagerNode {
         e.pending += s.lastReq - s.answered;
       }
       for (const srv of core.servers.values()) if (srv.alive) svc(srv.service).servers++;
+      for (const [name, b] of core.hedging) {
+        const p95 = b.p95();
+        svc(name).hedging = { requests: b.requests, extra: b.extra, tokens: Math.round(b.tokens * 100) / 100, p95Ms: p95 === null ? null : Math.round(p95 * 100) / 100, samples: b.samples };
+      }
     }
     const snap = this.actor?.getSnapshot();
     return {
@@ -302,6 +322,7 @@ export class ManagerNode {
         maxPayload: rt.config.maxPayload,
         serverTimeoutMs: rt.config.serverTimeoutMs,
         ackTimeoutMs: rt.config.ackTimeoutMs,
+        hedge: { ...DEFAULT_HEDGE_BUDGET, ratio: rt.config.hedgeBudgetPct / 100, reserve: rt.config.hedgeReserve },
       },
       epoch,
     );
@@ -324,6 +345,7 @@ export class ManagerNode {
     } else {
       for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`)) {
         const key = m.subject.split(".").slice(2).join(".");
+        if (key.includes(".")) continue; // hedge records of a session, not a session
         this.kvSessions.saw(key, m.seq);
         if (m.data.length === 0) continue; // delete marker
         try {
@@ -355,6 +377,7 @@ export class ManagerNode {
     // must hold all of them, or it would pair stale records with a newer cursor.
     if (fromBackup) for (const s of core.sessions.values()) s.dirty = true;
     this.core = core;
+    this.proxies = new HedgeProxies(core, epoch, this.hedgeEffects(epoch), this.baseLog.child({ epoch }), now);
     this.actingEpoch = epoch;
     this.log = this.baseLog.child({ epoch });
     const reqInfo = await rt.jsm.streams.info(rt.names.streamReq);
@@ -738,6 +761,8 @@ export class ManagerNode {
 
   private async release(): Promise<void> {
     this.actingEpoch = 0;
+    this.proxies?.stopAll();
+    this.proxies = null;
     this.log = this.baseLog;
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
@@ -830,6 +855,7 @@ export class ManagerNode {
       field(body, "service", isToken, "a token");
       if (body.ordered !== undefined) field(body, "ordered", isBool, "a boolean");
       if (body.maxPending !== undefined) field(body, "maxPending", isPositiveInt, "a positive integer");
+      if (body.hedge !== undefined) body.hedge = parseHedge(body.hedge);
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -851,13 +877,14 @@ export class ManagerNode {
     const session = newId();
     const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
     const ordered = (body.ordered as boolean | undefined) ?? true;
-    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart }, now());
+    const hedge = body.hedge as HedgeOptions | undefined;
+    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}) }, now());
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
       await this.rt.js.publish(
         this.rt.names.req(client, session),
-        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}) } }),
+        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }) },
       );
       await this.kvSessions!.create(session, core.record(entry));
@@ -950,6 +977,7 @@ export class ManagerNode {
       return this.reject(m, new TandemError(ErrorCode.UnknownSession, `session ${session} is not open`, { context: { session } }));
     }
     this.run(effects);
+    this.proxies?.close(session);
     // A snapshot taken before the close must not write the record back after the purge.
     await this.snapshotting;
     const { names, jsm, kv } = this.rt;
@@ -958,6 +986,8 @@ export class ManagerNode {
     await Promise.all([
       jsm.streams.purge(names.streamReq, { filter: names.req(client, session) }),
       jsm.streams.purge(names.streamResp, { filter: names.resp(client, session) }),
+      // Hedge records of the session (`<session>.hedge.<n>`, `<session>.took.<n>.<server>`).
+      jsm.streams.purge(`KV_${names.bucketSessions}`, { filter: `$KV.${names.bucketSessions}.${session}.>` }),
     ]).catch((err) => this.log.warn({ err, session }, "purge of a closed session's queues failed"));
     this.kvSessions?.forget(session);
     this.kvRestart?.forget(`${session}.client`);
@@ -1009,6 +1039,33 @@ export class ManagerNode {
     }
   }
 
+  /** What the hedging proxies of an epoch do on the wire. */
+  private hedgeEffects(epoch: number) {
+    const { rt } = this;
+    const timeout = rt.config.ackTimeoutMs;
+    const ok = (r: { data: Uint8Array }) => (decode(r.data) as Reply<unknown>).ok;
+    return {
+      sendCopy: async (server: string, session: string, n: number, copy: number): Promise<boolean> => {
+        const s = this.core?.sessions.get(session);
+        const req = s?.requests.get(n);
+        if (!s || !req || this.actingEpoch !== epoch) return false;
+        const work: WorkMsg = { epoch, session, client: s.client, service: s.service, n, kind: req.kind, payload: req.payload, restart: s.serverRestart, copy };
+        const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
+        return rt.nc.request(rt.names.srv(server, "work"), encode(work), { timeout, headers }).then(ok, () => false);
+      },
+      cancel: async (server: string, session: string, n: number): Promise<boolean> => {
+        if (this.actingEpoch !== epoch) return true; // not ours to finish any more
+        const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
+        return rt.nc.request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
+      },
+      record: (rec: HedgeRecord): void => {
+        // A closed session's records are purged: do not write one back.
+        if (this.actingEpoch !== epoch || !this.core?.sessions.has(rec.session)) return;
+        rt.kv.sessions.put(`${rec.session}.hedge.${rec.n}`, encode(rec)).catch((err) => this.log.warn({ err, session: rec.session }, "could not record a hedge outcome"));
+      },
+    };
+  }
+
   private reject(m: Msg, err: TandemError | Error): void {
     const te = err instanceof TandemError ? err : new TandemError(ErrorCode.Malformed, String(err.message ?? err));
     replyError(m, te);
@@ -1033,6 +1090,13 @@ export class ManagerNode {
         const s = core.sessions.get(e.session);
         const req = s?.requests.get(e.n);
         if (!s || !req) return;
+        if (s.hedge && this.proxies) {
+          this.proxies.dispatch(e.session, e.n, e.server, (ok) => {
+            if (ok) core.dispatchAcked(e.session, e.n);
+            else this.run(core.dispatchFailed(e.session, e.n, now()));
+          });
+          return;
+        }
         const work: WorkMsg = {
           epoch,
           session: s.id,
@@ -1052,6 +1116,10 @@ export class ManagerNode {
             else this.run(core.dispatchFailed(e.session, e.n, now()));
           })
           .catch(() => this.run(core.dispatchFailed(e.session, e.n, now())));
+        return;
+      }
+      case "answered": {
+        this.proxies?.answered(e.session, e.n, e.server);
         return;
       }
       case "cancel": {

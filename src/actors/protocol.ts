@@ -4,7 +4,7 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { Msg, MsgHdrs } from "@nats-io/transport-node";
-import type { RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
+import type { HedgeOptions, RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
 import {
@@ -37,8 +37,26 @@ export type ParsedRequest =
       ordered: boolean;
       maxPending: number;
       restart?: unknown;
+      hedge?: HedgeOptions;
     }
   | { error: TandemError; client?: string; session?: string; n?: number };
+
+export const MAX_HEDGE_COPIES = 8;
+
+/** Validate a session's hedge options (DESIGN.md §5). */
+export function parseHedge(v: unknown): HedgeOptions {
+  const bad = (why: string) =>
+    new TandemError(ErrorCode.Hedge, `hedge options ${why}; use e.g. { copies: 2, after: 50 } or { copies: 3, after: "p95" }`, { context: { hedge: v } });
+  if (!isObject(v)) throw bad("must be an object");
+  const { copies, after } = v;
+  if (typeof copies !== "number" || !Number.isInteger(copies) || copies < 2 || copies > MAX_HEDGE_COPIES) {
+    throw bad(`need "copies" between 2 and ${MAX_HEDGE_COPIES}`);
+  }
+  if (after !== "p95" && !(typeof after === "number" && Number.isFinite(after) && after >= 0 && after <= 3_600_000)) {
+    throw bad(`need "after": milliseconds (0 = at once) or "p95"`);
+  }
+  return { copies, after };
+}
 
 export function parseRequestMsg(names: Names, m: { subject: string; headers?: MsgHdrs | undefined; data: Uint8Array }): ParsedRequest {
   const ids = names.parseQueueSubject(m.subject);
@@ -59,6 +77,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
           ordered: o.ordered !== false,
           maxPending: isPositiveInt(o.maxPending) ? o.maxPending : 1000,
           ...("restart" in o ? { restart: o.restart } : {}),
+          ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),
         };
       }
       const taken = field(v, "taken", isNonNegInt, "a non-negative integer");

@@ -253,6 +253,11 @@ export class TandemServer {
     const run: Running = { session: w.session, n: w.n, abort: new AbortController() };
     this.running.set(key, run);
     replyOk(m, { accepted: true });
+    if (w.copy !== undefined) {
+      // A hedged copy: record that this server took it (shown by `tandem status --session`).
+      const rec = { server: this.id, n: w.n, copy: w.copy, at: new Date().toISOString() };
+      this.rt.kv.sessions.put(`${w.session}.took.${w.n}.${this.id}`, encode(rec)).catch((err) => this.log.debug({ err }, "could not record a hedged copy"));
+    }
     void this.execute(w, run);
   }
 

@@ -10,8 +10,10 @@
  * response), taken (the application took all responses <= taken), delivered (the live client
  * incarnation accepted up to here; volatile).
  */
+import { DEFAULT_HEDGE_BUDGET, HedgeBudget, type HedgeBudgetJSON, type HedgeBudgetOptions } from "./hedgeBudget.js";
 import type {
   ClientRestartAck,
+  HedgeOptions,
   RequestKind,
   RestartRecord,
   RestartSession,
@@ -24,6 +26,8 @@ export interface CoreLimits {
   maxPayload: number;
   serverTimeoutMs: number;
   ackTimeoutMs: number;
+  /** Hedging budget settings (DEFAULT_HEDGE_BUDGET when absent). */
+  hedge?: HedgeBudgetOptions;
 }
 
 export interface PendingRequest {
@@ -47,6 +51,7 @@ export interface SessionEntry {
   service: string;
   ordered: boolean;
   maxPending: number;
+  hedge: HedgeOptions | null;
   server: string | null;
   /** The assigned server acknowledged a restart for this session (or got it fresh). */
   serverSynced: boolean;
@@ -58,6 +63,8 @@ export interface SessionEntry {
   deliverRetryAt: number;
   deliverAttempts: number;
   dispatched: number;
+  /** When the request being dispatched first went out (for the learned hedge delay). */
+  dispatchedAt: number;
   dispatchAcked: boolean;
   dispatchRetryAt: number;
   dispatchAttempts: number;
@@ -98,6 +105,7 @@ export interface SessionRecord {
   service: string;
   ordered: boolean;
   maxPending: number;
+  hedge?: HedgeOptions;
   server: string | null;
   status: "open";
   lastReq: number;
@@ -119,12 +127,16 @@ export interface CursorRecord {
   respFrom: number;
   services: string[];
   servers: Array<{ id: string; service: string }>;
+  /** Hedging budget and learned delay per service (survive a failover). */
+  hedging?: Record<string, HedgeBudgetJSON>;
 }
 
 export type Effect =
   | { type: "dispatch"; server: string; session: string; n: number }
   | { type: "cancel"; server: string; session: string; n: number }
   | { type: "deliver"; client: string; session: string; n: number }
+  /** A hedged session's request got its (first, winning) stored response. */
+  | { type: "answered"; session: string; n: number; server: string }
   | { type: "putRestart"; session: string; side: "client" | "server"; record: RestartRecord }
   | { type: "storeError"; client: string; session: string; n: number; error: WireErr }
   | { type: "notify"; client: string; session: string; n: number; error: WireErr }
@@ -149,6 +161,8 @@ export class ManagerCore {
   readonly servers = new Map<string, ServerEntry>();
   readonly clients = new Map<string, ClientEntry>();
   readonly services = new Set<string>();
+  /** Per service: hedging budget and observed latencies. */
+  readonly hedging = new Map<string, HedgeBudget>();
   /** Sessions closed since the last snapshot (for backups). */
   private removed: string[] = [];
   reqSeq = 0;
@@ -163,10 +177,10 @@ export class ManagerCore {
 
   /** Open a session; the caller checked the service is known. */
   open(
-    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown },
+    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions },
     now: number,
   ): { entry: SessionEntry; effects: Effect[] } {
-    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending);
+    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending, args.hedge);
     entry.server = this.pickServer(args.service);
     entry.serverSynced = true;
     if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
@@ -183,12 +197,12 @@ export class ManagerCore {
    * session opened after the cut being rebuilt from (live, the session already exists).
    */
   onOpenRecord(
-    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown },
+    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions },
     now: number,
   ): Effect[] {
     this.reqSeq = Math.max(this.reqSeq, m.seq);
     if (this.sessions.has(m.session)) return [];
-    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, m.maxPending);
+    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, m.maxPending, m.hedge);
     entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
@@ -336,9 +350,11 @@ export class ManagerCore {
     s.requests.delete(m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {
+      this.budget(s.service).observe(now - s.dispatchedAt);
       s.dispatched = 0;
       s.dispatchAttempts = 0;
     }
+    if (s.hedge) effects.push({ type: "answered", session: s.id, n: m.n, server: m.server });
     s.dirty = true;
     this.pump(s, now, effects);
     return effects;
@@ -613,6 +629,46 @@ export class ManagerCore {
     return effects;
   }
 
+  // ---- hedging -----------------------------------------------------------------------------
+
+  budget(service: string): HedgeBudget {
+    let b = this.hedging.get(service);
+    if (!b) {
+      b = new HedgeBudget(this.limits.hedge ?? DEFAULT_HEDGE_BUDGET);
+      this.hedging.set(service, b);
+    }
+    return b;
+  }
+
+  /** How long a hedged session's request waits for a response before hedging. */
+  hedgeDelay(session: string): number {
+    const s = this.sessions.get(session);
+    if (!s?.hedge) return 0;
+    return this.budget(s.service).delay(s.hedge.after);
+  }
+
+  /**
+   * Servers for extra copies of a hedged request: live servers of the service that have no
+   * copy yet, least loaded first, each paid for by one budget token. Fewer (or none) when the
+   * service has no more servers or the budget is spent.
+   */
+  hedgeTargets(session: string, exclude: string[], want: number): string[] {
+    const s = this.sessions.get(session);
+    if (!s?.hedge || want <= 0) return [];
+    const load = new Map<string, number>();
+    for (const x of this.sessions.values()) if (x.server) load.set(x.server, (load.get(x.server) ?? 0) + 1);
+    const candidates = [...this.servers.values()]
+      .filter((v) => v.service === s.service && v.alive && !v.presumed && !exclude.includes(v.id))
+      .sort((a, b) => (load.get(a.id) ?? 0) / a.capacity - (load.get(b.id) ?? 0) / b.capacity);
+    const out: string[] = [];
+    const budget = this.budget(s.service);
+    for (const c of candidates) {
+      if (out.length >= want || !budget.tryWithdraw()) break;
+      out.push(c.id);
+    }
+    return out;
+  }
+
   /**
    * Sessions that wait for a request or response the table does not hold: an inconsistency
    * between a restored cut and the queues. Never expected; reported rather than left silent.
@@ -638,7 +694,9 @@ export class ManagerCore {
       const req = s.requests.get(n);
       const srv = this.servers.get(s.server);
       if (req && !req.rejected && srv && srv.alive && !srv.presumed) {
+        if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
         s.dispatched = n;
+        s.dispatchedAt = now;
         s.dispatchAcked = false;
         effects.push({ type: "dispatch", server: s.server, session: s.id, n });
       }
@@ -656,13 +714,14 @@ export class ManagerCore {
 
   // ---- persistence -----------------------------------------------------------------------
 
-  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number): SessionEntry {
+  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number, hedge?: HedgeOptions): SessionEntry {
     return {
       id,
       client,
       service,
       ordered,
       maxPending,
+      hedge: hedge ?? null,
       server: null,
       serverSynced: false,
       lastReq: 0,
@@ -673,6 +732,7 @@ export class ManagerCore {
       deliverRetryAt: 0,
       deliverAttempts: 0,
       dispatched: 0,
+      dispatchedAt: 0,
       dispatchAcked: false,
       dispatchRetryAt: 0,
       dispatchAttempts: 0,
@@ -692,6 +752,7 @@ export class ManagerCore {
       service: s.service,
       ordered: s.ordered,
       maxPending: s.maxPending,
+      ...(s.hedge ? { hedge: s.hedge } : {}),
       server: s.server,
       status: "open",
       lastReq: s.lastReq,
@@ -733,6 +794,7 @@ export class ManagerCore {
         respFrom,
         services: [...this.services],
         servers: [...this.servers.values()].map((s) => ({ id: s.id, service: s.service })),
+        hedging: Object.fromEntries([...this.hedging].map(([svc, b]) => [svc, b.toJSON()])),
       },
     };
   }
@@ -745,7 +807,7 @@ export class ManagerCore {
     now: number,
   ): void {
     for (const r of records) {
-      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending);
+      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending, r.hedge);
       s.server = r.server;
       s.lastReq = r.lastReq;
       s.answered = r.answered;
@@ -762,6 +824,7 @@ export class ManagerCore {
       this.reqSeq = cursor.reqSeq;
       this.respSeq = cursor.respSeq;
       for (const svc of cursor.services) this.services.add(svc);
+      for (const [svc, j] of Object.entries(cursor.hedging ?? {})) this.hedging.set(svc, HedgeBudget.fromJSON(j, this.limits.hedge ?? DEFAULT_HEDGE_BUDGET));
       for (const srv of cursor.servers) {
         this.servers.set(srv.id, {
           id: srv.id,

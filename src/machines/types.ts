@@ -5,6 +5,14 @@
 
 export type RequestKind = "request" | "update";
 
+/** A hedged session: each request may go to up to `copies` servers (DESIGN.md §5). */
+export interface HedgeOptions {
+  /** Copies in all, the first included (2..8). */
+  copies: number;
+  /** Milliseconds without a response before hedging (0 = at once), or the service's learned p95. */
+  after: number | "p95";
+}
+
 export interface WireErr {
   code: string;
   message: string;
@@ -64,6 +72,8 @@ export interface WorkMsg {
   payload: unknown;
   /** Latest server restart data of this session, to continue from. */
   restart: RestartRecord | null;
+  /** Hedged sessions: which copy this is (1 = the first); the server records that it took it. */
+  copy?: number;
 }
 
 export interface CancelMsg {
@@ -119,6 +129,7 @@ export interface OpenMsg {
   restart?: unknown;
   ordered?: boolean;
   maxPending?: number;
+  hedge?: HedgeOptions;
 }
 
 export interface OpenReply {

@@ -31,6 +31,10 @@ export interface Config {
   ackTimeoutMs: number;
   /** JetStream de-duplication window; longer than any retry or failover horizon. */
   duplicateWindowMs: number;
+  /** Hedging budget: extra copies at most this percent of requests per service (plus the reserve). */
+  hedgeBudgetPct: number;
+  /** Hedging budget: extra copies allowed in a burst before the percentage applies. */
+  hedgeReserve: number;
   /** Manager node name (unique per process). */
   node: string;
   logLevel: string;
@@ -50,6 +54,8 @@ export const DEFAULTS: Omit<Config, "node"> = {
   maxPending: 1000,
   ackTimeoutMs: 1000,
   duplicateWindowMs: 10 * 60 * 1000,
+  hedgeBudgetPct: 10,
+  hedgeReserve: 10,
   logLevel: "info",
 };
 
@@ -74,6 +80,8 @@ const ENV: Record<string, keyof Config> = {
   TANDEM_MAX_PAYLOAD: "maxPayload",
   TANDEM_MAX_PENDING: "maxPending",
   TANDEM_ACK_TIMEOUT_MS: "ackTimeoutMs",
+  TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
+  TANDEM_HEDGE_RESERVE: "hedgeReserve",
   TANDEM_NODE: "node",
   TANDEM_LOG_LEVEL: "logLevel",
 };
@@ -101,6 +109,8 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["maxPending", 1, 1_000_000],
   ["ackTimeoutMs", 10, 600_000],
   ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
+  ["hedgeBudgetPct", 0, 100],
+  ["hedgeReserve", 0, 100_000],
 ];
 
 function bad(setting: string, why: string): TandemError {

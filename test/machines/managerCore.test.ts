@@ -254,3 +254,53 @@ describe("manager core - snapshot and replay", () => {
     );
   });
 });
+
+describe("manager core - hedging", () => {
+  function hedged() {
+    const core = new ManagerCore({ ...LIMITS, hedge: { ratio: 0.5, reserve: 1, window: 64, minSamples: 2, fallbackMs: 40 } }, 1);
+    for (const s of ["s1", "s2", "s3"]) core.registerServer(s, "svc", 4, 0);
+    core.registerServer("other", "elsewhere", 4, 0);
+    core.open({ session: "H", client: "c", service: "svc", ordered: true, maxPending: 5, hedge: { copies: 3, after: "p95" } }, 0);
+    return core;
+  }
+  const hreq = (n: number) => ({ seq: ++seq, client: "c", session: "H", n, kind: "request" as const, payload: n, size: 1 });
+
+  it("hedge targets are other live servers of the service, each paid for by a budget token", () => {
+    const core = hedged();
+    const fx = core.onRequest(hreq(1), 0, false); // deposits 0.5: 1.5 tokens
+    const first = of(fx, "dispatch")[0]!.server;
+    const targets = core.hedgeTargets("H", [first], 2);
+    expect(targets).toHaveLength(1); // one whole token only
+    expect(targets[0]).not.toBe(first);
+    expect(["s1", "s2", "s3"]).toContain(targets[0]);
+    expect(core.hedgeTargets("H", [first], 2)).toEqual([]); // spent
+  });
+
+  it("learns the delay from response latencies and reports answers of hedged sessions only", () => {
+    const core = hedged();
+    expect(core.hedgeDelay("H")).toBe(40); // fallback before enough samples
+    core.onRequest(hreq(1), 0, false);
+    const fx = core.onResponse({ seq: ++seq, client: "c", session: "H", n: 1, server: "s2", ok: 1 }, 10);
+    expect(of(fx, "answered")).toEqual([{ type: "answered", session: "H", n: 1, server: "s2" }]);
+    core.onRequest(hreq(2), 10, false);
+    core.onResponse({ seq: ++seq, client: "c", session: "H", n: 2, server: "s1", ok: 2 }, 40);
+    expect(core.hedgeDelay("H")).toBe(30);
+    const { core: plain } = setup();
+    plain.onRequest(req(1), 0, false);
+    expect(of(plain.onResponse(resp(1), 5), "answered")).toEqual([]);
+  });
+
+  it("hedge options, budget and learned delay survive a snapshot and restore (a failover)", () => {
+    const core = hedged();
+    core.onRequest(hreq(1), 0, false);
+    core.onResponse({ seq: ++seq, client: "c", session: "H", n: 1, server: "s1", ok: 1 }, 25);
+    core.onRequest(hreq(2), 25, false);
+    core.onResponse({ seq: ++seq, client: "c", session: "H", n: 2, server: "s1", ok: 2 }, 60);
+    const snap = JSON.parse(JSON.stringify(core.snapshot()));
+    const next = new ManagerCore(core.limits, 2);
+    next.restore(snap.records, new Map(), snap.cursor, 0);
+    expect(next.sessions.get("H")!.hedge).toEqual({ copies: 3, after: "p95" });
+    expect(next.budget("svc").toJSON()).toEqual(core.budget("svc").toJSON());
+    expect(next.hedgeDelay("H")).toBe(core.hedgeDelay("H"));
+  });
+});
