@@ -8,14 +8,20 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { dirname, join, resolve } from "node:path";
 import { TandemClient, type ClientSession, type PersistedSession } from "../actors/client.js";
 import { ManagerNode, type ManagerStatus } from "../actors/manager.js";
-import { TandemServer } from "../actors/server.js";
-import { unwrap } from "../actors/protocol.js";
+import { TandemServer, type Handler } from "../actors/server.js";
+import { parseHedge, unwrap } from "../actors/protocol.js";
+import type { HedgeOptions } from "../machines/types.js";
+import { ledgerHandler, openLedgerIfMissing, transferFor } from "./ledger.js";
+import { readSessionInfo } from "./session-info.js";
+import type { FencedStore } from "./store.js";
+import { KvStore } from "./store-kv.js";
+import { PgStore } from "./store-pg.js";
 import { configFromEnv, resolveConfig, type Config } from "./config.js";
 import { TandemError } from "./errors.js";
 import { createLogger, type Logger } from "./logger.js";
 import { NatsServer } from "./nats-server.js";
 import { startRuntime, type Runtime } from "./runtime.js";
-import { builtinHandlers } from "./work.js";
+import { builtinHandlers, straggle } from "./work.js";
 import { encode } from "./wire.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
@@ -79,15 +85,19 @@ find it without NATS_URL.
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
 and takes over when the primary's lease runs out.`,
-  server: `Usage: tandem server --service S --work echo|hash|sleep [options]
+  server: `Usage: tandem server --service S --work echo|hash|sleep|ledger [options]
 
-  --service S      service name (letters, digits, _ or -)
-  --work W         echo: return the payload; hash: CPU work that records its progress as
-                   server restart data; sleep: wait --sleep-ms per request
-  --sleep-ms N     sleep: milliseconds per request (default 20)
-  --rounds N       hash: sha256 rounds per request (default 20000)
-  --capacity N     requests handled at once (default 64)
-  --id ID          server id (default <service>-<random>)`,
+  --service S        service name (letters, digits, _ or -)
+  --work W           echo: return the payload; hash: CPU work that records its progress as
+                     server restart data; sleep: wait --sleep-ms per request; ledger:
+                     transfers between accounts A-D in --store, each applied exactly once
+  --store S          ledger: kv (JetStream KV, the default) or a postgres://user@host/db URL
+  --sleep-ms N       sleep: milliseconds per request (default 20)
+  --rounds N         hash: sha256 rounds per request (default 20000)
+  --straggle-pct P   delay P percent of calls (a straggler, for hedging) ...
+  --straggle-ms M    ... by M milliseconds (default 500)
+  --capacity N       requests handled at once (default 64)
+  --id ID            server id (default <service>-<random>)`,
   client: `Usage: tandem client --service S --requests N [--concurrency C] [--json] [options]
 
 Opens C sessions and sends N requests over them (each session one at a time, in order).
@@ -100,10 +110,15 @@ Opens C sessions and sends N requests over them (each session one at a time, in 
                      same FILE resumes its sessions and gets every response it had not taken
   --id ID            client id (default: random, or the one in --state)
   --payload JSON     request payload (default {"i": <index>})
+  --transfers        send ledger transfers (update requests) instead of a payload
+  --hedge K          hedged sessions: up to K copies of each request on different servers
+  --hedge-after A    milliseconds before hedging (0 = at once, default 50) or p95
   --keep             do not close the sessions at the end`,
-  status: `Usage: tandem status [--json]
+  status: `Usage: tandem status [--json] [--session ID]
 
-Asks the primary manager for its view: epoch, node, services, sessions and servers.`,
+Asks the primary manager for its view: epoch, node, services, sessions and servers.
+  --session ID   one session's record and, for hedged requests, which server took which
+                 copy and which one won`,
 };
 
 function fail(msg: string, code = 2): never {
@@ -226,23 +241,41 @@ async function cmdServer(argv: string[]): Promise<void> {
     rounds: { type: "string" },
     capacity: { type: "string" },
     id: { type: "string" },
+    store: { type: "string" },
+    "straggle-pct": { type: "string" },
+    "straggle-ms": { type: "string" },
   });
   if (typeof v.service !== "string") fail("--service is required (run `tandem server --help`)");
   const work = (v.work as string | undefined) ?? "echo";
-  const handlers = builtinHandlers({ sleepMs: int(v["sleep-ms"], "sleep-ms", 20), rounds: int(v.rounds, "rounds", 20_000, 1) });
+  const handlers: Record<string, Handler> = { ...builtinHandlers({ sleepMs: int(v["sleep-ms"], "sleep-ms", 20), rounds: int(v.rounds, "rounds", 20_000, 1) }), ledger: ledgerHandler() };
   if (!(work in handlers)) fail(`--work must be one of ${Object.keys(handlers).join(", ")} (got ${work})`);
+  const pct = int(v["straggle-pct"], "straggle-pct", 0);
+  if (pct > 100) fail("--straggle-pct must be 0..100");
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel });
   const rt = await runtime(cfg, log, `tandem-server-${v.service}`);
+  let store: FencedStore | undefined;
+  const storeArg = typeof v.store === "string" ? v.store : work === "ledger" ? "kv" : undefined;
+  try {
+    if (storeArg === "kv") store = await KvStore.open(rt.nc, { bucket: `${rt.names.bucketFence.replace(/_fence$/, "")}_ledger`, fence: rt.kv.fence, replicas: cfg.replicas });
+    else if (storeArg?.startsWith("postgres://") || storeArg?.startsWith("postgresql://")) store = await PgStore.open({ url: storeArg });
+    else if (storeArg !== undefined) fail(`--store must be kv or a postgres:// URL (got ${storeArg})`);
+    if (store && work === "ledger") await openLedgerIfMissing(store);
+  } catch (err) {
+    await rt.close();
+    fail(err instanceof TandemError ? `${err.code}: ${err.message}` : String(err), 1);
+  }
   const server = await TandemServer.start(rt, {
     service: v.service,
-    handler: handlers[work as keyof typeof handlers],
+    handler: straggle(handlers[work]!, pct, int(v["straggle-ms"], "straggle-ms", 500)),
     capacity: int(v.capacity, "capacity", 64, 1),
     ...(typeof v.id === "string" ? { id: v.id } : {}),
+    ...(store ? { store } : {}),
   });
-  log.info({ server: server.id, service: server.service, work }, "server ready");
+  log.info({ server: server.id, service: server.service, work, ...(store ? { store: store.kind } : {}), ...(pct ? { stragglePct: pct } : {}) }, "server ready");
   await untilSignal(log, async () => {
     await server.stop();
+    await store?.close();
     await rt.close();
     log.info(server.stats, "server stopped");
   });
@@ -277,7 +310,20 @@ async function cmdClient(argv: string[]): Promise<void> {
     id: { type: "string" },
     payload: { type: "string" },
     keep: { type: "boolean" },
+    transfers: { type: "boolean" },
+    hedge: { type: "string" },
+    "hedge-after": { type: "string" },
   });
+  let hedge: HedgeOptions | undefined;
+  if (v.hedge !== undefined) {
+    const after = v["hedge-after"] === "p95" ? "p95" : int(v["hedge-after"], "hedge-after", 50);
+    try {
+      hedge = parseHedge({ copies: int(v.hedge, "hedge", 2, 2), after });
+    } catch (err) {
+      fail((err as Error).message);
+    }
+  }
+  const transfers = v.transfers === true;
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel });
   const json = v.json === true;
@@ -322,7 +368,7 @@ async function cmdClient(argv: string[]): Promise<void> {
       }
       log.info({ sessions: sessions.length }, "resumed sessions from the state file");
     } else {
-      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service));
+      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, hedge ? { hedge } : {}));
       state = { client: client.id, service, requests: total, sessions: sessions.map((s) => s.snapshot()) };
       if (stateFile) writeAtomic(stateFile, JSON.stringify(state));
     }
@@ -364,12 +410,12 @@ async function cmdClient(argv: string[]): Promise<void> {
       const quota = quotas[i]!;
       while (!stopping && s.lastRequest < quota) {
         const n = s.lastRequest + 1;
-        const payload = payloadTemplate ?? { i: n, session: i };
+        const payload = transfers ? transferFor(n * 7 + i) : (payloadTemplate ?? { i: n, session: i });
         const t0 = performance.now();
         sent++;
         try {
           // Client restart data: how far this session has sent (a resumed client continues there).
-          const { response } = await s.send(payload, { restart: { sent: n } });
+          const { response } = await s.send(payload, { restart: { sent: n }, ...(transfers ? { kind: "update" as const } : {}) });
           const r = await response;
           if (!r.ok && r.error?.code === "TANDEM_CLOSED") break;
           record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
@@ -413,10 +459,26 @@ async function cmdClient(argv: string[]): Promise<void> {
 }
 
 async function cmdStatus(argv: string[]): Promise<void> {
-  const v = parse("status", argv, { json: { type: "boolean" } });
+  const v = parse("status", argv, { json: { type: "boolean" }, session: { type: "string" } });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel });
   const rt = await runtime(cfg, log, "tandem-status");
+  if (typeof v.session === "string") {
+    const info = await readSessionInfo(rt, v.session);
+    if (v.json) process.stdout.write(`${JSON.stringify(info)}\n`);
+    else {
+      const r = info.record;
+      const lines = [
+        `session   ${info.session}${r ? `  client ${r.client}  service ${r.service}  server ${r.server ?? "-"}` : "  (no record: closed, or never opened)"}`,
+        ...(r ? [`queue     requests ${r.lastReq}  answered ${r.answered}  taken ${r.taken}${r.hedge ? `  hedge ${r.hedge.copies} copies after ${r.hedge.after}${typeof r.hedge.after === "number" ? " ms" : ""}` : ""}`] : []),
+        ...(info.hedges.length ? ["", "request  winner                        copies (cancelled)                         ms"] : []),
+        ...info.hedges.map((h) => `${String(h.n).padStart(7)}  ${(h.winner ?? "-").padEnd(29)} ${h.copies.map((c) => (h.cancelled.includes(c) ? `(${c})` : c)).join(" ").padEnd(42)} ${h.latencyMs}`),
+      ];
+      process.stdout.write(`${lines.join("\n")}\n`);
+    }
+    await rt.close();
+    return;
+  }
   let st: ManagerStatus;
   try {
     const r = await rt.nc.request(rt.names.mgr("status"), encode({}), { timeout: 3000 });
@@ -435,8 +497,13 @@ async function cmdStatus(argv: string[]): Promise<void> {
       `standbys  ${st.standbys.length === 0 ? "none" : st.standbys.map((s) => `${s.node} (last backup ${s.lastBackupAgeMs} ms ago)`).join(", ")}`,
       `sessions  ${st.sessions}`,
       "",
-      "service              sessions  pending  servers",
-      ...st.services.map((s) => `${s.service.padEnd(20)} ${String(s.sessions).padStart(8)} ${String(s.pending).padStart(8)} ${String(s.servers).padStart(8)}`),
+      "service              sessions  pending  servers  hedged (extra/requests, learned p95)",
+      ...st.services.map(
+        (s) =>
+          `${s.service.padEnd(20)} ${String(s.sessions).padStart(8)} ${String(s.pending).padStart(8)} ${String(s.servers).padStart(8)}  ${
+            s.hedging && s.hedging.extra > 0 ? `${s.hedging.extra}/${s.hedging.requests}, p95 ${s.hedging.p95Ms ?? "-"} ms` : "-"
+          }`,
+      ),
       "",
       "servers",
       ...st.servers.map((s) => `  ${s.id.padEnd(28)} ${s.service.padEnd(16)} ${s.alive ? "alive" : "lost"}`),

@@ -102,6 +102,32 @@ export async function seedLedger(store: FencedStore, balances: Record<string, nu
   await (store as KvStore).seed(LEDGER_KEY, { balances, applied: 0 } satisfies KvLedger);
 }
 
+/** Accounts of the built-in ledger, and the transfer the CLI client sends as request i. */
+export const LEDGER_ACCOUNTS = ["A", "B", "C", "D"];
+export const LEDGER_OPENING = 1000;
+
+export function transferFor(i: number): { transfer: Transfer } {
+  const k = LEDGER_ACCOUNTS.length;
+  const from = LEDGER_ACCOUNTS[i % k]!;
+  const to = LEDGER_ACCOUNTS[(i + 1 + (Math.floor(i / k) % (k - 1))) % k]!;
+  return { transfer: { from, to, amount: (i % 9) + 1 } };
+}
+
+/** Open the ledger with LEDGER_OPENING in each account unless it exists (servers race here). */
+export async function openLedgerIfMissing(store: FencedStore): Promise<void> {
+  const balances = Object.fromEntries(LEDGER_ACCOUNTS.map((a) => [a, LEDGER_OPENING]));
+  if (store.kind === "postgres") {
+    const s = store as PgStore;
+    await ensurePgLedger(s);
+    for (const [account, balance] of Object.entries(balances)) {
+      await s.pool.query("INSERT INTO tandem_ledger (account, balance) VALUES ($1, $2) ON CONFLICT DO NOTHING", [account, balance]);
+    }
+    return;
+  }
+  const kv = (store as KvStore).data;
+  await kv.create(LEDGER_KEY, new TextEncoder().encode(JSON.stringify({ v: { balances, applied: 0 }, recent: [] }))).catch(() => {});
+}
+
 /** The ledger now: balances and how many transfers were applied. */
 export async function readLedger(store: FencedStore): Promise<KvLedger> {
   if (store.kind === "postgres") {

@@ -2,20 +2,23 @@
  * Fenced commit on JetStream KV (the embedded default, no database needed).
  *
  * The fence is a key `<session>.<request>` in `tandem_fence`, created by the duplicate that may
- * commit (create fails for everyone else). The change itself is a compare-and-set of ONE data
- * key on the revision the handler read, and the written value carries the ids of the last
- * RECENT requests applied to that key with their results. That is what makes it exactly once
- * even when the fence holder dies between its write and marking the fence done: whoever
- * takes the claim over reads the key, finds the request's id there, and does not apply twice.
+ * commit (create fails for everyone else). The holder records its result in the fence, then
+ * writes ONE data key: a compare-and-set on the revision the handler read, published with the
+ * request's id as Nats-Msg-Id, and marks the fence done. If the holder dies between its write
+ * and "done", whoever takes the stale claim over writes with the same message id: JetStream
+ * drops it as a duplicate (de-duplication is checked before the expected revision), so the
+ * update is applied once. The written value also keeps the last RECENT requests' results, so
+ * the one that takes over answers with the applied result.
  *
  * Limits, stated: an update may set one key (two keys are two writes and not atomic in KV; use
  * the PostgreSQL store for those, or keep related data in one key). Keys it only reads are not
  * checked at commit. A claim whose holder died is taken over after `claimTimeoutMs` with no
- * change to it; its exactly-once check covers the last RECENT updates of the key.
+ * change to it, which must be well inside the data bucket's duplicate window (10 minutes).
  */
 import type { KV, KvEntry } from "@nats-io/kv";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager, type JetStreamClient } from "@nats-io/jetstream";
 import { ErrorCode, TandemError } from "./errors.js";
 import { isWrongLastSequence } from "./jetstream.js";
 import { fenceKey, type FenceId, type FenceOutcome, type FencedStore } from "./store.js";
@@ -31,7 +34,11 @@ interface Envelope {
 
 type FenceRecord =
   | { state: "claimed"; server: string; at: number }
+  | { state: "applying"; server: string; result: unknown; at: number }
   | { state: "done"; server: string; result: unknown; at: number };
+
+/** The de-duplication window the data bucket needs: longer than any claim takeover. */
+export const DATA_DUPLICATE_WINDOW_MS = 10 * 60_000;
 
 /** What an update handler gets from the KV store. */
 export interface KvTx {
@@ -50,6 +57,9 @@ export interface KvStoreOptions {
   claimTimeoutMs?: number;
   replicas?: number;
 }
+
+/** Someone took our claim over (we were too slow): start again and learn its outcome. */
+class ClaimLost extends Error {}
 
 /** The update already reached the key (a previous holder of the claim wrote it). */
 class AlreadyApplied {
@@ -73,7 +83,8 @@ export class KvStore implements FencedStore<KvTx> {
   private constructor(
     readonly data: KV,
     private readonly fence: KV,
-    opts: KvStoreOptions,
+    private readonly js: JetStreamClient,
+    private readonly opts: KvStoreOptions,
   ) {
     this.claimTimeoutMs = opts.claimTimeoutMs ?? 10_000;
   }
@@ -86,7 +97,13 @@ export class KvStore implements FencedStore<KvTx> {
     } catch {
       data = await kvm.open(opts.bucket);
     }
-    return new KvStore(data, opts.fence, opts);
+    // The re-application guard is JetStream's de-duplication: make its window long enough.
+    const jsm = await jetstreamManager(nc);
+    const stream = `KV_${opts.bucket}`;
+    const info = await jsm.streams.info(stream);
+    const want = DATA_DUPLICATE_WINDOW_MS * 1_000_000;
+    if ((info.config.duplicate_window ?? 0) < want) await jsm.streams.update(stream, { ...info.config, duplicate_window: want });
+    return new KvStore(data, opts.fence, jetstream(nc), opts);
   }
 
   /** Read a data key's value (outside any update). */
@@ -102,26 +119,38 @@ export class KvStore implements FencedStore<KvTx> {
 
   async commit<R>(f: FenceId, signal: AbortSignal, fn: (tx: KvTx) => Promise<R>): Promise<FenceOutcome<R>> {
     const key = fenceKey(f);
-    const claim = await this.claim(key, f.server, signal);
-    if ("done" in claim) return { won: false, result: claim.done.result as R, by: claim.done.server };
-    let outcome: FenceOutcome<R>;
-    try {
-      outcome = await this.apply(key, f.server, signal, fn);
-    } catch (err) {
-      // Not applied: free the claim so another duplicate need not wait for it to go stale.
-      await this.fence.delete(key, { previousSeq: claim.rev }).catch(() => {});
-      throw err;
+    for (;;) {
+      const claim = await this.claim(key, f.server, signal);
+      if ("done" in claim) return { won: false, result: claim.done.result as R, by: claim.done.server };
+      const held = { rev: claim.rev };
+      let outcome: FenceOutcome<R>;
+      try {
+        outcome = await this.apply(key, f.server, signal, fn, held, claim.prior);
+      } catch (err) {
+        if (err instanceof ClaimLost) continue; // taken over while we were slow: learn its outcome
+        // Not applied: free the claim so another duplicate need not wait for it to go stale.
+        await this.fence.delete(key, { previousSeq: held.rev }).catch(() => {});
+        throw err;
+      }
+      // Done. If someone took the claim over meanwhile, its write was a duplicate of ours.
+      const done: FenceRecord = { state: "done", server: outcome.by, result: outcome.result, at: Date.now() };
+      await this.fence.update(key, encode(done), held.rev).catch(() => {});
+      return outcome;
     }
-    // Done. If someone took the claim over meanwhile, it found our write and agrees with us.
-    const done: FenceRecord = { state: "done", server: outcome.by, result: outcome.result, at: Date.now() };
-    await this.fence.update(key, encode(done), claim.rev).catch(() => {});
-    return outcome;
   }
 
   async close(): Promise<void> {}
 
-  /** Take the claim, or learn the outcome of whoever holds it. */
-  private async claim(key: string, server: string, signal: AbortSignal): Promise<{ rev: number } | { done: { server: string; result: unknown } }> {
+  /**
+   * Take the claim, or learn the outcome of whoever holds it. Taking over a stale claim that
+   * was applying keeps its recorded result (`prior`): if its write went through, ours is
+   * dropped as a duplicate and that is the applied result.
+   */
+  private async claim(
+    key: string,
+    server: string,
+    signal: AbortSignal,
+  ): Promise<{ rev: number; prior?: { server: string; result: unknown } } | { done: { server: string; result: unknown } }> {
     const mine = (): Uint8Array => encode({ state: "claimed", server, at: Date.now() } satisfies FenceRecord);
     let seenRev = -1;
     let seenAt = 0;
@@ -142,7 +171,8 @@ export class KvStore implements FencedStore<KvTx> {
         seenAt = Date.now();
       } else if (Date.now() - seenAt > this.claimTimeoutMs) {
         try {
-          return { rev: await this.fence.update(key, mine(), e.revision) };
+          const rev = await this.fence.update(key, mine(), e.revision);
+          return rec.state === "applying" ? { rev, prior: { server: rec.server, result: rec.result } } : { rev };
         } catch (err) {
           if (!isWrongLastSequence(err)) throw err;
         }
@@ -152,7 +182,14 @@ export class KvStore implements FencedStore<KvTx> {
   }
 
   /** Run fn and compare-and-set its one key; re-run on conflict. */
-  private async apply<R>(id: string, server: string, signal: AbortSignal, fn: (tx: KvTx) => Promise<R>): Promise<FenceOutcome<R>> {
+  private async apply<R>(
+    id: string,
+    server: string,
+    signal: AbortSignal,
+    fn: (tx: KvTx) => Promise<R>,
+    held: { rev: number },
+    prior?: { server: string; result: unknown },
+  ): Promise<FenceOutcome<R>> {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw signal.reason;
       const reads = new Map<string, { env: Envelope | null; rev: number }>();
@@ -186,8 +223,21 @@ export class KvStore implements FencedStore<KvTx> {
         const { env, rev } = await read(w.key);
         if (signal.aborted) throw signal.reason;
         const next: Envelope = { v: w.value, recent: [...(env?.recent ?? []).slice(-(RECENT - 1)), { id, result, by: server }] };
-        if (rev === 0) await this.data.create(w.key, encode(next));
-        else await this.data.update(w.key, encode(next), rev);
+        // The result goes to the fence first, so whoever takes over can answer with it.
+        try {
+          held.rev = await this.fence.update(id, encode({ state: "applying", server, result, at: Date.now() } satisfies FenceRecord), held.rev);
+        } catch (err) {
+          if (isWrongLastSequence(err)) throw new ClaimLost();
+          throw err;
+        }
+        const ack = await this.js.publish(`$KV.${this.opts.bucket}.${w.key}`, encode(next), { msgID: id, expect: { lastSubjectSequence: rev } });
+        if (ack.duplicate) {
+          // A holder before us wrote this request's update (and died before "done").
+          const mark = envelope(await this.data.get(w.key)).env?.recent.find((x) => x.id === id);
+          if (mark) return { won: mark.by === server, result: mark.result as R, by: mark.by };
+          if (prior) return { won: false, result: prior.result as R, by: prior.server };
+          return { won: true, result, by: server };
+        }
         return { won: true, result, by: server };
       } catch (err) {
         if (err instanceof AlreadyApplied) return { won: err.by === server, result: err.result as R, by: err.by };

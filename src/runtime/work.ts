@@ -38,6 +38,18 @@ const num = (v: unknown, key: string): number | undefined => {
   return undefined;
 };
 
+/**
+ * A straggler: `pct` percent of calls wait `ms` first (abortably), like a server with a slow
+ * disk or a long GC pause now and then. For the hedging demo and benchmark.
+ */
+export function straggle(handler: Handler, pct: number, ms: number, random: () => number = Math.random): Handler {
+  if (pct <= 0 || ms <= 0) return handler;
+  return async (req, ctx) => {
+    if (random() * 100 < pct) await abortable(ms, ctx.signal);
+    return handler(req, ctx);
+  };
+}
+
 export function builtinHandlers(opts: WorkOptions = {}): Record<"echo" | "hash" | "sleep", Handler> {
   return {
     echo: (req) => req.payload,

@@ -90,6 +90,23 @@ describe("KV store fenced commit (I4)", () => {
     expect((await rt.kv.fence.get("k3.1"))!.json()).toMatchObject({ state: "done", server: "dead" });
   });
 
+  it("a holder that died after its write is not applied again even after many later updates of the key (JetStream de-duplication)", async () => {
+    await seedLedger(kvStore, { A: 1000, B: 0 });
+    // The dead holder: its claim with its result recorded, and its write under its message id.
+    const claimRev = await rt.kv.fence.create("k8.1", encode({ state: "claimed", server: "dead", at: Date.now() }));
+    await rt.kv.fence.update("k8.1", encode({ state: "applying", server: "dead", result: { A: 990 }, at: Date.now() }), claimRev);
+    const cur = await kvStore.data.get("ledger");
+    await rt.js.publish("$KV.test_data.ledger", encode({ v: { balances: { A: 990, B: 10 }, applied: 1 }, recent: [{ id: "k8.1", result: { A: 990 }, by: "dead" }] }), {
+      msgID: "k8.1",
+      expect: { lastSubjectSequence: cur!.revision },
+    });
+    // More later updates of the key than its value remembers.
+    for (let n = 1; n <= 70; n++) await kvStore.commit({ session: "k8other", request: n, server: "s" }, live(), kvMove(1));
+    const out = await kvStore.commit({ session: "k8", request: 1, server: "redo" }, live(), kvMove(10));
+    expect(out).toEqual({ won: false, result: { A: 990 }, by: "dead" });
+    expect(await readLedger(kvStore)).toEqual({ balances: { A: 920, B: 80 }, applied: 71 });
+  });
+
   it("a holder that died before its write: the claim is taken over after it goes stale and applied once", async () => {
     await seedLedger(kvStore, { A: 500, B: 0 });
     await rt.kv.fence.create("k4.1", encode({ state: "claimed", server: "dead", at: Date.now() }));
