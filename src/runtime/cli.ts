@@ -69,12 +69,14 @@ Commands:
   status     show the primary manager, services, sessions and servers
 
 Run \`tandem <command> --help\` for its options.`,
-  demo: `Usage: tandem demo [--requests N] [--no-kill]
+  demo: `Usage: tandem demo [--requests N] [--no-kill] [--hedge]
 
 Starts an embedded nats-server, one manager, two servers and three clients as separate
 processes, shows progress, kills one server with SIGKILL midway, and prints what happened.
   --requests N   requests per client (default 300)
-  --no-kill      do not kill a server`,
+  --no-kill      do not kill a server
+  --hedge        the hedging demo instead: a straggler server, ledger transfers without and
+                 with hedging, p50/p99 of both, the extra work, and the ledger checked (I4)`,
   nats: `Usage: tandem nats [--port N] [--store DIR]
 
 Runs nats-server -js on 127.0.0.1 in the foreground. Other tandem commands in this directory

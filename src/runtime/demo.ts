@@ -33,14 +33,18 @@ const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
 export async function cmdDemo(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { requests: { type: "string" }, "no-kill": { type: "boolean" }, help: { type: "boolean", short: "h" } },
+    options: { requests: { type: "string" }, "no-kill": { type: "boolean" }, hedge: { type: "boolean" }, help: { type: "boolean", short: "h" } },
   });
   if (values.help) {
-    process.stdout.write("Usage: tandem demo [--requests N] [--no-kill]\n");
+    process.stdout.write("Usage: tandem demo [--requests N] [--no-kill] [--hedge]\n");
     return;
   }
-  const perClient = Number(values.requests ?? 300);
+  const perClient = Number(values.requests ?? (values.hedge ? 400 : 300));
   if (!Number.isInteger(perClient) || perClient < 10) throw new Error("--requests must be an integer >= 10");
+  if (values.hedge) {
+    const { hedgeDemo } = await import("./demo-hedge.js");
+    return hedgeDemo(perClient);
+  }
   const kill = values["no-kill"] !== true;
   const dir = resolve(".tandem", "demo");
   rmSync(dir, { recursive: true, force: true });
