@@ -4,7 +4,10 @@
  * abort, the session records name the winner, the budget bounds the extra work, and `update`
  * requests change the store exactly once (I4) with both stores.
  */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI } from "../helpers/procs.js";
 import { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
@@ -81,6 +84,10 @@ describe("hedged requests", () => {
     for (const h of info.hedges) expect(h).toMatchObject({ copies: ["strag-slow", "strag-fast"], winner: "strag-fast", cancelled: ["strag-slow"] });
     expect(info.took.filter((t) => t.server === "strag-slow").map((t) => t.copy)).toEqual([1, 1, 1, 1, 1]);
     expect(info.took.filter((t) => t.server === "strag-fast").map((t) => t.copy)).toEqual([2, 2, 2, 2, 2]);
+    // The CLI shows the same.
+    const { stdout } = await promisify(execFile)(process.execPath, [CLI, "status", "--session", s.id], { env: { ...process.env, NATS_URL: ns.url, TANDEM_LOG_LEVEL: "error" } });
+    expect(stdout).toMatch(new RegExp(`${s.id}.*service strag`));
+    expect(stdout.split("\n").filter((l) => /^\s+\d+\s+strag-fast\s+\(strag-slow\) strag-fast/.test(l))).toHaveLength(5);
     await s.close();
     // Closing purges the hedge records with the session.
     await eventually(async () => (await client.sessionInfo(s.id)).hedges.length === 0, "records purged");

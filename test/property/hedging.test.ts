@@ -11,12 +11,14 @@
  * Bounded like the fault property: TANDEM_PROPERTY_RUNS (default 2; TANDEM_DEEP=1 makes it 20)
  * within a time budget; the seed is printed and TANDEM_SEED replays it.
  */
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
 import { Kvm } from "@nats-io/kv";
 import { Deployment, until } from "../helpers/deployment.js";
 import { checkHistory, type Line } from "../helpers/history.js";
-import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, type KvLedger } from "../../src/runtime/ledger.js";
+import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, pgDoubleApplied, readLedger, seedLedger, type KvLedger } from "../../src/runtime/ledger.js";
+import { PgStore } from "../../src/runtime/store-pg.js";
+import { PgServer } from "../helpers/postgres.js";
 import type { HedgeRecord } from "../../src/actors/hedgeProxy.js";
 
 const DEEP = process.env.TANDEM_DEEP === "1";
@@ -31,6 +33,7 @@ interface Step {
   downMs: number;
 }
 interface Run {
+  store: "kv" | "postgres";
   stragglePct: number;
   straggleMs: number;
   hedgeAfter: number;
@@ -38,6 +41,7 @@ interface Run {
 }
 
 const run: fc.Arbitrary<Run> = fc.record({
+  store: fc.constantFrom("kv" as const, "postgres" as const),
   stragglePct: fc.integer({ min: 5, max: 40 }),
   straggleMs: fc.integer({ min: 50, max: 800 }),
   // 0 (copies race for the fence) often; otherwise a delay around the fast calls' latency.
@@ -53,14 +57,30 @@ const run: fc.Arbitrary<Run> = fc.record({
 });
 
 const describeRun = (r: Run) =>
-  `straggle ${r.stragglePct}% x ${r.straggleMs} ms, hedge after ${r.hedgeAfter} ms; ${r.steps.map((s) => `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} down ${s.downMs}`).join("; ") || "no faults"}`;
+  `${r.store}, straggle ${r.stragglePct}% x ${r.straggleMs} ms, hedge after ${r.hedgeAfter} ms; ${r.steps.map((s) => `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} down ${s.downMs}`).join("; ") || "no faults"}`;
+
+/** One PostgreSQL for every run that picks it (started on first use). */
+let pg: { server: PgServer; store: PgStore } | null = null;
+afterAll(async () => {
+  await pg?.store.close();
+  await pg?.server.stop();
+});
 
 async function once(r: Run): Promise<string[]> {
+  let storeArg = "kv";
+  if (r.store === "postgres") {
+    if (!pg) {
+      const server = await PgServer.start();
+      pg = { server, store: await PgStore.open({ url: server.url }) };
+    }
+    await seedLedger(pg.store, Object.fromEntries(LEDGER_ACCOUNTS.map((a) => [a, LEDGER_OPENING])));
+    storeArg = pg.server.url;
+  }
   const d = await Deployment.start({
     servers: 3,
     managers: 2,
     service: "ledger",
-    work: ["--work", "ledger", "--straggle-pct", String(r.stragglePct), "--straggle-ms", String(r.straggleMs)],
+    work: ["--work", "ledger", "--store", storeArg, "--straggle-pct", String(r.stragglePct), "--straggle-ms", String(r.straggleMs)],
   });
   try {
     const hedge = ["--transfers", "--hedge", "2", "--hedge-after", String(r.hedgeAfter), "--keep"];
@@ -88,9 +108,14 @@ async function once(r: Run): Promise<string[]> {
 
     // I4: read the ledger and compare with the transfers the application saw applied.
     const kvm = new Kvm(d.nc);
-    const data = await kvm.open("tandem_ledger");
-    const e = await data.get(LEDGER_KEY);
-    const ledger = (e!.json<{ v: KvLedger }>()).v;
+    let ledger: KvLedger;
+    if (r.store === "kv") {
+      const e = await (await kvm.open("tandem_ledger")).get(LEDGER_KEY);
+      ledger = e!.json<{ v: KvLedger }>().v;
+    } else {
+      ledger = await readLedger(pg!.store);
+      for (const x of await pgDoubleApplied(pg!.store)) problems.push(`I4: ${x.session}.${x.request} applied ${x.times} times`);
+    }
     const applied = new Map<string, { from: string; to: string; amount: number }>();
     const delivered = new Map<string, string>(); // request id -> server whose response came
     for (const c of clients) {
