@@ -154,8 +154,9 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     // ---- raw NATS: the physical limits ----------------------------------------------
     if (parts.has("raw") || parts.has("brokered")) {
       process.stderr.write("raw NATS\n");
-      const a = await connect({ servers: ns.url });
-      const b = await connect({ servers: ns.url });
+      // The same client settings as Tandem's own connections, so the ratios compare like with like.
+      const a = await connect({ servers: ns.url, noAsyncTraces: true });
+      const b = await connect({ servers: ns.url, noAsyncTraces: true });
       b.subscribe("bench.echo", { callback: (_e, m) => void m.respond(m.data) });
       await b.flush();
       const payload = new Uint8Array(128);
