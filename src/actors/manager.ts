@@ -40,6 +40,7 @@ import {
   makeHeaders,
   malformed,
 } from "../runtime/wire.js";
+import { Requester } from "../runtime/requester.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
 import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 
@@ -86,6 +87,8 @@ export class ManagerNode {
   private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
+  /** Request/reply for dispatches, deliveries and restarts (see runtime/requester.ts). */
+  private requester: Requester | null = null;
   /** Hedging proxies of the current epoch. */
   private proxies: HedgeProxies | null = null;
   /** Epoch in which this node may act; 0 when not primary. */
@@ -174,6 +177,8 @@ export class ManagerNode {
     this.actor.send({ type: "STOP" });
     await waitFor(this.actor, (s) => s.status === "done", { timeout: 15_000 }).catch(() => {});
     this.actor.stop();
+    this.requester?.close();
+    this.requester = null;
   }
 
   status(): ManagerStatus {
@@ -1039,6 +1044,11 @@ export class ManagerNode {
     }
   }
 
+  private req(): Requester {
+    this.requester ??= new Requester(this.rt.nc);
+    return this.requester;
+  }
+
   /** What the hedging proxies of an epoch do on the wire. */
   private hedgeEffects(epoch: number) {
     const { rt } = this;
@@ -1051,12 +1061,12 @@ export class ManagerNode {
         if (!s || !req || this.actingEpoch !== epoch) return false;
         const work: WorkMsg = { epoch, session, client: s.client, service: s.service, n, kind: req.kind, payload: req.payload, restart: s.serverRestart, copy };
         const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
-        return rt.nc.request(rt.names.srv(server, "work"), encode(work), { timeout, headers }).then(ok, () => false);
+        return this.req().request(rt.names.srv(server, "work"), encode(work), { timeout, headers }).then(ok, () => false);
       },
       cancel: async (server: string, session: string, n: number): Promise<boolean> => {
         if (this.actingEpoch !== epoch) return true; // not ours to finish any more
         const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
-        return rt.nc.request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
+        return this.req().request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
       },
       record: (rec: HedgeRecord): void => {
         // A closed session's records are purged: do not write one back.
@@ -1108,7 +1118,7 @@ export class ManagerNode {
           restart: s.serverRestart,
         };
         const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: req.kind });
-        rt.nc
+        this.req()
           .request(rt.names.srv(e.server, "work"), encode(work), { timeout, headers })
           .then((r) => {
             const rep = decode(r.data) as Reply<unknown>;
@@ -1132,7 +1142,7 @@ export class ManagerNode {
         if (!s || !resp) return;
         const msg: DeliverMsg = { epoch, session: s.id, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
         const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response" });
-        rt.nc
+        this.req()
           .request(rt.names.cli(e.client, "deliver"), encode(msg), { timeout, headers })
           .then((r) => {
             const rep = decode(r.data) as Reply<unknown>;
@@ -1179,7 +1189,7 @@ export class ManagerNode {
           const s = core.sessions.get(id);
           if (info && s) msg.sessions.push({ ...info, restart: s.serverRestart });
         }
-        rt.nc
+        this.req()
           .request(rt.names.srv(e.server, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
           .then((r) => {
             const rep = decode(r.data) as Reply<ServerRestartAck>;
@@ -1198,7 +1208,7 @@ export class ManagerNode {
           const s = core.sessions.get(id);
           if (info && s) msg.sessions.push({ ...info, restart: s.clientRestart });
         }
-        rt.nc
+        this.req()
           .request(rt.names.cli(e.client, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
           .then((r) => {
             const rep = decode(r.data) as Reply<ClientRestartAck>;
