@@ -25,9 +25,11 @@ export class ClientRunner {
     private readonly args: string[],
     private readonly env: Record<string, string>,
     readonly expected: number,
+    private readonly stopped: () => boolean = () => false,
   ) {}
 
   start(): void {
+    if (this.stopped()) throw new Error("deployment already stopped (its run was abandoned)");
     this.collect();
     this.copied = 0;
     this.incarnations++;
@@ -75,6 +77,9 @@ export interface DeploymentOptions {
 }
 
 export class Deployment {
+  /** Every deployment not yet stopped: a property run abandoned at its time limit is stopped by stopAllDeployments(). */
+  static readonly live = new Set<Deployment>();
+  private stopped = false;
   readonly dir = mkdtempSync(join(tmpdir(), "tandem-deploy-"));
   readonly names = new Names("tandem");
   managers: TandemProc[] = [];
@@ -98,6 +103,7 @@ export class Deployment {
       work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
       service: opts.service ?? "svc",
     });
+    Deployment.live.add(d);
     try {
       d.startManager();
       await d.waitPrimary();
@@ -135,13 +141,19 @@ export class Deployment {
     return node;
   }
 
+  private alive(): void {
+    if (this.stopped) throw new Error("deployment already stopped (its run was abandoned)");
+  }
+
   startManager(): TandemProc {
+    this.alive();
     const m = tandem(`manager-${++this.managerCount}`, ["manager", "--node", `m${this.managerCount}`], this.env);
     this.managers.push(m);
     return m;
   }
 
   startServer(i: number): TandemProc {
+    this.alive();
     const p = tandem(`server-${i}`, ["server", "--service", this.opts.service, ...this.opts.work, "--id", `srv${i}-${Date.now() % 100000}`], this.env);
     this.servers[i] = p;
     return p;
@@ -156,7 +168,7 @@ export class Deployment {
       "client", "--service", this.opts.service, "--requests", String(requests), "--concurrency", String(concurrency),
       "--json", "--state", join(this.dir, `${name}.json`), ...extra,
     ];
-    const c = new ClientRunner(name, args, this.env, requests);
+    const c = new ClientRunner(name, args, this.env, requests, () => this.stopped);
     this.clients.push(c);
     return c;
   }
@@ -182,6 +194,9 @@ export class Deployment {
   }
 
   async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    Deployment.live.delete(this);
     // Kill everything first, synchronously, so nothing outlives a failing teardown.
     const procs = [...this.clients.map((c) => c.proc), ...this.servers, ...this.managers].filter((p): p is TandemProc => !!p);
     for (const p of procs) if (p.running()) process.kill(p.pid, "SIGKILL");
@@ -205,4 +220,9 @@ export async function until(cond: () => boolean | Promise<boolean>, what: string
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Stop every deployment still running (a property run fast-check abandoned at its time limit). */
+export async function stopAllDeployments(): Promise<void> {
+  await Promise.all([...Deployment.live].map((d) => d.stop()));
 }

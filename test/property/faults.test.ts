@@ -9,9 +9,9 @@
  * budget; the seed is printed and TANDEM_SEED replays it. fast-check shrinks a failing schedule
  * to a minimal one, printed with the counterexample.
  */
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
-import { Deployment, until } from "../helpers/deployment.js";
+import { Deployment, stopAllDeployments, until } from "../helpers/deployment.js";
 import { checkHistory } from "../helpers/history.js";
 
 const DEEP = process.env.TANDEM_DEEP === "1";
@@ -108,6 +108,14 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
   }
 }
 
+// fast-check abandons a run still going at the time limit: stop its processes by their PIDs,
+// and do not judge what that run sees after it was stopped.
+let abandoned = false;
+afterAll(async () => {
+  abandoned = true;
+  await stopAllDeployments();
+});
+
 describe("fault schedules (fast-check)", () => {
   it(
     "after any schedule of kills and restarts heals, no request is lost or answered twice, order and restart data hold (I1, I2, I3, I6)",
@@ -120,7 +128,7 @@ describe("fault schedules (fast-check)", () => {
           const t0 = performance.now();
           const v = await runSchedule(steps);
           console.log(`  run ${run}: ${steps.map(describeStep).join("; ")} -> ${v.ok ? "ok" : "FAILED"} in ${Math.round(performance.now() - t0)} ms`);
-          expect(v.problems).toEqual([]);
+          if (!abandoned) expect(v.problems).toEqual([]);
         }),
         { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: BUDGET_MS, markInterruptAsFailure: false, endOnFailure: !DEEP },
       );

@@ -14,7 +14,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
 import { Kvm } from "@nats-io/kv";
-import { Deployment, until } from "../helpers/deployment.js";
+import { Deployment, stopAllDeployments, until } from "../helpers/deployment.js";
 import { checkHistory, type Line } from "../helpers/history.js";
 import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, pgDoubleApplied, readLedger, seedLedger, type KvLedger } from "../../src/runtime/ledger.js";
 import { PgStore } from "../../src/runtime/store-pg.js";
@@ -161,6 +161,14 @@ async function once(r: Run): Promise<string[]> {
   }
 }
 
+// fast-check abandons a run still going at the time limit: stop its processes by their PIDs,
+// and do not judge what that run sees after it was stopped.
+let abandoned = false;
+afterAll(async () => {
+  abandoned = true;
+  await stopAllDeployments();
+});
+
 describe("hedged updates under faults (fast-check)", () => {
   it(
     "with stragglers, server and manager kills, each transfer is applied once and answered once, and the records name the winner (I1-I4, I6)",
@@ -173,7 +181,7 @@ describe("hedged updates under faults (fast-check)", () => {
           const t0 = performance.now();
           const problems = await once(r);
           console.log(`  run ${n}: ${describeRun(r)} -> ${problems.length ? "FAILED" : "ok"} in ${Math.round(performance.now() - t0)} ms`);
-          expect(problems).toEqual([]);
+          if (!abandoned) expect(problems).toEqual([]);
         }),
         { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: BUDGET_MS, markInterruptAsFailure: false, endOnFailure: !DEEP },
       );
