@@ -25,7 +25,7 @@ import type {
 } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import { byEpoch, FencedError, FencedKv } from "../runtime/fenced-kv.js";
-import { isWrongLastSequence, readLastPerSubject, takeOverConsumer } from "../runtime/jetstream.js";
+import { dropCursors, isWrongLastSequence, openCursor, readLastPerSubject, untilJetStream } from "../runtime/jetstream.js";
 import { newId } from "../runtime/ids.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
@@ -76,6 +76,9 @@ export interface ManagerStatus {
 
 const now = () => performance.now();
 
+/** A client that re-syncs while its request has been at a server this long gets it checked. */
+const STUCK_DISPATCH_MS = 4000;
+
 /** The bucket gets the manager's cut at most this often (standbys get every backup). */
 const KV_EVERY_MS = 1000;
 
@@ -121,6 +124,10 @@ export class ManagerNode {
   /** The cut the bucket has not got yet, and when it last got one. */
   private kvPending = new Map<string, SessionRecord>();
   private kvWrittenAt = 0;
+  private snapshotWarnedAt = 0;
+  /** Cursor consumers opened by resumes in this epoch (part of their names). */
+  private cursorGen = 0;
+  private restartWarnedAt = 0;
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
@@ -334,7 +341,11 @@ export class ManagerNode {
     this.kvSessions = new FencedKv(rt.kv.sessions);
     this.kvCtl = new FencedKv(rt.kv.ctl);
     this.kvRestart = new FencedKv(rt.kv.restart);
-    const stored = await rt.kv.ctl.get("cursor");
+    // In a cluster that just lost a server, JetStream answers nothing until its leaders are
+    // elected again (8-15 s measured on 2.9): wait for it here rather than step down and
+    // start over with a new epoch.
+    const js = <T>(what: string, fn: () => Promise<T>) => untilJetStream(what, fn, 60_000, this.log);
+    const stored = await js("read the cursor", () => rt.kv.ctl.get("cursor"));
     const storedCursor = stored && stored.operation === "PUT" ? stored.json<CursorRecord>() : null;
     if (stored) this.kvCtl.saw("cursor", stored.revision);
     let cursor = storedCursor;
@@ -348,7 +359,7 @@ export class ManagerNode {
       cursor = b.cursor;
       records.push(...b.records.values());
     } else {
-      for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`)) {
+      for (const m of await js("read the session records", () => readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`))) {
         const key = m.subject.split(".").slice(2).join(".");
         if (key.includes(".")) continue; // hedge records of a session, not a session
         this.kvSessions.saw(key, m.seq);
@@ -361,7 +372,7 @@ export class ManagerNode {
       }
     }
     const restarts = new Map<string, { client?: RestartRecord; server?: RestartRecord }>();
-    for (const m of await readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketRestart}`)) {
+    for (const m of await js("read the restart data", () => readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketRestart}`))) {
       if (m.data.length === 0) continue;
       const key = m.subject.split(".").slice(2).join(".");
       this.kvRestart.saw(key, m.seq);
@@ -385,14 +396,22 @@ export class ManagerNode {
     this.proxies = new HedgeProxies(core, epoch, this.hedgeEffects(epoch), this.baseLog.child({ epoch }), now);
     this.actingEpoch = epoch;
     this.log = this.baseLog.child({ epoch });
-    const reqInfo = await rt.jsm.streams.info(rt.names.streamReq);
-    const respInfo = await rt.jsm.streams.info(rt.names.streamResp);
+    const reqInfo = await js("read the request queue", () => rt.jsm.streams.info(rt.names.streamReq));
+    const respInfo = await js("read the response queue", () => rt.jsm.streams.info(rt.names.streamResp));
     this.replayEnd = { req: reqInfo.state.last_seq, resp: respInfo.state.last_seq };
     const reqFrom = cursor ? cursor.reqFrom : 1;
     const respFrom = cursor ? cursor.respFrom : 1;
     const prefix = rt.config.prefix.replace(/-/g, "_");
-    const reqConsumer = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, reqFrom);
-    const respConsumer = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, respFrom);
+    // Take the queues over: delete the predecessor's cursors (its pulls fail: I5), open ours.
+    await Promise.all([
+      dropCursors(rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, null),
+      dropCursors(rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, null),
+    ]);
+    // A new name per attempt: a cursor whose creation timed out may have been placed on a
+    // server that just died, and asking again for the same name waits on it (seen: a minute).
+    let attempt = 0;
+    const reqConsumer = await js("open the request cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `e${epoch}_${this.node}_r${attempt++}`, reqFrom));
+    const respConsumer = await js("open the response cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `e${epoch}_${this.node}_r${attempt++}`, respFrom));
     await this.startConsuming(reqConsumer, "req", epoch);
     await this.startConsuming(respConsumer, "resp", epoch);
     await this.caughtUpTo(this.replayEnd.req, this.replayEnd.resp, 60_000);
@@ -484,14 +503,22 @@ export class ManagerNode {
       this.consumers = [];
       for (const c of old) await c.close().catch(() => {});
       const prefix = rt.config.prefix.replace(/-/g, "_");
-      const req = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, core.reqSeq + 1);
-      const resp = await takeOverConsumer(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, core.respSeq + 1);
+      // New cursors under new names: opening them never waits on the old ones, which may sit on
+      // a nats-server that just died. The old ones are ours; drop them in the background.
+      const tag = `e${epoch}_${this.node}_${++this.cursorGen}`;
+      const req = await openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, tag, core.reqSeq + 1);
+      const resp = await openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, tag, core.respSeq + 1);
       if (this.actingEpoch !== epoch) return;
       await this.startConsuming(req, "req", epoch);
       await this.startConsuming(resp, "resp", epoch);
+      void dropCursors(rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `${prefix}_mgr_req_${tag}`);
+      void dropCursors(rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `${prefix}_mgr_resp_${tag}`);
       this.log.info({ why, reqFrom: core.reqSeq + 1, respFrom: core.respSeq + 1 }, "consumers resumed from the table's cursors");
     } catch (err) {
-      this.log.warn({ err, why }, "could not resume the consumers yet; will retry");
+      this.log.warn({ err: { message: (err as Error).message }, why }, "could not resume the consumers yet (JetStream electing a leader?); retrying");
+      // Elections take seconds: try again soon rather than after the next progress check.
+      const t = setTimeout(() => void this.resumeConsumers(epoch, why), 500);
+      this.timers.push(t);
     } finally {
       this.resumingConsumers = false;
     }
@@ -710,7 +737,11 @@ export class ManagerNode {
       }
       // Keep them for the next write (newer records of the same session win).
       for (const r of pending) if (!this.kvPending.has(r.session) && core.sessions.has(r.session)) this.kvPending.set(r.session, r);
-      this.log.warn({ err }, "snapshot to the bucket failed; will retry");
+      // During a NATS election this fails every backupMs: say it once every few seconds.
+      if (now() - this.snapshotWarnedAt > 5000) {
+        this.snapshotWarnedAt = now();
+        this.log.warn({ err: { message: (err as Error).message } }, "snapshot to the bucket failed; retrying (the standbys have it)");
+      }
     }
   }
 
@@ -798,7 +829,7 @@ export class ManagerNode {
    * Safety net: re-read one session's request and response queues from the streams and apply
    * them (idempotently) when its client has sent more than the table holds.
    */
-  private async replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number): Promise<void> {
+  private async replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number, quiet = false): Promise<void> {
     const { rt } = this;
     const core = this.core;
     if (!core) return;
@@ -840,6 +871,7 @@ export class ManagerNode {
       }
     }
     const s = core.sessions.get(session);
+    if (quiet) return;
     this.log.error(
       { session, client, tableLastReq, clientLastReq, nowLastReq: s?.lastReq, applied },
       "the table lacked requests its client had sent; re-read the session's queues (please report this)",
@@ -932,6 +964,22 @@ export class ManagerNode {
     if (known && known.client === client && clientLastReq > known.lastReq) {
       // The client has sent requests the table does not hold: read this session's queues again.
       await this.replaySession(client, session, known.lastReq, clientLastReq);
+    }
+    if (known && known.client === client && known.dispatched > 0 && now() - known.dispatchedAt > STUCK_DISPATCH_MS) {
+      // A request at a server for long with its client waiting: its response may be in the queue
+      // unseen (a cursor that skipped it in a NATS election), or the work lost. Re-read the
+      // session's queues, and if it is still unanswered send it again (a server still running
+      // it says so; a handler runs at least once anyway).
+      const n = known.dispatched;
+      const answered = known.answered;
+      await this.replaySession(client, session, known.lastReq, clientLastReq, true);
+      const s = core.sessions.get(session);
+      if (s && s.answered > answered) {
+        this.log.error({ session, client, n }, "the table missed a stored response; re-read the session's queues (please report this)");
+      } else if (s && s.dispatched === n) {
+        this.log.warn({ session, client, n, server: s.server, waitedMs: Math.round(now() - s.dispatchedAt) }, "a request has been at its server long with its client waiting; sending it again");
+        this.run(core.redispatch(session, now()));
+      }
     }
     const { entry, effects } = core.resume(client, session, now());
     if (!entry) {
@@ -1160,7 +1208,11 @@ export class ManagerNode {
             const s = stored as RestartRecord | null;
             return !s || mine.n > s.n || (mine.n === s.n && mine.seq >= s.seq) ? "overwrite" : "skip";
           })
-          .catch((err) => this.log.warn({ err, session: e.session }, "storing restart data in the bucket failed (it stays in the queue)"));
+          .catch((err) => {
+            if (now() - this.restartWarnedAt < 5000) return;
+            this.restartWarnedAt = now();
+            this.log.warn({ err: { message: (err as Error).message }, session: e.session }, "storing restart data in the bucket failed (it stays in the queue); further failures in the next 5 s are not logged");
+          });
         return;
       }
       case "storeError": {

@@ -372,6 +372,18 @@ export class ManagerCore {
 
   // ---- acknowledgements of what the actor sent ----------------------------------------
 
+  /** Send the request at the server again (it may have lost it); the server ignores a duplicate it runs. */
+  redispatch(session: string, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s || s.dispatched === 0) return [];
+    s.dispatched = 0;
+    s.dispatchAcked = false;
+    s.dispatchAttempts++; // not new load for the hedging budget
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
+    return effects;
+  }
+
   dispatchAcked(session: string, n: number): void {
     const s = this.sessions.get(session);
     if (s && s.dispatched === n) s.dispatchAcked = true;

@@ -20,6 +20,7 @@ import { configFromEnv, resolveConfig, type Config } from "./config.js";
 import { TandemError } from "./errors.js";
 import { createLogger, type Logger } from "./logger.js";
 import { NatsServer } from "./nats-server.js";
+import { NatsCluster } from "./nats-cluster.js";
 import { startRuntime, type Runtime } from "./runtime.js";
 import { builtinHandlers, straggle } from "./work.js";
 import { encode } from "./wire.js";
@@ -49,7 +50,8 @@ Common options (flags override TANDEM_* environment variables and NATS_URL):
   --nats URLS            NATS servers, comma-separated (default: NATS_URL, else the nats-server
                          started by \`tandem nats\` in this directory, else an embedded one)
   --prefix P             subject prefix and stream/bucket stem (default tandem)
-  --replicas N           stream and bucket replicas (default 1)
+  --replicas N           stream and bucket replicas (default auto: 3 on a cluster of 3 or
+                         more servers, else 1)
   --data-dir DIR         state and embedded store directory (default .tandem)
   --log-level L          fatal|error|warn|info|debug|trace|silent (default info)
   --heartbeat-ms, --lease-ms, --backup-ms, --server-heartbeat-ms, --server-timeout-ms,
@@ -77,12 +79,14 @@ processes, shows progress, kills one server with SIGKILL midway, and prints what
   --no-kill      do not kill a server
   --hedge        the hedging demo instead: a straggler server, ledger transfers without and
                  with hedging, p50/p99 of both, the extra work, and the ledger checked (I4)`,
-  nats: `Usage: tandem nats [--port N] [--store DIR]
+  nats: `Usage: tandem nats [--port N] [--store DIR] [--cluster N]
 
 Runs nats-server -js on 127.0.0.1 in the foreground. Other tandem commands in this directory
 find it without NATS_URL.
   --port N       client port (default: a free port)
-  --store DIR    store directory (default <data-dir>/nats)`,
+  --store DIR    store directory (default <data-dir>/nats, or <data-dir>/nats-cluster)
+  --cluster N    N servers in a cluster (3 for replicated streams), each with its own client
+                 port, route port and store; streams and buckets then get 3 replicas`,
   manager: `Usage: tandem manager [options]
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
@@ -204,9 +208,25 @@ async function runtime(cfg: Config, log: Logger, name: string): Promise<Runtime>
 // ---- commands --------------------------------------------------------------------------
 
 async function cmdNats(argv: string[]): Promise<void> {
-  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" } });
+  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" }, cluster: { type: "string" } });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
+  if (v.cluster !== undefined) {
+    const size = int(v.cluster, "cluster", 3, 1);
+    const dir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats-cluster");
+    mkdirSync(dir, { recursive: true });
+    const cluster = await NatsCluster.start({ size, dir });
+    await cluster.waitReady();
+    const discovery = join(resolve(cfg.dataDir), "nats.json");
+    writeFileSync(discovery, JSON.stringify({ url: cluster.url, pid: cluster.servers[0]!.pid }));
+    log.info({ servers: cluster.urls, names: cluster.names, dir }, `NATS cluster of ${size} ready; other commands here use it, or set NATS_URL=${cluster.url}`);
+    process.stdout.write(`${cluster.url}\n`);
+    await untilSignal(log, async () => {
+      rmSync(discovery, { force: true });
+      await cluster.shutdown();
+    });
+    return;
+  }
   const storeDir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats");
   mkdirSync(storeDir, { recursive: true });
   const port = v.port === undefined ? undefined : int(v.port, "port", 4222, 1);
@@ -259,7 +279,7 @@ async function cmdServer(argv: string[]): Promise<void> {
   let store: FencedStore | undefined;
   const storeArg = typeof v.store === "string" ? v.store : work === "ledger" ? "kv" : undefined;
   try {
-    if (storeArg === "kv") store = await KvStore.open(rt.nc, { bucket: `${rt.names.bucketFence.replace(/_fence$/, "")}_ledger`, fence: rt.kv.fence, replicas: cfg.replicas });
+    if (storeArg === "kv") store = await KvStore.open(rt.nc, { bucket: `${rt.names.bucketFence.replace(/_fence$/, "")}_ledger`, fence: rt.kv.fence, replicas: rt.replicas });
     else if (storeArg?.startsWith("postgres://") || storeArg?.startsWith("postgresql://")) store = await PgStore.open({ url: storeArg });
     else if (storeArg !== undefined) fail(`--store must be kv or a postgres:// URL (got ${storeArg})`);
     if (store && work === "ledger") await openLedgerIfMissing(store);

@@ -10,6 +10,7 @@ export interface Config {
   /** Subject prefix and name stem of streams and buckets, so deployments can share a NATS. */
   prefix: string;
   /** Replicas of every stream and bucket. */
+  /** Stream and bucket replicas; 0 = auto (3 on a cluster of 3 or more servers, else 1). */
   replicas: number;
   /** Directory for the embedded nats-server's store and the CLI's state. */
   dataDir: string;
@@ -43,7 +44,7 @@ export interface Config {
 export const DEFAULTS: Omit<Config, "node"> = {
   natsUrls: [],
   prefix: "tandem",
-  replicas: 1,
+  replicas: 0,
   dataDir: ".tandem",
   heartbeatMs: 200,
   leaseMs: 1000,
@@ -99,7 +100,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Raw {
 }
 
 const NUMERIC: Array<[keyof Config, number, number]> = [
-  ["replicas", 1, 5],
+  ["replicas", 0, 5],
   ["heartbeatMs", 10, 60_000],
   ["leaseMs", 50, 600_000],
   ["backupMs", 10, 60_000],

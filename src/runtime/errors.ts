@@ -88,6 +88,8 @@ export function isErrorCode(s: unknown): s is ErrorCode {
 
 /** JetStream API error codes we rely on (names from nats-server, not message text). */
 export const JsApiCode = {
+  /** JetStream system temporarily unavailable (a cluster without a leader). */
+  ClusterNotAvailable: 10008,
   ConsumerNotFound: 10014,
   StreamNotFound: 10059,
   StreamWrongLastSequence: 10071,

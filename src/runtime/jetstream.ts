@@ -47,26 +47,56 @@ export async function readLastPerSubject(
  * Delete `durable` if it exists and create it again delivering from `startSeq`. Ack policy
  * none: the manager's own cursors, not consumer acks, say what was applied.
  */
-export async function takeOverConsumer(
-  js: JetStreamClient,
-  jsm: JetStreamManager,
-  stream: string,
-  durable: string,
-  startSeq: number,
-): Promise<Consumer> {
-  try {
-    await jsm.consumers.delete(stream, durable);
-  } catch (err) {
-    if (!(err instanceof JetStreamApiError && err.code === JsApiCode.ConsumerNotFound)) throw err;
-  }
+/**
+ * The manager's cursor on a queue: a durable consumer named `<base>_<tag>` (a new name per
+ * epoch and per resume), ack-none, starting at `startSeq`. One replica in memory: it is
+ * created in milliseconds even while a cluster elects leaders, and creating it never waits on
+ * an older cursor, which may sit on a server that just died. Older cursors are deleted by
+ * `dropCursors`; one left behind expires when inactive.
+ */
+export async function openCursor(js: JetStreamClient, jsm: JetStreamManager, stream: string, base: string, tag: string, startSeq: number): Promise<Consumer> {
+  const name = `${base}_${tag}`;
   await jsm.consumers.add(stream, {
-    durable_name: durable,
+    durable_name: name,
     ack_policy: AckPolicy.None,
     deliver_policy: startSeq > 1 ? DeliverPolicy.StartSequence : DeliverPolicy.All,
     ...(startSeq > 1 ? { opt_start_seq: startSeq } : {}),
     max_waiting: 16,
+    num_replicas: 1,
+    mem_storage: true,
+    inactive_threshold: 60_000 * 1_000_000,
   });
-  return js.consumers.get(stream, durable);
+  return js.consumers.get(stream, name);
+}
+
+/**
+ * Delete every cursor of `base` except `keep` (best effort, bounded): a new primary deletes its
+ * predecessor's so that the old one's pulls fail (I5); one on a dead server cannot be reached
+ * and is left to expire (its owner cannot pull through a dead server either).
+ */
+export async function dropCursors(jsm: JetStreamManager, stream: string, base: string, keep: string | null, timeoutMs = 2000): Promise<number> {
+  const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<never>((_, rej) => setTimeout(() => rej(new Error("timeout")), timeoutMs))]);
+  let dropped = 0;
+  try {
+    const names: string[] = [];
+    const lister = jsm.consumers.list(stream);
+    await within(
+      (async () => {
+        for await (const ci of lister) if ((ci.name === base || ci.name.startsWith(`${base}_`)) && ci.name !== keep) names.push(ci.name);
+      })(),
+    );
+    await Promise.all(
+      names.map((n) =>
+        within(jsm.consumers.delete(stream, n)).then(
+          () => void dropped++,
+          () => {},
+        ),
+      ),
+    );
+  } catch {
+    /* cannot list now (an election): the old cursors expire on their own */
+  }
+  return dropped;
 }
 
 export function isWrongLastSequence(err: unknown): boolean {
@@ -74,4 +104,30 @@ export function isWrongLastSequence(err: unknown): boolean {
     err instanceof JetStreamApiError &&
     (err.code === JsApiCode.StreamWrongLastSequence || err.code === JsApiCode.StreamWrongLastSequenceUnknown)
   );
+}
+
+/** JetStream unavailable for now (no leader, no responders, a timeout), not a real refusal. */
+export function isUnavailable(err: unknown): boolean {
+  if (err instanceof JetStreamApiError) return err.code === JsApiCode.ClusterNotAvailable;
+  const name = (err as { name?: string })?.name ?? "";
+  const msg = (err as Error)?.message ?? "";
+  return /Timeout|NoResponders|JetStreamNotEnabled|RequestError/.test(name) || /timeout|no responders|not enabled|unavailable/i.test(msg);
+}
+
+/** Retry `fn` while JetStream is unavailable, up to `timeoutMs`; other errors throw at once. */
+export async function untilJetStream<T>(what: string, fn: () => Promise<T>, timeoutMs: number, log?: { warn(o: object, m: string): void }): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let warned = false;
+  for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isUnavailable(err) || Date.now() > deadline) throw err;
+      if (!warned) {
+        warned = true;
+        log?.warn({ err: { message: (err as Error).message } }, `JetStream unavailable (a NATS election?); waiting to ${what}`);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }

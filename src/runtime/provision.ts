@@ -74,12 +74,16 @@ export async function provisionStreams(jsm: JetStreamManager, names: Names, opts
 
 export async function provisionBuckets(nc: NatsConnection, names: Names, opts: ProvisionOptions): Promise<Buckets> {
   const kvm = new Kvm(nc);
+  // Reads go to each bucket's stream leader, not "direct" to any replica: on a cluster a
+  // replica that lags serves old values, and a standby reading an old lease revision takes it
+  // for a dead primary (seen on a three-server cluster: a standby trying to take over every
+  // lease period from a healthy primary).
   const open = async (name: string, history: number): Promise<KV> => {
     try {
-      return await kvm.create(name, { replicas: opts.replicas, history, storage: StorageType.File });
+      return await kvm.create(name, { replicas: opts.replicas, history, storage: StorageType.File, allow_direct: false });
     } catch {
       // Exists with other settings, or created concurrently: bind to it.
-      return kvm.open(name);
+      return kvm.open(name, { allow_direct: false });
     }
   };
   return {

@@ -24,6 +24,8 @@ export interface Runtime {
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   readonly kv: Buckets;
+  /** Replicas of the streams and buckets (resolved from `replicas: 0` = auto). */
+  readonly replicas: number;
   readonly logger: Logger;
   /** Set when this process started the nats-server it uses. */
   readonly embedded: NatsServer | undefined;
@@ -91,7 +93,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   if (servers.length === 0) {
     const found = findEmbedded(config.dataDir);
     if (found) {
-      servers = [found.url];
+      servers = found.url.split(","); // one server, or a cluster started by `tandem nats --cluster`
       logger.debug({ url: found.url }, "using the nats-server started by another tandem process");
     } else {
       embedded = await startEmbedded(config.dataDir, logger);
@@ -106,7 +108,10 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   // A publish lost in a NATS outage would wait the default 5 s for its ack; every Tandem publish
   // is retried with the same message id, so a short timeout only costs a de-duplicated retry.
   const js = jetstream(nc, { timeout: JS_TIMEOUT_MS });
-  const popts = { replicas: config.replicas, duplicateWindowMs: config.duplicateWindowMs };
+  // Auto: three replicas on a cluster of three or more (the servers it advertises), else one.
+  const clusterSize = nc.info?.connect_urls?.length ?? 1;
+  const replicas = config.replicas > 0 ? config.replicas : clusterSize >= 3 ? 3 : 1;
+  const popts = { replicas, duplicateWindowMs: config.duplicateWindowMs };
   // NATS may go away while we start (a restart, a failover): keep trying for a minute.
   const deadline = Date.now() + 60_000;
   let jsm: JetStreamManager;
@@ -131,6 +136,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     js,
     jsm,
     kv,
+    replicas,
     logger,
     embedded,
     async close() {

@@ -93,9 +93,9 @@ export class KvStore implements FencedStore<KvTx> {
     const kvm = new Kvm(nc);
     let data: KV;
     try {
-      data = await kvm.create(opts.bucket, { history: 1, replicas: opts.replicas ?? 1 });
+      data = await kvm.create(opts.bucket, { history: 1, replicas: opts.replicas ?? 1, allow_direct: false });
     } catch {
-      data = await kvm.open(opts.bucket);
+      data = await kvm.open(opts.bucket, { allow_direct: false });
     }
     // The re-application guard is JetStream's de-duplication: make its window long enough.
     const jsm = await jetstreamManager(nc);

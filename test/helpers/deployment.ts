@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { NatsServer } from "../../src/runtime/nats-server.js";
+import { NatsCluster } from "../../src/runtime/nats-cluster.js";
 import { Names, decode, encode } from "../../src/runtime/wire.js";
 import type { ManagerStatus } from "../../src/actors/manager.js";
 import { fastEnv } from "./nats.js";
@@ -70,6 +71,8 @@ export class ClientRunner {
 }
 
 export interface DeploymentOptions {
+  /** A NATS cluster of this many servers instead of one nats-server. */
+  cluster?: number;
   servers?: number;
   managers?: number;
   work?: string[];
@@ -89,19 +92,24 @@ export class Deployment {
 
   private constructor(
     readonly ns: NatsServer,
+    readonly cluster: NatsCluster | null,
     readonly nc: NatsConnection,
     readonly env: Record<string, string>,
     readonly opts: Required<DeploymentOptions>,
   ) {}
 
   static async start(opts: DeploymentOptions = {}): Promise<Deployment> {
-    const ns = await NatsServer.start();
-    const nc = await connect({ servers: ns.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
-    const d = new Deployment(ns, nc, fastEnv(ns.url), {
+    const cluster = opts.cluster ? await NatsCluster.start({ size: opts.cluster }) : null;
+    if (cluster) await cluster.waitReady();
+    const ns = cluster ? cluster.servers[0]! : await NatsServer.start();
+    const url = cluster ? cluster.url : ns.url;
+    const nc = await connect({ servers: url.split(","), maxReconnectAttempts: -1, reconnectTimeWait: 200 });
+    const d = new Deployment(ns, cluster, nc, fastEnv(url), {
       servers: opts.servers ?? 2,
       managers: opts.managers ?? 1,
       work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
       service: opts.service ?? "svc",
+      cluster: opts.cluster ?? 0,
     });
     Deployment.live.add(d);
     try {
@@ -203,7 +211,8 @@ export class Deployment {
     await Promise.allSettled(procs.map((p) => p.exited));
     for (const c of this.clients) c.collect();
     await this.nc.close().catch(() => {});
-    await this.ns.cleanup().catch(() => {});
+    if (this.cluster) await this.cluster.cleanup().catch(() => {});
+    else await this.ns.cleanup().catch(() => {});
     rmSync(this.dir, { recursive: true, force: true });
   }
 
