@@ -242,6 +242,7 @@ export class ClientSession {
   private taken = 0;
   private accepted = 0;
   private maxPending: number;
+  private openError: unknown = null;
   private maxPayload = Infinity;
   private readonly buffer = new Map<number, DeliverMsg>();
   private readonly waiters = new Map<number, Waiter>();
@@ -317,7 +318,12 @@ export class ClientSession {
   async start(persisted: Snapshot<unknown> | undefined): Promise<void> {
     const machine = clientSessionMachine.provide({
       actors: {
-        open: fromPromise(({ input }) => (input.session ? this.resumeCall(input.session) : this.openCall(input.service))),
+        open: fromPromise(({ input }) =>
+          (input.session ? this.resumeCall(input.session) : this.openCall(input.service)).catch((err: unknown) => {
+            this.openError = err; // keeps its stable code for the caller
+            throw err;
+          }),
+        ),
         reconcile: fromPromise(async ({ input }) => {
           // Restored from a persisted snapshot: this incarnation must resume with the manager.
           if (!this.attached) await this.resumeCall(input.session);
@@ -336,7 +342,10 @@ export class ClientSession {
     }
     const snap = await waitFor(this.actor, (s) => s.matches("active") || s.status === "done", { timeout: 60_000 });
     if (!snap.matches("active")) {
-      throw new TandemError(ErrorCode.NoManager, `could not ${this.sessionId ? "resume" : "open"} the session: ${snap.context.error ?? "unknown"}`);
+      const why = `could not ${this.sessionId ? "resume" : "open"} the session: ${snap.context.error ?? "unknown"}`;
+      const e = this.openError;
+      if (e instanceof TandemError) throw new TandemError(e.code, why, { cause: e, context: e.context });
+      throw new TandemError(ErrorCode.NoManager, why, { cause: e });
     }
   }
 

@@ -911,6 +911,16 @@ export class ManagerNode {
         }),
       );
     }
+    let open = 0;
+    for (const s of core.sessions.values()) if (s.client === client) open++;
+    if (open >= this.rt.config.maxSessionsPerClient) {
+      return this.reject(
+        m,
+        new TandemError(ErrorCode.SessionLimit, `client ${client} has ${open} sessions open; the limit is ${this.rt.config.maxSessionsPerClient}. Close sessions it no longer uses`, {
+          context: { client, open, limit: this.rt.config.maxSessionsPerClient },
+        }),
+      );
+    }
     const session = newId();
     const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
     const ordered = (body.ordered as boolean | undefined) ?? true;

@@ -21,6 +21,7 @@ import { TandemError } from "./errors.js";
 import { createLogger, type Logger } from "./logger.js";
 import { NatsServer } from "./nats-server.js";
 import { NatsCluster } from "./nats-cluster.js";
+import { buildAuth, type AuthUser } from "./auth.js";
 import { startRuntime, type Runtime } from "./runtime.js";
 import { builtinHandlers, straggle } from "./work.js";
 import { encode } from "./wire.js";
@@ -42,6 +43,8 @@ const COMMON: Options = {
   "max-payload": { type: "string" },
   "ack-timeout-ms": { type: "string" },
   node: { type: "string" },
+  user: { type: "string" },
+  password: { type: "string" },
   help: { type: "boolean", short: "h" },
 };
 
@@ -55,7 +58,8 @@ Common options (flags override TANDEM_* environment variables and NATS_URL):
   --data-dir DIR         state and embedded store directory (default .tandem)
   --log-level L          fatal|error|warn|info|debug|trace|silent (default info)
   --heartbeat-ms, --lease-ms, --backup-ms, --server-heartbeat-ms, --server-timeout-ms,
-  --max-pending, --max-payload, --ack-timeout-ms, --node   (see README: Configuration)`;
+  --max-pending, --max-payload, --ack-timeout-ms, --node   (see README: Configuration)
+  --user U --password P  NATS credentials (NATS_USER, NATS_PASSWORD; \`tandem auth\` writes them)`;
 
 const HELP: Record<string, string> = {
   main: `tandem: fault-tolerant work distribution on NATS JetStream
@@ -69,6 +73,7 @@ Commands:
   server     run a server session for a service with a built-in handler
   client     send requests to a service and report the responses
   status     show the primary manager, services, sessions and servers
+  auth       write per-role NATS users and permissions (for \`tandem nats --secure\`)
 
 Run \`tandem <command> --help\` for its options.`,
   demo: `Usage: tandem demo [--requests N] [--no-kill] [--hedge]
@@ -79,14 +84,24 @@ processes, shows progress, kills one server with SIGKILL midway, and prints what
   --no-kill      do not kill a server
   --hedge        the hedging demo instead: a straggler server, ledger transfers without and
                  with hedging, p50/p99 of both, the extra work, and the ledger checked (I4)`,
-  nats: `Usage: tandem nats [--port N] [--store DIR] [--cluster N]
+  auth: `Usage: tandem auth --clients ID,ID --servers ID:SERVICE,... [--out DIR]
+
+Writes DIR/nats.conf (one NATS user per role with subject permissions) and DIR/users.json
+(the passwords; keep it private). Run again to add users: existing passwords are kept.
+  --clients IDS      client ids (each client's NATS user is its id)
+  --servers LIST     server ids with their service (the server's user is its id)
+  --out DIR          default <data-dir>/auth
+Then: tandem nats --secure, and every role with --user/--password (or NATS_USER/NATS_PASSWORD):
+the manager as "manager", servers and clients as their ids, \`tandem status\` as "admin".`,
+  nats: `Usage: tandem nats [--port N] [--store DIR] [--cluster N] [--secure [--auth DIR]]
 
 Runs nats-server -js on 127.0.0.1 in the foreground. Other tandem commands in this directory
 find it without NATS_URL.
   --port N       client port (default: a free port)
   --store DIR    store directory (default <data-dir>/nats, or <data-dir>/nats-cluster)
   --cluster N    N servers in a cluster (3 for replicated streams), each with its own client
-                 port, route port and store; streams and buckets then get 3 replicas`,
+                 port, route port and store; streams and buckets then get 3 replicas
+  --secure       require the users and permissions \`tandem auth\` wrote (default <data-dir>/auth)`,
   manager: `Usage: tandem manager [options]
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
@@ -163,6 +178,8 @@ function configFrom(v: Record<string, string | boolean | undefined>): Config {
       maxPayload: flag("max-payload"),
       ackTimeoutMs: flag("ack-timeout-ms"),
       node: flag("node"),
+      natsUser: flag("user"),
+      natsPass: flag("password"),
     });
   } catch (err) {
     fail((err as Error).message);
@@ -196,9 +213,10 @@ function untilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
   });
 }
 
-async function runtime(cfg: Config, log: Logger, name: string): Promise<Runtime> {
+async function runtime(cfg: Config, log: Logger, name: string, role: "manager" | "other" = "other"): Promise<Runtime> {
   try {
-    return await startRuntime(cfg, { logger: log, name });
+    // With a NATS user (a secured deployment) only the manager creates streams and buckets.
+    return await startRuntime(cfg, { logger: log, name, provision: role === "manager" || !cfg.natsUser });
   } catch (err) {
     if (err instanceof TandemError) fail(`${err.message}`, 1);
     throw err;
@@ -208,15 +226,21 @@ async function runtime(cfg: Config, log: Logger, name: string): Promise<Runtime>
 // ---- commands --------------------------------------------------------------------------
 
 async function cmdNats(argv: string[]): Promise<void> {
-  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" }, cluster: { type: "string" } });
+  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" }, cluster: { type: "string" }, secure: { type: "boolean" }, auth: { type: "string" } });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
+  const secureArgs: string[] = [];
+  if (v.secure === true) {
+    const conf = join(typeof v.auth === "string" ? v.auth : join(resolve(cfg.dataDir), "auth"), "nats.conf");
+    if (!existsSync(conf)) fail(`--secure needs ${conf}: write it first with \`tandem auth --clients ... --servers ...\``, 1);
+    secureArgs.push("-c", conf);
+  }
   if (v.cluster !== undefined) {
     const size = int(v.cluster, "cluster", 3, 1);
     const dir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats-cluster");
     mkdirSync(dir, { recursive: true });
-    const cluster = await NatsCluster.start({ size, dir });
-    await cluster.waitReady();
+    const cluster = await NatsCluster.start({ size, dir, args: secureArgs });
+    await cluster.waitReady(30_000, v.secure === true ? adminAuth(cfg, typeof v.auth === "string" ? v.auth : undefined) : {});
     const discovery = join(resolve(cfg.dataDir), "nats.json");
     writeFileSync(discovery, JSON.stringify({ url: cluster.url, pid: cluster.servers[0]!.pid }));
     log.info({ servers: cluster.urls, names: cluster.names, dir }, `NATS cluster of ${size} ready; other commands here use it, or set NATS_URL=${cluster.url}`);
@@ -230,7 +254,7 @@ async function cmdNats(argv: string[]): Promise<void> {
   const storeDir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats");
   mkdirSync(storeDir, { recursive: true });
   const port = v.port === undefined ? undefined : int(v.port, "port", 4222, 1);
-  const server = await NatsServer.start({ storeDir, ...(port ? { port } : {}) });
+  const server = await NatsServer.start({ storeDir, ...(port ? { port } : {}), args: secureArgs });
   const discovery = join(resolve(cfg.dataDir), "nats.json");
   writeFileSync(discovery, JSON.stringify({ url: server.url, pid: server.pid }));
   log.info({ url: server.url, storeDir, pid: server.pid }, `nats-server ready; other commands here use it, or set NATS_URL=${server.url}`);
@@ -241,11 +265,54 @@ async function cmdNats(argv: string[]): Promise<void> {
   });
 }
 
+function authDir(cfg: Config, dir?: string): string {
+  return dir ?? join(resolve(cfg.dataDir), "auth");
+}
+
+function adminAuth(cfg: Config, dir?: string): { user?: string; pass?: string } {
+  try {
+    const users = JSON.parse(readFileSync(join(authDir(cfg, dir), "users.json"), "utf8")) as AuthUser[];
+    const admin = users.find((u) => u.user === "admin");
+    return admin ? { user: admin.user, pass: admin.password } : {};
+  } catch {
+    return {};
+  }
+}
+
+async function cmdAuth(argv: string[]): Promise<void> {
+  const v = parse("auth", argv, { clients: { type: "string" }, servers: { type: "string" }, out: { type: "string" } });
+  const cfg = configFrom(v);
+  const dir = authDir(cfg, typeof v.out === "string" ? v.out : undefined);
+  const list = (s: unknown) => (typeof s === "string" ? s.split(",").map((x) => x.trim()).filter(Boolean) : []);
+  const servers = list(v.servers).map((x) => {
+    const [id, service] = x.split(":");
+    if (!id || !service) fail(`--servers takes ID:SERVICE pairs (got "${x}")`);
+    return { id, service };
+  });
+  const usersFile = join(dir, "users.json");
+  const previous = existsSync(usersFile) ? (JSON.parse(readFileSync(usersFile, "utf8")) as AuthUser[]) : [];
+  // Users named before stay (with their passwords) unless named again with another role.
+  const clients = [...new Set([...previous.filter((u) => u.role === "client").map((u) => u.user), ...list(v.clients)])];
+  const known = new Map(previous.filter((u) => u.role === "server").map((u) => [u.user, u.service!]));
+  for (const s of servers) known.set(s.id, s.service);
+  let built: { users: AuthUser[]; conf: string };
+  try {
+    built = buildAuth({ prefix: cfg.prefix, clients, servers: [...known].map(([id, service]) => ({ id, service })) }, previous);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, "nats.conf"), built.conf, { mode: 0o600 });
+  writeFileSync(usersFile, JSON.stringify(built.users, null, 2), { mode: 0o600 });
+  process.stdout.write(`wrote ${join(dir, "nats.conf")} and ${usersFile} (${built.users.length} users)\n`);
+  process.stdout.write("run: tandem nats --secure; then each role with --user and --password from users.json\n");
+}
+
 async function cmdManager(argv: string[]): Promise<void> {
   const v = parse("manager", argv, {});
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel });
-  const rt = await runtime(cfg, log, `tandem-manager-${cfg.node}`);
+  const rt = await runtime(cfg, log, `tandem-manager-${cfg.node}`, "manager");
   const node = new ManagerNode(rt);
   node.start();
   log.info({ node: cfg.node }, "manager node started");
@@ -548,6 +615,8 @@ async function main(): Promise<void> {
       return cmdClient(rest);
     case "status":
       return cmdStatus(rest);
+    case "auth":
+      return cmdAuth(rest);
     case "demo": {
       const { cmdDemo } = await import("./demo.js");
       return cmdDemo(rest);

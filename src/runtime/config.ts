@@ -36,6 +36,11 @@ export interface Config {
   hedgeBudgetPct: number;
   /** Hedging budget: extra copies allowed in a burst before the percentage applies. */
   hedgeReserve: number;
+  /** NATS user and password (secured deployments: `tandem auth`). */
+  natsUser: string;
+  natsPass: string;
+  /** Sessions one client id may have open at once. */
+  maxSessionsPerClient: number;
   /** Manager node name (unique per process). */
   node: string;
   logLevel: string;
@@ -55,6 +60,9 @@ export const DEFAULTS: Omit<Config, "node"> = {
   maxPending: 1000,
   ackTimeoutMs: 1000,
   duplicateWindowMs: 10 * 60 * 1000,
+  natsUser: "",
+  natsPass: "",
+  maxSessionsPerClient: 1000,
   hedgeBudgetPct: 10,
   hedgeReserve: 10,
   logLevel: "info",
@@ -81,6 +89,9 @@ const ENV: Record<string, keyof Config> = {
   TANDEM_MAX_PAYLOAD: "maxPayload",
   TANDEM_MAX_PENDING: "maxPending",
   TANDEM_ACK_TIMEOUT_MS: "ackTimeoutMs",
+  NATS_USER: "natsUser",
+  NATS_PASSWORD: "natsPass",
+  TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
   TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
   TANDEM_HEDGE_RESERVE: "hedgeReserve",
   TANDEM_NODE: "node",
@@ -111,6 +122,7 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["ackTimeoutMs", 10, 600_000],
   ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
   ["hedgeBudgetPct", 0, 100],
+  ["maxSessionsPerClient", 1, 1_000_000],
   ["hedgeReserve", 0, 100_000],
 ];
 

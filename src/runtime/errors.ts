@@ -35,6 +35,10 @@ export const ErrorCode = {
   Store: "TANDEM_STORE",
   /** A fenced KV update tried to set more than one key (one key is atomic, two are not). */
   FenceMultiKey: "TANDEM_FENCE_MULTI_KEY",
+  /** NATS refused the credentials (bad user or password). */
+  Auth: "TANDEM_AUTH",
+  /** A client has `maxSessionsPerClient` sessions open. */
+  SessionLimit: "TANDEM_SESSION_LIMIT",
   /** Hedge options are invalid. */
   Hedge: "TANDEM_HEDGE",
 } as const;

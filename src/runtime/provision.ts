@@ -18,6 +18,8 @@ import type { Names } from "./wire.js";
 export interface ProvisionOptions {
   replicas: number;
   duplicateWindowMs: number;
+  /** Bind to existing buckets without creating or checking them (users without those rights). */
+  bindOnly?: boolean;
 }
 
 export interface Buckets {
@@ -79,6 +81,7 @@ export async function provisionBuckets(nc: NatsConnection, names: Names, opts: P
   // for a dead primary (seen on a three-server cluster: a standby trying to take over every
   // lease period from a healthy primary).
   const open = async (name: string, history: number): Promise<KV> => {
+    if (opts.bindOnly) return kvm.open(name, { allow_direct: false, bindOnly: true });
     try {
       return await kvm.create(name, { replicas: opts.replicas, history, storage: StorageType.File, allow_direct: false });
     } catch {

@@ -103,7 +103,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
       );
     }
   }
-  const nc = await connectNats({ servers, name: opts.name });
+  const nc = await connectNats({ servers, name: opts.name, ...(config.natsUser ? { user: config.natsUser, pass: config.natsPass } : {}) });
   const names = new Names(config.prefix);
   // A publish lost in a NATS outage would wait the default 5 s for its ack; every Tandem publish
   // is retried with the same message id, so a short timeout only costs a de-duplicated retry.
@@ -120,7 +120,8 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     try {
       jsm = await jetstreamManager(nc);
       if (opts.provision !== false) await provisionStreams(jsm, names, popts);
-      kv = await provisionBuckets(nc, names, popts);
+      // A user without rights to create streams (a secured client or server) binds to them.
+      kv = await provisionBuckets(nc, names, { ...popts, bindOnly: opts.provision === false });
       break;
     } catch (err) {
       if (Date.now() > deadline) throw err;

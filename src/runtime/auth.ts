@@ -1,0 +1,99 @@
+/**
+ * Per-role NATS users with subject permissions (DESIGN.md §2, §6): the client id is a subject
+ * token in every client-facing subject, so NATS itself keeps each client to its own queue and
+ * deliveries, each server to its own work, and leaves everything else to the manager.
+ *
+ *   manager, admin   everything
+ *   server <id>      receive its own `<p>.srv.<id>.>`; publish responses `<p>.resp.>`,
+ *                    register/heartbeat, its own copy records, the fence and ledger buckets
+ *   client <id>      publish only `<p>.req.<id>.>` and `<p>.mgr.open|resume|close`; receive only
+ *                    `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>` (nobody else's replies)
+ *
+ * Everyone may reply to what it was sent (allow_responses) and write to the dead-letter stream.
+ * `tandem auth` writes the config and the passwords; `tandem nats --secure` runs with them.
+ */
+import { randomBytes } from "node:crypto";
+import { ErrorCode, TandemError } from "./errors.js";
+import { Names, isToken } from "./wire.js";
+
+export interface AuthUser {
+  user: string;
+  password: string;
+  role: "manager" | "admin" | "server" | "client";
+  service?: string;
+}
+
+export interface AuthSpec {
+  prefix?: string;
+  clients: string[];
+  servers: Array<{ id: string; service: string }>;
+  /** Bucket the KV ledger store uses (servers may write it). */
+  ledgerBucket?: string;
+}
+
+interface Permissions {
+  publish: { allow: string[] } | string;
+  subscribe: { allow: string[] } | string;
+  allow_responses?: boolean;
+}
+
+const password = () => randomBytes(18).toString("base64url");
+
+export function inboxPrefixFor(user: string): string {
+  return `_INBOX_${user}`;
+}
+
+function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permissions {
+  const p = names.prefix;
+  const js = ["$JS.API.INFO"];
+  const dlq = `${p}.dlq.>`;
+  if (u.role === "manager" || u.role === "admin") return { publish: ">", subscribe: ">" };
+  if (u.role === "server") {
+    const kv = (bucket: string) => [`$KV.${bucket}.>`, `$JS.API.STREAM.INFO.KV_${bucket}`, `$JS.API.STREAM.MSG.GET.KV_${bucket}`, `$JS.API.DIRECT.GET.KV_${bucket}.>`];
+    return {
+      publish: {
+        allow: [
+          names.register,
+          names.heartbeat,
+          `${p}.resp.>`,
+          dlq,
+          ...js,
+          `$KV.${names.bucketSessions}.*.took.*.${u.user}`,
+          ...kv(names.bucketFence),
+          ...kv(ledgerBucket),
+          `$JS.API.STREAM.CREATE.KV_${ledgerBucket}`,
+          `$JS.API.STREAM.UPDATE.KV_${ledgerBucket}`,
+        ],
+      },
+      subscribe: { allow: [`${p}.srv.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
+      allow_responses: true,
+    };
+  }
+  return {
+    publish: { allow: [`${p}.req.${u.user}.>`, names.mgr("open"), names.mgr("resume"), names.mgr("close"), dlq, ...js] },
+    subscribe: { allow: [`${p}.cli.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
+    allow_responses: true,
+  };
+}
+
+/** Users with fresh passwords, and the nats-server configuration that enforces their roles. */
+export function buildAuth(spec: AuthSpec, previous: AuthUser[] = []): { users: AuthUser[]; conf: string } {
+  const names = new Names(spec.prefix ?? "tandem");
+  const ledgerBucket = spec.ledgerBucket ?? `${names.bucketFence.replace(/_fence$/, "")}_ledger`;
+  const keep = new Map(previous.map((u) => [u.user, u.password]));
+  const users: AuthUser[] = [];
+  const add = (u: Omit<AuthUser, "password">) => {
+    if (!isToken(u.user)) throw new TandemError(ErrorCode.Config, `user "${u.user}" must be 1-64 letters, digits, _ or - (it is a subject token)`);
+    if (users.some((x) => x.user === u.user)) throw new TandemError(ErrorCode.Config, `user "${u.user}" is named twice; client and server ids must be unique and not "manager" or "admin"`);
+    users.push({ ...u, password: keep.get(u.user) ?? password() });
+  };
+  add({ user: "manager", role: "manager" });
+  add({ user: "admin", role: "admin" });
+  for (const s of spec.servers) add({ user: s.id, role: "server", service: s.service });
+  for (const c of spec.clients) add({ user: c, role: "client" });
+  const authorization = {
+    users: users.map((u) => ({ user: u.user, password: u.password, permissions: permissionsOf(u, names, ledgerBucket) })),
+  };
+  const conf = `# Written by \`tandem auth\`: one NATS user per Tandem role. Keep it private.\nauthorization: ${JSON.stringify(authorization, null, 2)}\n`;
+  return { users, conf };
+}

@@ -1,0 +1,135 @@
+/**
+ * Access control (DESIGN.md §2, §6): a nats-server with the per-role users `tandem auth`
+ * writes. Client "alice" tries to read bob's responses, write into bob's queue, pass for a
+ * server and for the manager; NATS refuses each, and bob's session goes on with nothing lost or
+ * changed. Bad credentials fail at start with a clear error; the per-client session limit holds.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ManagerNode } from "../../src/actors/manager.js";
+import { TandemServer } from "../../src/actors/server.js";
+import { TandemClient } from "../../src/actors/client.js";
+import { buildAuth, type AuthUser } from "../../src/runtime/auth.js";
+import { resolveConfig } from "../../src/runtime/config.js";
+import { memoryLogger } from "../../src/runtime/logger.js";
+import { NatsServer } from "../../src/runtime/nats-server.js";
+import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import { encode } from "../../src/runtime/wire.js";
+import { FAST } from "../helpers/nats.js";
+
+let dir: string;
+let ns: NatsServer;
+let users: AuthUser[];
+const rts: Runtime[] = [];
+let rtM: Runtime;
+let mgr: ManagerNode;
+let server: TandemServer;
+
+async function as(user: string, over: Record<string, unknown> = {}): Promise<Runtime> {
+  const u = users.find((x) => x.user === user)!;
+  const config = resolveConfig(FAST as never, { natsUrls: [ns.url], natsUser: u.user, natsPass: u.password, ...over } as never);
+  const rt = await startRuntime(config, { logger: memoryLogger("warn").logger, name: user, provision: u.role === "manager" });
+  rts.push(rt);
+  return rt;
+}
+
+/** Permission errors NATS reported to a connection. */
+function violations(nc: NatsConnection): string[] {
+  const seen: string[] = [];
+  void (async () => {
+    for await (const s of nc.status()) {
+      const text = `${(s as { error?: Error }).error?.message ?? ""} ${JSON.stringify(s)}`;
+      if (/permission/i.test(text)) seen.push(text);
+    }
+  })();
+  return seen;
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-auth-"));
+  const built = buildAuth({ clients: ["alice", "bob"], servers: [{ id: "srv1", service: "svc" }] });
+  users = built.users;
+  writeFileSync(join(dir, "nats.conf"), built.conf);
+  ns = await NatsServer.start({ args: ["-c", join(dir, "nats.conf")] });
+  rtM = await as("manager", { maxSessionsPerClient: 3 });
+  mgr = new ManagerNode(rtM);
+  mgr.start();
+  await mgr.waitPrimary();
+  server = await TandemServer.start(await as("srv1"), { service: "svc", id: "srv1", handler: (req) => ({ echo: req.payload, n: req.n }) });
+}, 60_000);
+
+afterAll(async () => {
+  await server?.stop();
+  await mgr?.stop();
+  for (const rt of rts.reverse()) await rt.close().catch(() => {});
+  await ns?.cleanup();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("per-role NATS users", () => {
+  it("a client cannot read or write another client's subjects, nor pass for a server or the manager; the other client loses nothing", async () => {
+    const rtA = await as("alice");
+    const rtB = await as("bob");
+    const refused = violations(rtA.nc);
+    const bob = await TandemClient.connect(rtB, { id: "bob" });
+    const alice = await TandemClient.connect(rtA, { id: "alice" });
+    const bs = await bob.open("svc");
+    const as_ = await alice.open("svc");
+
+    // Alice listens where bob's deliveries go, where servers get work, and where the manager listens.
+    const stolen: string[] = [];
+    const spies = [`tandem.cli.bob.>`, `tandem.srv.srv1.>`, `tandem.mgr.open`, `tandem.resp.>`].map((subject) =>
+      // The callback hears of the refusal as an error; a message would be a leak.
+      rtA.nc.subscribe(subject, { callback: (e, m) => void (!e && m && stolen.push(m.subject)) }),
+    );
+    const reqBefore = (await rtM.jsm.streams.info(rtM.names.streamReq, { subjects_filter: rtM.names.req("bob", bs.id) })).state.subjects?.[rtM.names.req("bob", bs.id)] ?? 0;
+    // Alice writes into bob's queue, passes for a server, and for the manager.
+    rtA.nc.publish(rtM.names.req("bob", bs.id), encode({ n: 99, kind: "request", payload: "forged" }));
+    rtA.nc.publish(rtM.names.register, encode({ server: "evil", service: "svc", capacity: 1 }));
+    rtA.nc.publish(rtM.names.resp("bob", bs.id), encode({ n: 1, server: "evil", ok: "forged" }));
+    rtA.nc.publish(rtM.names.cli("bob", "deliver"), encode({ epoch: 99, session: bs.id, n: 1, ok: "forged", server: "evil" }));
+    await rtA.js.publish(rtM.names.req("bob", bs.id), encode({ n: 98, kind: "request", payload: "forged" })).catch(() => {});
+
+    // Bob's session goes on as if nothing happened.
+    const got: unknown[] = [];
+    for (let i = 1; i <= 20; i++) got.push(await bs.request({ i }));
+    expect(got).toEqual(Array.from({ length: 20 }, (_, k) => ({ echo: { i: k + 1 }, n: k + 1 })));
+    // And alice's own session works: she is held to her subjects, not locked out.
+    expect(await as_.request("mine")).toEqual({ echo: "mine", n: 1 });
+
+    await rtA.nc.flush().catch(() => {});
+    expect(stolen).toEqual([]);
+    for (const s of spies) expect(await s.closed).toBeInstanceOf(Error); // NATS closed each one
+    const reqAfter = (await rtM.jsm.streams.info(rtM.names.streamReq, { subjects_filter: rtM.names.req("bob", bs.id) })).state.subjects?.[rtM.names.req("bob", bs.id)] ?? 0;
+    // Bob's queue holds exactly his own 20 requests and receipts, nothing of alice's.
+    expect(reqAfter - reqBefore).toBeGreaterThanOrEqual(20);
+    expect(reqAfter - reqBefore).toBeLessThanOrEqual(40);
+    expect(mgr.status().servers.map((s) => s.id)).not.toContain("evil");
+    expect(refused.length).toBeGreaterThanOrEqual(4);
+    await bs.close();
+    await as_.close();
+    await bob.close();
+    await alice.close();
+  });
+
+  it("a client over its session limit gets TANDEM_SESSION_LIMIT", async () => {
+    const rtA = await as("alice");
+    const alice = await TandemClient.connect(rtA, { id: "alice" });
+    for (let i = 0; i < 3; i++) await alice.open("svc");
+    await expect(alice.open("svc")).rejects.toMatchObject({ code: "TANDEM_SESSION_LIMIT" });
+    await alice.close();
+  });
+
+  it("bad credentials fail at start with TANDEM_AUTH and say what to check", async () => {
+    const config = resolveConfig(FAST as never, { natsUrls: [ns.url], natsUser: "alice", natsPass: "wrong" } as never);
+    const t0 = Date.now();
+    await expect(startRuntime(config, { logger: memoryLogger("warn").logger, name: "bad", provision: false })).rejects.toMatchObject({
+      code: "TANDEM_AUTH",
+      message: expect.stringContaining("NATS_PASSWORD"),
+    });
+    expect(Date.now() - t0).toBeLessThan(15_000);
+  });
+});
