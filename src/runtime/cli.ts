@@ -45,6 +45,7 @@ const COMMON: Options = {
   node: { type: "string" },
   user: { type: "string" },
   password: { type: "string" },
+  ca: { type: "string" },
   help: { type: "boolean", short: "h" },
 };
 
@@ -59,7 +60,9 @@ Common options (flags override TANDEM_* environment variables and NATS_URL):
   --log-level L          fatal|error|warn|info|debug|trace|silent (default info)
   --heartbeat-ms, --lease-ms, --backup-ms, --server-heartbeat-ms, --server-timeout-ms,
   --max-pending, --max-payload, --ack-timeout-ms, --node   (see README: Configuration)
-  --user U --password P  NATS credentials (NATS_USER, NATS_PASSWORD; \`tandem auth\` writes them)`;
+  --user U --password P  NATS credentials (NATS_USER, NATS_PASSWORD; \`tandem auth\` writes them)
+  --ca FILE              TLS: the CA of the NATS servers' certificates (NATS_CA; NATS_CERT/NATS_KEY
+                         for a client certificate)`;
 
 const HELP: Record<string, string> = {
   main: `tandem: fault-tolerant work distribution on NATS JetStream
@@ -101,7 +104,8 @@ find it without NATS_URL.
   --store DIR    store directory (default <data-dir>/nats, or <data-dir>/nats-cluster)
   --cluster N    N servers in a cluster (3 for replicated streams), each with its own client
                  port, route port and store; streams and buckets then get 3 replicas
-  --secure       require the users and permissions \`tandem auth\` wrote (default <data-dir>/auth)`,
+  --secure       require the users and permissions \`tandem auth\` wrote (default <data-dir>/auth)
+  --tls-cert F --tls-key F   serve TLS with this certificate (clients then need --ca / NATS_CA)`,
   manager: `Usage: tandem manager [options]
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
@@ -180,6 +184,7 @@ function configFrom(v: Record<string, string | boolean | undefined>): Config {
       node: flag("node"),
       natsUser: flag("user"),
       natsPass: flag("password"),
+      natsCa: flag("ca"),
     });
   } catch (err) {
     fail((err as Error).message);
@@ -226,7 +231,15 @@ async function runtime(cfg: Config, log: Logger, name: string, role: "manager" |
 // ---- commands --------------------------------------------------------------------------
 
 async function cmdNats(argv: string[]): Promise<void> {
-  const v = parse("nats", argv, { port: { type: "string" }, store: { type: "string" }, cluster: { type: "string" }, secure: { type: "boolean" }, auth: { type: "string" } });
+  const v = parse("nats", argv, {
+    port: { type: "string" },
+    store: { type: "string" },
+    cluster: { type: "string" },
+    secure: { type: "boolean" },
+    auth: { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
+  });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
   const secureArgs: string[] = [];
@@ -234,6 +247,10 @@ async function cmdNats(argv: string[]): Promise<void> {
     const conf = join(typeof v.auth === "string" ? v.auth : join(resolve(cfg.dataDir), "auth"), "nats.conf");
     if (!existsSync(conf)) fail(`--secure needs ${conf}: write it first with \`tandem auth --clients ... --servers ...\``, 1);
     secureArgs.push("-c", conf);
+  }
+  if (typeof v["tls-cert"] === "string" || typeof v["tls-key"] === "string") {
+    if (typeof v["tls-cert"] !== "string" || typeof v["tls-key"] !== "string") fail("--tls-cert and --tls-key go together");
+    secureArgs.push("--tls", "--tlscert", v["tls-cert"] as string, "--tlskey", v["tls-key"] as string);
   }
   if (v.cluster !== undefined) {
     const size = int(v.cluster, "cluster", 3, 1);

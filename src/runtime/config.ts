@@ -39,6 +39,10 @@ export interface Config {
   /** NATS user and password (secured deployments: `tandem auth`). */
   natsUser: string;
   natsPass: string;
+  /** TLS: the CA that signed the NATS servers' certificates (a file), and an optional client certificate. */
+  natsCa: string;
+  natsCert: string;
+  natsKey: string;
   /** Sessions one client id may have open at once. */
   maxSessionsPerClient: number;
   /** Manager node name (unique per process). */
@@ -62,6 +66,9 @@ export const DEFAULTS: Omit<Config, "node"> = {
   duplicateWindowMs: 10 * 60 * 1000,
   natsUser: "",
   natsPass: "",
+  natsCa: "",
+  natsCert: "",
+  natsKey: "",
   maxSessionsPerClient: 1000,
   hedgeBudgetPct: 10,
   hedgeReserve: 10,
@@ -91,6 +98,9 @@ const ENV: Record<string, keyof Config> = {
   TANDEM_ACK_TIMEOUT_MS: "ackTimeoutMs",
   NATS_USER: "natsUser",
   NATS_PASSWORD: "natsPass",
+  NATS_CA: "natsCa",
+  NATS_CERT: "natsCert",
+  NATS_KEY: "natsKey",
   TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
   TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
   TANDEM_HEDGE_RESERVE: "hedgeReserve",

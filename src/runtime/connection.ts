@@ -13,6 +13,10 @@ export interface ConnectOptions {
   /** Credentials for secured deployments. */
   user?: string;
   pass?: string;
+  /** Give up the first connection after this long (default FIRST_CONNECT_MS). */
+  firstConnectMs?: number;
+  /** TLS: CA file, and an optional client certificate and key. */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
 }
 
 export const RECONNECT = {
@@ -23,27 +27,48 @@ export const RECONNECT = {
   maxPingOut: 3,
 } as const;
 
+/** How long a process waits for NATS to come up at start before it gives up. */
+export const FIRST_CONNECT_MS = 60_000;
+
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
-  return connect({
-    servers: opts.servers,
-    name: opts.name,
-    ...RECONNECT,
-    waitOnFirstConnect: true,
-    // nats.js captures two stack traces (new Error) per request for "async traces"; every
-    // dispatch, delivery and JetStream publish is a request, and the manager's profile had 17 %
-    // of its CPU there. Our errors carry codes and context instead.
-    noAsyncTraces: true,
-    // A secured deployment gives each user its own inbox prefix, so its replies are its own.
-    ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? "", inboxPrefix: inboxPrefixFor(opts.user) } : {}),
-  }).catch((err: unknown) => {
-    const e = err as Error;
-    if (/authorization|authentication|auth/i.test(`${e?.name} ${e?.message}`)) {
-      throw new TandemError(
-        ErrorCode.Auth,
-        `NATS refused the credentials of user "${opts.user ?? "(none)"}": ${e.message}. Check NATS_USER and NATS_PASSWORD (or --user/--password); \`tandem auth\` writes them`,
-        { cause: err, context: { user: opts.user ?? null } },
-      );
+  // Our own first-connect loop rather than nats.js's waitOnFirstConnect, which would also retry
+  // bad credentials and TLS failures forever: those stop at once, with what to fix.
+  const deadline = Date.now() + (opts.firstConnectMs ?? FIRST_CONNECT_MS);
+  for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
+    try {
+      return await connect({
+        servers: opts.servers,
+        name: opts.name,
+        ...RECONNECT,
+        // nats.js captures two stack traces (new Error) per request for "async traces"; every
+        // dispatch, delivery and JetStream publish is a request, and the manager's profile had
+        // 17 % of its CPU there. Our errors carry codes and context instead.
+        noAsyncTraces: true,
+        // A secured deployment gives each user its own inbox prefix, so its replies are its own.
+        ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? "", inboxPrefix: inboxPrefixFor(opts.user) } : {}),
+        ...(opts.tls ? { tls: opts.tls } : {}),
+      });
+    } catch (err) {
+      const e = err as Error;
+      const text = `${e?.name} ${e?.message} ${String((e as { cause?: unknown })?.cause ?? "")}`;
+      if (/authorization|authentication/i.test(text)) {
+        throw new TandemError(
+          ErrorCode.Auth,
+          `NATS refused the credentials of user "${opts.user ?? "(none)"}": ${e.message}. Check NATS_USER and NATS_PASSWORD (or --user/--password); \`tandem auth\` writes them`,
+          { cause: err, context: { user: opts.user ?? null } },
+        );
+      }
+      if (/certificate|tls|ssl|self.signed|altnames/i.test(text)) {
+        throw new TandemError(
+          ErrorCode.Config,
+          `TLS with the NATS server failed: ${e.message}. Give the CA that signed its certificate with NATS_CA (or --ca), and a client certificate with NATS_CERT/NATS_KEY if it asks for one`,
+          { cause: err },
+        );
+      }
+      if (Date.now() > deadline) {
+        throw new TandemError(ErrorCode.NoManager, `no NATS server answered at ${opts.servers.join(", ")} within ${Math.round((opts.firstConnectMs ?? FIRST_CONNECT_MS) / 1000)} s: ${e.message}. Is nats-server running? (\`tandem nats\` starts one)`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, delay));
     }
-    throw err;
-  });
+  }
 }

@@ -103,7 +103,13 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
       );
     }
   }
-  const nc = await connectNats({ servers, name: opts.name, ...(config.natsUser ? { user: config.natsUser, pass: config.natsPass } : {}) });
+  const tls = config.natsCa || config.natsCert ? { ...(config.natsCa ? { caFile: config.natsCa } : {}), ...(config.natsCert ? { certFile: config.natsCert, keyFile: config.natsKey } : {}) } : undefined;
+  const nc = await connectNats({
+    servers,
+    name: opts.name,
+    ...(config.natsUser ? { user: config.natsUser, pass: config.natsPass } : {}),
+    ...(tls ? { tls } : {}),
+  });
   const names = new Names(config.prefix);
   // A publish lost in a NATS outage would wait the default 5 s for its ack; every Tandem publish
   // is retried with the same message id, so a short timeout only costs a de-duplicated retry.
