@@ -9,15 +9,12 @@
  * budget; the seed is printed and TANDEM_SEED replays it. fast-check shrinks a failing schedule
  * to a minimal one, printed with the counterexample.
  */
-import { afterAll, describe, expect, it } from "vitest";
+import { describe } from "vitest";
 import fc from "fast-check";
-import { Deployment, stopAllDeployments, until } from "../helpers/deployment.js";
+import { Deployment, until } from "../helpers/deployment.js";
+import { faultProperty } from "../helpers/property.js";
 import { checkHistory } from "../helpers/history.js";
 
-const DEEP = process.env.TANDEM_DEEP === "1";
-const RUNS = Number(process.env.TANDEM_PROPERTY_RUNS ?? (DEEP ? 30 : 3));
-const BUDGET_MS = Number(process.env.TANDEM_PROPERTY_BUDGET_MS ?? (DEEP ? 60 * 60_000 : 150_000));
-const SEED = Number(process.env.TANDEM_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
 type Fault =
   | { kind: "client"; i: number }
@@ -108,31 +105,13 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
   }
 }
 
-// fast-check abandons a run still going at the time limit: stop its processes by their PIDs,
-// and do not judge what that run sees after it was stopped.
-let abandoned = false;
-afterAll(async () => {
-  abandoned = true;
-  await stopAllDeployments();
-});
-
 describe("fault schedules (fast-check)", () => {
-  it(
+  faultProperty(
     "after any schedule of kills and restarts heals, no request is lost or answered twice, order and restart data hold (I1, I2, I3, I6)",
-    async () => {
-      console.log(`fault property: seed ${SEED}, ${RUNS} run(s), budget ${BUDGET_MS} ms (replay with TANDEM_SEED=${SEED})`);
-      let run = 0;
-      await fc.assert(
-        fc.asyncProperty(schedule, async (steps) => {
-          run++;
-          const t0 = performance.now();
-          const v = await runSchedule(steps);
-          console.log(`  run ${run}: ${steps.map(describeStep).join("; ")} -> ${v.ok ? "ok" : "FAILED"} in ${Math.round(performance.now() - t0)} ms`);
-          if (!abandoned) expect(v.problems).toEqual([]);
-        }),
-        { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: BUDGET_MS, markInterruptAsFailure: false, endOnFailure: !DEEP },
-      );
-    },
-    BUDGET_MS + 180_000,
+    "fault property",
+    schedule,
+    async (steps) => (await runSchedule(steps)).problems,
+    (steps) => steps.map(describeStep).join("; "),
+    { runs: 3, deepRuns: 30, budgetMs: 150_000, deepBudgetMs: 60 * 60_000 },
   );
 });

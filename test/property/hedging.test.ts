@@ -11,20 +11,17 @@
  * Bounded like the fault property: TANDEM_PROPERTY_RUNS (default 2; TANDEM_DEEP=1 makes it 20)
  * within a time budget; the seed is printed and TANDEM_SEED replays it.
  */
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe } from "vitest";
 import fc from "fast-check";
 import { Kvm } from "@nats-io/kv";
-import { Deployment, stopAllDeployments, until } from "../helpers/deployment.js";
+import { Deployment, until } from "../helpers/deployment.js";
+import { faultProperty } from "../helpers/property.js";
 import { checkHistory, type Line } from "../helpers/history.js";
 import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, pgDoubleApplied, readLedger, seedLedger, type KvLedger } from "../../src/runtime/ledger.js";
 import { PgStore } from "../../src/runtime/store-pg.js";
 import { PgServer } from "../helpers/postgres.js";
 import type { HedgeRecord } from "../../src/actors/hedgeProxy.js";
 
-const DEEP = process.env.TANDEM_DEEP === "1";
-const RUNS = Number(process.env.TANDEM_PROPERTY_RUNS ?? (DEEP ? 20 : 2));
-const BUDGET_MS = Number(process.env.TANDEM_PROPERTY_BUDGET_MS ?? (DEEP ? 40 * 60_000 : 100_000));
-const SEED = Number(process.env.TANDEM_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
 type Fault = { kind: "server"; i: number } | { kind: "primary" };
 interface Step {
@@ -161,31 +158,13 @@ async function once(r: Run): Promise<string[]> {
   }
 }
 
-// fast-check abandons a run still going at the time limit: stop its processes by their PIDs,
-// and do not judge what that run sees after it was stopped.
-let abandoned = false;
-afterAll(async () => {
-  abandoned = true;
-  await stopAllDeployments();
-});
-
 describe("hedged updates under faults (fast-check)", () => {
-  it(
+  faultProperty(
     "with stragglers, server and manager kills, each transfer is applied once and answered once, and the records name the winner (I1-I4, I6)",
-    async () => {
-      console.log(`hedging property: seed ${SEED}, ${RUNS} run(s), budget ${BUDGET_MS} ms (replay with TANDEM_SEED=${SEED})`);
-      let n = 0;
-      await fc.assert(
-        fc.asyncProperty(run, async (r) => {
-          n++;
-          const t0 = performance.now();
-          const problems = await once(r);
-          console.log(`  run ${n}: ${describeRun(r)} -> ${problems.length ? "FAILED" : "ok"} in ${Math.round(performance.now() - t0)} ms`);
-          if (!abandoned) expect(problems).toEqual([]);
-        }),
-        { numRuns: RUNS, seed: SEED, interruptAfterTimeLimit: BUDGET_MS, markInterruptAsFailure: false, endOnFailure: !DEEP },
-      );
-    },
-    BUDGET_MS + 180_000,
+    "hedging property",
+    run,
+    once,
+    describeRun,
+    { runs: 2, deepRuns: 20, budgetMs: 100_000, deepBudgetMs: 40 * 60_000 },
   );
 });
