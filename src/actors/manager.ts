@@ -991,6 +991,14 @@ export class ManagerNode {
         this.run(core.redispatch(session, now()));
       }
     }
+    if (known && known.client === client) {
+      const d = core.diagnose(session, now());
+      if (d) {
+        this.log.warn({ session, client, answered: known.answered, lastReq: known.lastReq, server: known.server, why: d.reason }, "client re-synced while its session had nothing at a server");
+        if (d.reason === "request missing from the table") await this.replaySession(client, session, known.lastReq, clientLastReq);
+        this.run(d.effects);
+      }
+    }
     const { entry, effects } = core.resume(client, session, now());
     if (!entry) {
       const rec = await this.rt.kv.sessions.get(session).catch(() => null);

@@ -372,6 +372,43 @@ export class ManagerCore {
 
   // ---- acknowledgements of what the actor sent ----------------------------------------
 
+  /**
+   * Why a session with unanswered requests has nothing at a server (its client is waiting),
+   * and a nudge: a server restart marked in flight is retried, and the pump runs again. For a
+   * client's re-sync; the answer goes to the log so a stall says what held it.
+   */
+  diagnose(session: string, now: number): { reason: string; effects: Effect[] } | null {
+    const s = this.sessions.get(session);
+    if (!s || s.answered >= s.lastReq || s.dispatched !== 0) return null;
+    const req = s.requests.get(s.answered + 1);
+    const srv = s.server ? this.servers.get(s.server) : undefined;
+    const c = this.clients.get(s.client);
+    const reason = !req
+      ? "request missing from the table"
+      : req.rejected
+        ? "request rejected, its error response not seen"
+        : !s.server
+          ? "no server for the service"
+          : !srv
+            ? "server unknown"
+            : !srv.alive
+              ? "server dead"
+              : srv.presumed
+                ? "server not re-registered since the takeover"
+                : !s.serverSynced
+                  ? srv.restartInFlight
+                    ? "server restart in flight"
+                    : "server not restarted yet"
+                  : now < s.dispatchRetryAt
+                    ? "dispatch backing off"
+                    : c && !c.synced
+                      ? "client not restarted yet"
+                      : "nothing (pump ran again)";
+    if (srv && srv.restartInFlight && now >= srv.restartRetryAt) srv.restartInFlight = false;
+    const effects = this.tick(now);
+    return { reason, effects };
+  }
+
   /** Send the request at the server again (it may have lost it); the server ignores a duplicate it runs. */
   redispatch(session: string, now: number): Effect[] {
     const s = this.sessions.get(session);

@@ -64,7 +64,8 @@ export async function openCursor(js: JetStreamClient, jsm: JetStreamManager, str
     max_waiting: 16,
     num_replicas: 1,
     mem_storage: true,
-    inactive_threshold: 60_000 * 1_000_000,
+    // Long enough to outlive any NATS outage the manager rides through (it resumes on reconnect).
+    inactive_threshold: 10 * 60_000 * 1_000_000,
   });
   return js.consumers.get(stream, name);
 }

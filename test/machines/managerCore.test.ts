@@ -314,3 +314,16 @@ describe("manager core - a request stuck at its server", () => {
     expect(core.redispatch("A", 5002)).toEqual([]);
   });
 });
+
+describe("manager core - diagnosing a waiting session", () => {
+  it("says what holds a session with unanswered requests and nothing at a server", () => {
+    const core = new ManagerCore(LIMITS, 1);
+    core.open({ session: "W", client: "c", service: "svc", ordered: true, maxPending: 5 }, 0); // no server yet
+    core.onRequest({ seq: ++seq, client: "c", session: "W", n: 1, kind: "request", payload: 1, size: 1 }, 0, false);
+    expect(core.diagnose("W", 10)?.reason).toBe("no server for the service");
+    core.registerServer("s1", "svc", 1, 20); // takes the waiting session: a restart goes out
+    expect(core.diagnose("W", 30)?.reason).toBe("server restart in flight");
+    core.serverRestartAcked({ server: "s1", working: [] }, 40); // dispatches
+    expect(core.diagnose("W", 50)).toBeNull(); // something is at the server now
+  });
+});
