@@ -57,8 +57,6 @@ export interface HedgingStatus {
   tokens: number;
   p95Ms: number | null;
   samples: number;
-  /** Hedged requests in flight on this primary. */
-  inFlight?: number;
 }
 
 export interface ManagerStatus {
@@ -1115,20 +1113,36 @@ export class ManagerNode {
     return this.requester;
   }
 
+  /** Send request n of a session to a server; true when the server acknowledged it. */
+  private sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
+    const s = this.core?.sessions.get(session);
+    const req = s?.requests.get(n);
+    if (!s || !req) return Promise.resolve(false);
+    const work: WorkMsg = {
+      epoch,
+      session,
+      client: s.client,
+      service: s.service,
+      n,
+      kind: req.kind,
+      payload: req.payload,
+      restart: s.serverRestart,
+      ...(copy !== undefined ? { copy } : {}),
+    };
+    const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
+    return this.req()
+      .request(this.rt.names.srv(server, "work"), encode(work), { timeout: this.rt.config.ackTimeoutMs, headers })
+      .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
+  }
+
   /** What the hedging proxies of an epoch do on the wire. */
   private hedgeEffects(epoch: number) {
     const { rt } = this;
     const timeout = rt.config.ackTimeoutMs;
     const ok = (r: { data: Uint8Array }) => (decode(r.data) as Reply<unknown>).ok;
     return {
-      sendCopy: async (server: string, session: string, n: number, copy: number): Promise<boolean> => {
-        const s = this.core?.sessions.get(session);
-        const req = s?.requests.get(n);
-        if (!s || !req || this.actingEpoch !== epoch) return false;
-        const work: WorkMsg = { epoch, session, client: s.client, service: s.service, n, kind: req.kind, payload: req.payload, restart: s.serverRestart, copy };
-        const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
-        return this.req().request(rt.names.srv(server, "work"), encode(work), { timeout, headers }).then(ok, () => false);
-      },
+      sendCopy: (server: string, session: string, n: number, copy: number): Promise<boolean> =>
+        this.actingEpoch === epoch ? this.sendWork(epoch, server, session, n, copy) : Promise.resolve(false),
       cancel: async (server: string, session: string, n: number): Promise<boolean> => {
         if (this.actingEpoch !== epoch) return true; // not ours to finish any more
         const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
@@ -1166,32 +1180,10 @@ export class ManagerNode {
         const s = core.sessions.get(e.session);
         const req = s?.requests.get(e.n);
         if (!s || !req) return;
-        if (s.hedge && this.proxies) {
-          this.proxies.dispatch(e.session, e.n, e.server, (ok) => {
-            if (ok) core.dispatchAcked(e.session, e.n);
-            else this.run(core.dispatchFailed(e.session, e.n, now()));
-          });
-          return;
-        }
-        const work: WorkMsg = {
-          epoch,
-          session: s.id,
-          client: s.client,
-          service: s.service,
-          n: e.n,
-          kind: req.kind,
-          payload: req.payload,
-          restart: s.serverRestart,
-        };
-        const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: req.kind });
-        this.req()
-          .request(rt.names.srv(e.server, "work"), encode(work), { timeout, headers })
-          .then((r) => {
-            const rep = decode(r.data) as Reply<unknown>;
-            if (rep.ok) core.dispatchAcked(e.session, e.n);
-            else this.run(core.dispatchFailed(e.session, e.n, now()));
-          })
-          .catch(() => this.run(core.dispatchFailed(e.session, e.n, now())));
+        const acked = (ok: boolean) => (ok ? core.dispatchAcked(e.session, e.n) : this.run(core.dispatchFailed(e.session, e.n, now())));
+        // A hedged session's proxy sends the copies (the first one to this server).
+        if (s.hedge && this.proxies) this.proxies.dispatch(e.session, e.n, e.server, acked);
+        else void this.sendWork(epoch, e.server, e.session, e.n).then(acked);
         return;
       }
       case "answered": {

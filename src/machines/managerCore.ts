@@ -404,8 +404,11 @@ export class ManagerCore {
                     : c && !c.synced
                       ? "client not restarted yet"
                       : "nothing (pump ran again)";
+    // The periodic tick retries the restart once its in-flight mark is cleared; this session's
+    // pump runs now (no sweep of the whole table for one client's re-sync).
     if (srv && srv.restartInFlight && now >= srv.restartRetryAt) srv.restartInFlight = false;
-    const effects = this.tick(now);
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
     return { reason, effects };
   }
 
@@ -544,20 +547,18 @@ export class ManagerCore {
     effects.push({ type: "restartServer", server, sessions });
   }
 
-  private pickServer(service: string): string | null {
-    let best: ServerEntry | null = null;
-    let bestLoad = Infinity;
+  /** Live servers of a service, least loaded (sessions per unit of capacity) first. */
+  private byLoad(service: string, exclude: readonly string[] = []): ServerEntry[] {
     const load = new Map<string, number>();
     for (const s of this.sessions.values()) if (s.server) load.set(s.server, (load.get(s.server) ?? 0) + 1);
-    for (const srv of this.servers.values()) {
-      if (srv.service !== service || !srv.alive || srv.presumed) continue;
-      const l = (load.get(srv.id) ?? 0) / Math.max(1, srv.capacity);
-      if (l < bestLoad) {
-        best = srv;
-        bestLoad = l;
-      }
-    }
-    return best ? best.id : null;
+    const perCapacity = (v: ServerEntry) => (load.get(v.id) ?? 0) / Math.max(1, v.capacity);
+    return [...this.servers.values()]
+      .filter((v) => v.service === service && v.alive && !v.presumed && !exclude.includes(v.id))
+      .sort((a, b) => perCapacity(a) - perCapacity(b));
+  }
+
+  private pickServer(service: string): string | null {
+    return this.byLoad(service)[0]?.id ?? null;
   }
 
   private serverDown(srv: ServerEntry, now: number, effects: Effect[]): void {
@@ -704,14 +705,9 @@ export class ManagerCore {
   hedgeTargets(session: string, exclude: string[], want: number): string[] {
     const s = this.sessions.get(session);
     if (!s?.hedge || want <= 0) return [];
-    const load = new Map<string, number>();
-    for (const x of this.sessions.values()) if (x.server) load.set(x.server, (load.get(x.server) ?? 0) + 1);
-    const candidates = [...this.servers.values()]
-      .filter((v) => v.service === s.service && v.alive && !v.presumed && !exclude.includes(v.id))
-      .sort((a, b) => (load.get(a.id) ?? 0) / a.capacity - (load.get(b.id) ?? 0) / b.capacity);
     const out: string[] = [];
     const budget = this.budget(s.service);
-    for (const c of candidates) {
+    for (const c of this.byLoad(s.service, exclude)) {
       if (out.length >= want || !budget.tryWithdraw()) break;
       out.push(c.id);
     }

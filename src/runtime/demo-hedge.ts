@@ -4,19 +4,11 @@
  * with it. Prints p50/p99 of both runs, the extra server work hedging spent, and checks the
  * ledger: every transfer applied exactly once (I4), the total conserved.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync, rmSync } from "node:fs";
-import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
-import { NatsServer } from "./nats-server.js";
+import { bold, DemoStage, dim, say } from "./demo-kit.js";
 import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, type KvLedger } from "./ledger.js";
-
-const CLI = fileURLToPath(new URL("./cli.js", import.meta.url));
-const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
-const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
 
 interface Status {
   node: string;
@@ -25,51 +17,22 @@ interface Status {
 }
 
 export async function hedgeDemo(perClient: number): Promise<void> {
-  const dir = resolve(".tandem", "demo-hedge");
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(join(dir, "logs"), { recursive: true });
-  const say = (s = "") => process.stdout.write(`${s}\n`);
   say(bold("Tandem demo: hedged requests"));
   say("One of three servers is a straggler: 15 % of its calls take 500 ms longer (5 % of all calls).");
   say("The same ledger transfers go out twice, without and with hedging: with hedging, a request");
   say("without a response after the service's learned p95 goes to a second server too; the first");
   say("result wins and the other copy is cancelled. Each transfer must change the ledger once.\n");
 
-  const nats = await NatsServer.start({ storeDir: join(dir, "nats") });
-  const env = { ...process.env, NATS_URL: nats.url, TANDEM_LOG_JSON: "1", TANDEM_LOG_LEVEL: "info" };
-  const procs: ChildProcess[] = [];
-  const start = (name: string, args: string[]): ChildProcess => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    child.stderr!.pipe(createWriteStream(join(dir, "logs", `${name}.log`)));
-    procs.push(child);
-    return child;
-  };
-  const status = async (): Promise<Status | null> => {
-    const out = await new Promise<string>((res) => {
-      const c = spawn(process.execPath, [CLI, "status", "--json"], { env: { ...env, TANDEM_LOG_LEVEL: "error" }, stdio: ["ignore", "pipe", "ignore"] });
-      let s = "";
-      c.stdout!.on("data", (d) => (s += d));
-      c.once("exit", () => res(s));
-    });
-    try {
-      return JSON.parse(out) as Status;
-    } catch {
-      return null;
-    }
-  };
+  const stage = await DemoStage.open("demo-hedge");
+  const start = (name: string, args: string[]) => stage.start(name, args);
+  const status = () => stage.status<Status>();
   try {
     start("manager", ["manager", "--node", "manager-a"]);
     for (let i = 1; i <= 3; i++) {
       const straggle = i === 1 ? ["--straggle-pct", "15", "--straggle-ms", "500"] : [];
       start(`ledger-${i}`, ["server", "--service", "ledger", "--work", "ledger", "--store", "kv", "--id", i === 1 ? "ledger-straggler" : `ledger-${i}`, ...straggle]);
     }
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const st = await status();
-      if (st && st.servers.filter((s) => s.alive).length >= 3) break;
-      if (Date.now() > deadline) throw new Error("the deployment did not come up within 30 s; see .tandem/demo-hedge/logs");
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await stage.waitFor<Status>((st) => st.servers.filter((s) => s.alive).length >= 3);
     say(`  nats-server, a manager, three servers ${dim("tandem server --work ledger --store kv [--straggle-pct 15]")}\n`);
 
     const runOnce = async (label: string, extra: string[]) => {
@@ -119,7 +82,7 @@ export async function hedgeDemo(perClient: number): Promise<void> {
     say(`  sent after the learned p95 of ${after.p95Ms ?? "?"} ms; every losing copy was cancelled.`);
 
     // I4: read the ledger.
-    const nc = await connect({ servers: nats.url });
+    const nc = await connect({ servers: stage.nats.url });
     const kv = await new Kvm(nc).open("tandem_ledger");
     const ledger = (await kv.get(LEDGER_KEY))!.json<{ v: KvLedger }>().v;
     await nc.close();
@@ -134,11 +97,8 @@ export async function hedgeDemo(perClient: number): Promise<void> {
       process.exitCode = 1;
     }
     say("");
-    say(dim(`Process logs (pino JSON): ${join(dir, "logs")}. Try: tandem status --session <id> for who won each request.`));
+    say(dim(`Process logs (pino JSON): ${stage.logs}. Try: tandem status --session <id> for who won each request.`));
   } finally {
-    for (const c of procs) if (c.exitCode === null) c.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 300));
-    for (const c of procs) if (c.exitCode === null) c.kill("SIGKILL");
-    await nats.cleanup();
+    await stage.stop();
   }
 }

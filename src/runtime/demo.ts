@@ -2,15 +2,10 @@
  * `tandem demo` (what `npm start` runs): a real deployment of separate processes on an
  * embedded nats-server, a progress bar, one server killed with SIGKILL midway, and a summary.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync, rmSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { NatsServer } from "./nats-server.js";
-
-const CLI = fileURLToPath(new URL("./cli.js", import.meta.url));
+import { bold, DemoStage, dim, say } from "./demo-kit.js";
 
 interface Line {
   type: string;
@@ -22,13 +17,6 @@ interface Line {
   error?: string;
 }
 
-interface Proc {
-  name: string;
-  child: ChildProcess;
-}
-
-const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
-const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
 
 export async function cmdDemo(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -46,43 +34,25 @@ export async function cmdDemo(argv: string[]): Promise<void> {
     return hedgeDemo(perClient);
   }
   const kill = values["no-kill"] !== true;
-  const dir = resolve(".tandem", "demo");
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(join(dir, "logs"), { recursive: true });
-
-  const say = (s = "") => process.stdout.write(`${s}\n`);
   say(bold("Tandem demo"));
   say("Clients hand requests to a manager, which keeps every request, response and restart");
   say("checkpoint in NATS JetStream and routes the work to servers. We will kill a server, then");
   say("the primary manager, and check that nothing is lost and nothing arrives twice.\n");
 
-  const nats = await NatsServer.start({ storeDir: join(dir, "nats") });
-  say(`  1. nats-server with JetStream      ${dim(nats.url)}`);
-  const env = { ...process.env, NATS_URL: nats.url, TANDEM_LOG_JSON: "1", TANDEM_LOG_LEVEL: "info" };
-  const procs: Proc[] = [];
-  const start = (name: string, args: string[]): ChildProcess => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    child.stderr!.pipe(createWriteStream(join(dir, "logs", `${name}.log`)));
-    procs.push({ name, child });
-    return child;
-  };
-  const cleanup = async () => {
-    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
-    await nats.cleanup();
-  };
-  process.once("SIGINT", () => {
-    void cleanup().finally(() => process.exit(130));
-  });
+  const stage = await DemoStage.open("demo");
+  const { dir } = stage;
+  const start = (name: string, args: string[]) => stage.start(name, args);
+  say(`  1. nats-server with JetStream      ${dim(stage.nats.url)}`);
 
   try {
     start("manager-a", ["manager", "--node", "manager-a"]);
-    await waitFor(nats.url, (st) => st.node === "manager-a");
+    await stage.waitFor<DemoStatus>((st) => st.node === "manager-a");
     start("manager-b", ["manager", "--node", "manager-b"]);
     say(`  2. two managers: a primary and a standby that receives its backups  ${dim("tandem manager")}`);
     const servers = ["demo-server-1", "demo-server-2"];
     for (const id of servers) start(id, ["server", "--service", "demo", "--work", "sleep", "--sleep-ms", "8", "--id", id]);
     say(`  3. two servers of service "demo"   ${dim("tandem server --service demo --work sleep")}`);
-    await waitFor(nats.url, (st) => st.servers.filter((x) => x.alive).length >= 2 && st.standbys.length >= 1);
+    await stage.waitFor<DemoStatus>((st) => st.servers.filter((x) => x.alive).length >= 2 && st.standbys.length >= 1);
 
     const clients = 3;
     const total = clients * perClient;
@@ -153,14 +123,14 @@ export async function cmdDemo(argv: string[]): Promise<void> {
         say(`  ${bar(done)}`);
       }
       if (kill && !killedAt && done >= total * 0.3) {
-        const victim = procs.find((p) => p.name === servers[0])!;
+        const victim = stage.find(servers[0]!)!;
         victim.child.kill("SIGKILL");
         killedAt = performance.now();
         if (!tty) say(`  -- SIGKILL ${servers[0]} (pid ${victim.child.pid}) --`);
       }
       // The primary dies only after the server failover is over, so each story reads alone.
       if (kill && !managerKilledAt && movedFirst > 0 && done >= total * 0.6) {
-        const victim = procs.find((p) => p.name === "manager-a")!;
+        const victim = stage.find("manager-a")!;
         victim.child.kill("SIGKILL");
         managerKilledAt = performance.now();
         if (!tty) say(`  -- SIGKILL the primary manager (pid ${victim.child.pid}) --`);
@@ -202,14 +172,11 @@ export async function cmdDemo(argv: string[]): Promise<void> {
       say(`  nothing was lost or duplicated (see above).`);
     }
     say("");
-    say(dim(`Process logs (pino JSON): ${join(dir, "logs")}`));
+    say(dim(`Process logs (pino JSON): ${stage.logs}`));
     say(dim("Next: README.md shows the API, the CLI and the guarantees; `npm test` proves them."));
     if (lost !== 0 || duplicates !== 0) process.exitCode = 1;
   } finally {
-    for (const p of procs) if (!p.name.startsWith("manager") && p.child.exitCode === null) p.child.kill("SIGTERM");
-    for (const p of procs) if (p.name.startsWith("manager") && p.child.exitCode === null) p.child.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 300));
-    await cleanup();
+    await stage.stop();
   }
 }
 
@@ -217,23 +184,4 @@ interface DemoStatus {
   node: string;
   servers: Array<{ alive: boolean }>;
   standbys: Array<{ node: string }>;
-}
-
-async function waitFor(url: string, ok: (st: DemoStatus) => boolean): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const out = await new Promise<string>((res) => {
-      const c = spawn(process.execPath, [CLI, "status", "--json"], { env: { ...process.env, NATS_URL: url, TANDEM_LOG_LEVEL: "error" }, stdio: ["ignore", "pipe", "ignore"] });
-      let s = "";
-      c.stdout!.on("data", (d) => (s += d));
-      c.once("exit", () => res(s));
-    });
-    try {
-      if (ok(JSON.parse(out) as DemoStatus)) return;
-    } catch {
-      /* manager not primary yet */
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error("the deployment did not come up within 30 s; see .tandem/demo/logs");
 }
