@@ -19,10 +19,12 @@ import type {
 } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import type { Runtime } from "../runtime/runtime.js";
+import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { readSessionInfo, type SessionInfo } from "../runtime/session-info.js";
 import { decode, encode, Header, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
+import { publishToQueue } from "../runtime/queue-publish.js";
+import { trace } from "../runtime/trace.js";
 import { parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
@@ -175,6 +177,7 @@ export class TandemClient {
         throw malformed("deliver: needs epoch, session and n");
       }
       d = v as unknown as DeliverMsg;
+      trace("client.delivered", d.session, d.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
       replyError(m, te);
@@ -447,8 +450,11 @@ export class ClientSession {
    * is acknowledged: it is answered even if this process or the manager dies.
    */
   async request(payload: unknown, opts: RequestOptions = {}): Promise<unknown> {
-    const { response } = await this.send(payload, opts);
+    trace("client.send", this.id, this.lastReq + 1); // the number send() takes, for sequential use
+    const { n, response } = await this.send(payload, opts);
+    trace("client.queued", this.id, n);
     const r = await response;
+    trace("client.handed", this.id, r.n);
     if (!r.ok) throw r.error!;
     return r.value;
   }
@@ -465,17 +471,10 @@ export class ClientSession {
         context: { session: this.id, maxPending: this.maxPending },
       });
     }
-    const size = encode(payload ?? null).length;
-    if (size > this.maxPayload) {
-      throw new TandemError(ErrorCode.PayloadTooLarge, `payload is ${size} bytes; the limit is ${this.maxPayload}`, {
-        context: { size, limit: this.maxPayload },
-      });
-    }
-    const n = ++this.lastReq;
+    const n = this.lastReq + 1;
     const kind = opts.kind ?? "request";
     // Receipts handed over but not yet committed ride on this request (one write less).
     const carry = this.handed > this.taken && this.handed > this.carrying ? this.handed : 0;
-    if (carry) this.carrying = carry;
     const body = {
       n,
       kind,
@@ -483,8 +482,19 @@ export class ClientSession {
       ...(opts.restart !== undefined ? { restart: opts.restart } : {}),
       ...(carry ? { taken: carry } : {}),
     };
-    const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     const data = encode(body);
+    // The body bounds the payload: measure the payload alone only when the body is over the limit.
+    if (data.length > this.maxPayload) {
+      const size = encode(payload ?? null).length;
+      if (size > this.maxPayload) {
+        throw new TandemError(ErrorCode.PayloadTooLarge, `payload is ${size} bytes; the limit is ${this.maxPayload}`, {
+          context: { size, limit: this.maxPayload },
+        });
+      }
+    }
+    this.lastReq = n;
+    if (carry) this.carrying = carry;
+    const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     this.unanswered.set(n, { data, kind });
     await this.publishDurable(n, data, kind);
     if (opts.restart !== undefined) this.restartData = opts.restart;
@@ -497,9 +507,10 @@ export class ClientSession {
     let delay = 50;
     for (let attempt = 0; ; attempt++) {
       try {
-        await rt.js.publish(rt.names.req(this.client.id, this.id), data, {
+        await publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, {
           msgID,
           headers: makeHeaders({ session: this.id, request: n, epoch: this.epoch, kind, client: this.client.id }),
+          timeout: JS_TIMEOUT_MS,
         });
         return;
       } catch (err) {

@@ -27,6 +27,7 @@ import { ErrorCode, TandemError } from "../runtime/errors.js";
 import { byEpoch, FencedError, FencedKv } from "../runtime/fenced-kv.js";
 import { dropCursors, isWrongLastSequence, openCursor, readLastPerSubject, untilJetStream } from "../runtime/jetstream.js";
 import { newId } from "../runtime/ids.js";
+import { trace } from "../runtime/trace.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import {
@@ -450,36 +451,39 @@ export class ManagerNode {
   }
 
   private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number): Promise<void> {
-    const messages = await consumer.consume({ max_messages: 512, expires: 2000, abort_on_missing_resource: true });
-    this.consumerRefs[which] = consumer;
-    this.applied[which] = 0;
     const gen = ++this.consumerGen[which];
-    this.consumers.push(messages);
-    void (async () => {
-      try {
-        for await (const m of messages) {
-          if (this.actingEpoch !== epoch || this.consumerGen[which] !== gen) break;
-          try {
-            if (which === "req") this.onRequestMsg(m);
-            else this.onResponseMsg(m);
-          } catch (err) {
-            this.log.error({ err, subject: m.subject, seq: m.seq }, "failed to apply a queue message");
-          }
-          this.applied[which]++;
-          // A seq with nothing for us (deleted session) still moves the cursor.
-          if (this.core) {
-            if (which === "req") this.core.reqSeq = Math.max(this.core.reqSeq, m.seq);
-            else this.core.respSeq = Math.max(this.core.respSeq, m.seq);
-          }
+    this.applied[which] = 0;
+    const current = () => this.actingEpoch === epoch && this.consumerGen[which] === gen;
+    // Callback mode: each message is applied in the subscription's own callback, with no
+    // async iterator between the socket and the table (one queue hop less per message).
+    const messages = await consumer.consume({
+      max_messages: 512,
+      expires: 2000,
+      abort_on_missing_resource: true,
+      callback: (m) => {
+        if (!current()) return;
+        try {
+          if (which === "req") this.onRequestMsg(m);
+          else this.onResponseMsg(m);
+        } catch (err) {
+          this.log.error({ err, subject: m.subject, seq: m.seq }, "failed to apply a queue message");
         }
-      } catch (err) {
-        if (this.actingEpoch === epoch && this.consumerGen[which] === gen) this.log.warn({ err, which }, "consumer ended");
-      }
+        this.applied[which]++;
+        // A seq with nothing for us (deleted session) still moves the cursor.
+        if (this.core) {
+          if (which === "req") this.core.reqSeq = Math.max(this.core.reqSeq, m.seq);
+          else this.core.respSeq = Math.max(this.core.respSeq, m.seq);
+        }
+      },
+    });
+    this.consumerRefs[which] = consumer;
+    this.consumers.push(messages);
+    void messages.closed().then((err) => {
+      if (!current()) return;
+      if (err) this.log.warn({ err, which }, "consumer ended");
       // Our consumer was deleted (a newer primary took it over) or ended: we must stop acting.
-      if (this.actingEpoch === epoch && this.consumerGen[which] === gen) {
-        this.fenced(epoch, `${which} consumer lost`);
-      }
-    })();
+      this.fenced(epoch, `${which} consumer lost`);
+    });
   }
 
   /**
@@ -545,6 +549,7 @@ export class ManagerNode {
       if (parsed.taken !== undefined) {
         this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
       }
+      trace("manager.request", parsed.request.session, parsed.request.n);
       const effects = core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying);
       if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
         void this.unknownSession(parsed.request.session, effects);
@@ -585,6 +590,7 @@ export class ManagerNode {
     if (parsed.type === "checkpoint") {
       this.run(core.onCheckpoint({ seq: m.seq, ...parsed.body }));
     } else {
+      trace("manager.response", parsed.body.session, parsed.body.n);
       this.run(core.onResponse({ seq: m.seq, ...parsed.body }, now()));
     }
   }
@@ -1130,6 +1136,7 @@ export class ManagerNode {
       ...(copy !== undefined ? { copy } : {}),
     };
     const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
+    trace("manager.dispatch", session, n);
     return this.req()
       .request(this.rt.names.srv(server, "work"), encode(work), { timeout: this.rt.config.ackTimeoutMs, headers })
       .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
@@ -1200,6 +1207,7 @@ export class ManagerNode {
         if (!s || !resp) return;
         const msg: DeliverMsg = { epoch, session: s.id, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
         const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response" });
+        trace("manager.deliver", s.id, e.n);
         this.req()
           .request(rt.names.cli(e.client, "deliver"), encode(msg), { timeout, headers })
           .then((r) => {

@@ -5,13 +5,15 @@
  */
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromPromise, waitFor, type Actor } from "xstate";
-import { serverSessionMachine } from "../machines/serverSessionMachine.js";
+import { serverSessionMachine, type ServerSessionEvent } from "../machines/serverSessionMachine.js";
 import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord, ServerRestartAck, WorkMsg } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import type { Runtime } from "../runtime/runtime.js";
+import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
+import { publishToQueue } from "../runtime/queue-publish.js";
+import { trace } from "../runtime/trace.js";
 import { FenceLost, type FencedStore } from "../runtime/store.js";
 import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
@@ -69,6 +71,9 @@ export class TandemServer {
   private subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private running = new Map<string, Running>();
+  /** Work started minus finished in this I/O turn, not yet applied to the machine (see note()). */
+  private notedDelta = 0;
+  private noteScheduled = false;
   private waiting: Array<() => void> = [];
   private active = 0;
   private epoch = 0;
@@ -94,6 +99,7 @@ export class TandemServer {
   }
 
   get state(): string {
+    this.applyNoted();
     const v = this.actor?.getSnapshot().value;
     return typeof v === "string" ? v : JSON.stringify(v);
   }
@@ -131,7 +137,7 @@ export class TandemServer {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.heartbeatTimer);
-    this.actor?.send({ type: "STOP" });
+    this.send({ type: "STOP" });
     if (this.actor) await waitFor(this.actor, (s) => s.status === "done", { timeout: 30_000 }).catch(() => {});
     for (const s of this.subs) s.unsubscribe();
   }
@@ -170,7 +176,7 @@ export class TandemServer {
       if (rep.epoch < this.epoch) return; // a stale manager answered; ignore it (I5)
       if (rep.reregister) {
         this.log.info({ epoch: rep.epoch }, "manager does not know this server; registering again");
-        this.actor?.send({ type: "REREGISTER" });
+        this.send({ type: "REREGISTER" });
       }
     } catch {
       /* no manager right now: the registration or the next heartbeat will tell */
@@ -201,7 +207,7 @@ export class TandemServer {
       return;
     }
     if (this.stale(m, msg.epoch)) return;
-    this.actor?.send({ type: "RESTART", epoch: msg.epoch });
+    this.send({ type: "RESTART", epoch: msg.epoch });
     // Reconcile: report the work of these sessions still running here, so it is not sent twice.
     const mine = new Set(msg.sessions.map((s) => s.session));
     const working = [...this.running.values()].filter((r) => mine.has(r.session)).map((r) => ({ session: r.session, n: r.n }));
@@ -224,6 +230,34 @@ export class TandemServer {
     }
   }
 
+  /**
+   * Work started (+1) and finished (-1) are bookkeeping for the machine (ready <-> working):
+   * they are summed over the current I/O turn and applied after it, so a machine step (tens of
+   * µs) is neither on the way from a work message to its handler nor paid per request under
+   * load. The machine ends where the events one by one would take it (its state follows
+   * inFlight). Any other event applies them first.
+   */
+  private note(delta: 1 | -1): void {
+    if (!this.noteScheduled) {
+      this.noteScheduled = true;
+      setImmediate(() => this.applyNoted());
+    }
+    this.notedDelta += delta;
+  }
+
+  private applyNoted(): void {
+    this.noteScheduled = false;
+    const d = this.notedDelta;
+    this.notedDelta = 0;
+    const type = d > 0 ? "WORK_STARTED" : "WORK_FINISHED";
+    for (let i = 0; i < Math.abs(d); i++) this.actor?.send({ type });
+  }
+
+  private send(e: ServerSessionEvent): void {
+    this.applyNoted();
+    this.actor?.send(e);
+  }
+
   private onWork(m: Msg): void {
     let w: WorkMsg;
     try {
@@ -232,6 +266,7 @@ export class TandemServer {
         throw malformed("work: needs session, client and n");
       }
       w = v as unknown as WorkMsg;
+      trace("server.work", w.session, w.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
       replyError(m, te);
@@ -253,21 +288,26 @@ export class TandemServer {
     const run: Running = { session: w.session, n: w.n, abort: new AbortController() };
     this.running.set(key, run);
     replyOk(m, { accepted: true });
+    // After the acknowledgement is on its way (its write is queued first): a handler that
+    // computes for a long time without yielding must not hold the acknowledgement back, or the
+    // manager would give its work to another server meanwhile.
+    queueMicrotask(() => void this.execute(w, run));
     if (w.copy !== undefined) {
       // A hedged copy: record that this server took it (shown by `tandem status --session`).
       const rec = { server: this.id, n: w.n, copy: w.copy, at: new Date().toISOString() };
       this.rt.kv.sessions.put(`${w.session}.took.${w.n}.${this.id}`, encode(rec)).catch((err) => this.log.debug({ err }, "could not record a hedged copy"));
     }
-    void this.execute(w, run);
   }
 
-  private async slot(): Promise<void> {
+  /** A free slot is taken at once (no await), so an idle server's handler starts synchronously. */
+  private slot(): Promise<void> | undefined {
     if (this.active < this.capacity) {
       this.active++;
-      return;
+      return undefined;
     }
-    await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
+    return new Promise<void>((r) => this.waiting.push(r)).then(() => {
+      this.active++;
+    });
   }
 
   private release(): void {
@@ -277,8 +317,9 @@ export class TandemServer {
 
   private async execute(w: WorkMsg, run: Running): Promise<void> {
     const key = `${w.session}.${w.n}`;
-    await this.slot();
-    this.actor?.send({ type: "WORK_STARTED" });
+    const queued = this.slot();
+    if (queued) await queued;
+    this.note(1);
     this.stats.started++;
     const log = this.log.child({ session: w.session, n: w.n });
     let restart: unknown = (w.restart as RestartRecord | null)?.data;
@@ -353,14 +394,16 @@ export class TandemServer {
       this.finish(key);
       return;
     }
+    trace("server.done", w.session, w.n);
     await this.storeResponse(subject, w, body);
+    trace("server.stored", w.session, w.n);
     this.finish(key);
   }
 
   private finish(key: string): void {
     this.running.delete(key);
     this.release();
-    this.actor?.send({ type: "WORK_FINISHED" });
+    this.note(-1);
   }
 
   /** The response must reach the queue: retry (same message id, so at most one is stored). */
@@ -368,9 +411,10 @@ export class TandemServer {
     let delay = 50;
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.rt.js.publish(subject, encode(body), {
+        await publishToQueue(this.rt.requester, subject, encode(body), {
           msgID: `${w.session}.${w.n}`,
           headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id }),
+          timeout: JS_TIMEOUT_MS,
         });
         return;
       } catch (err) {

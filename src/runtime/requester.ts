@@ -19,13 +19,15 @@ const TIMEOUT = new TandemError(ErrorCode.NoManager, "no reply in time");
 const NO_RESPONDERS = new TandemError(ErrorCode.NoManager, "nobody listens on the subject");
 
 export class Requester {
-  private readonly prefix = createInbox();
+  private readonly prefix: string;
   private seq = 0;
   private readonly pending = new Map<string, Pending>();
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
 
-  constructor(private readonly nc: NatsConnection) {
+  /** `inboxPrefix`: the connection's own (a secured user may only receive on its prefix). */
+  constructor(private readonly nc: NatsConnection, inboxPrefix?: string) {
+    this.prefix = createInbox(inboxPrefix);
     const skip = this.prefix.length + 1;
     this.sub = nc.subscribe(`${this.prefix}.*`, {
       callback: (err, m) => {

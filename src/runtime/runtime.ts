@@ -7,10 +7,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { existsSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "./config.js";
+import { inboxPrefixFor } from "./auth.js";
 import { connectNats } from "./connection.js";
 import type { Logger } from "./logger.js";
 import { NatsServer } from "./nats-server.js";
 import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js";
+import { Requester } from "./requester.js";
 import { Names } from "./wire.js";
 
 /** Ack timeout of JetStream publishes (acks take < 200 ms at p99.9 under load; CPU-starved
@@ -24,6 +26,8 @@ export interface Runtime {
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
   readonly kv: Buckets;
+  /** Request/reply over one wildcard inbox (the hot paths' publishes and requests). */
+  readonly requester: Requester;
   /** Replicas of the streams and buckets (resolved from `replicas: 0` = auto). */
   readonly replicas: number;
   readonly logger: Logger;
@@ -135,6 +139,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
       await new Promise((r) => setTimeout(r, delay));
     }
   }
+  const requester = new Requester(nc, config.natsUser ? inboxPrefixFor(config.natsUser) : undefined);
   let closed = false;
   return {
     config,
@@ -143,12 +148,14 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     js,
     jsm,
     kv,
+    requester,
     replicas,
     logger,
     embedded,
     async close() {
       if (closed) return;
       closed = true;
+      requester.close();
       await nc.drain().catch(() => nc.close());
       if (embedded) await stopEmbedded(embedded, config.dataDir);
     },

@@ -4,7 +4,11 @@ import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { TandemError } from "../../src/runtime/errors.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
+import { setTraceDir } from "../../src/runtime/trace.js";
 import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 let ns: NatsServer;
 let rt: Runtime & { logs: () => Array<Record<string, unknown>> };
@@ -50,6 +54,37 @@ describe("brokered sessions", () => {
     const client = await TandemClient.connect(rt);
     const s = await client.open("svc");
     await expect(s.request({ v: "hello" })).resolves.toEqual({ echo: "hello", n: 1 });
+    await client.close();
+  });
+
+  it("server machine - working while handlers run, ready again when they are done", async () => {
+    const server = servers[0]!;
+    const client = await TandemClient.connect(rt);
+    const s = await client.open("svc");
+    await eventually(() => server.state.includes("ready"), "the server is ready");
+    const answers = [1, 2, 3].map(() => s.request({ op: "slow", ms: 400 }));
+    await eventually(() => server.state.includes("working"), "the server is working");
+    await Promise.all(answers);
+    await eventually(() => server.state.includes("ready"), "the server is ready again", 5000);
+    await client.close();
+  });
+
+  it("trace - with tracing on, a round trip records each stage of its path, in path order (bench --part path)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tandem-trace-test-"));
+    const client = await TandemClient.connect(rt);
+    const s = await client.open("svc");
+    setTraceDir(dir);
+    await s.request({ v: "traced" });
+    setTraceDir(null);
+    await s.request({ v: "not traced" });
+    const lines = readFileSync(join(dir, `${process.pid}.txt`), "utf8").trim().split("\n").map((l) => l.split(" "));
+    rmSync(dir, { recursive: true, force: true });
+    const path = ["client.send", "manager.request", "manager.dispatch", "server.work", "server.done", "manager.response", "manager.deliver", "client.delivered", "client.handed"];
+    const mine = lines.filter(([, key]) => key === `${s.id}.1`);
+    const at = new Map(mine.map(([stage, , t]) => [stage!, Number(t)]));
+    for (const stage of path) expect(at.has(stage), stage).toBe(true);
+    for (let i = 1; i < path.length; i++) expect(at.get(path[i]!)!).toBeGreaterThanOrEqual(at.get(path[i - 1]!)!);
+    expect(lines.some(([, key]) => key === `${s.id}.2`)).toBe(false);
     await client.close();
   });
 
