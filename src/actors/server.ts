@@ -56,10 +56,33 @@ export interface ServerOptions {
   store?: FencedStore;
 }
 
-interface Running {
-  session: string;
-  n: number;
-  abort: AbortController;
+/**
+ * One request in a handler. Its AbortController is made when the handler first looks at its
+ * signal (an AbortController costs microseconds to make; most handlers answer without one).
+ */
+class Running {
+  private controller: AbortController | null = null;
+  aborted = false;
+  reason: unknown = undefined;
+  constructor(
+    readonly session: string,
+    readonly n: number,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
 }
 
 export class TandemServer {
@@ -221,7 +244,7 @@ export class TandemServer {
       if (this.stale(m, v.epoch)) return;
       const r = this.running.get(`${v.session}.${v.n}`);
       if (r) {
-        r.abort.abort(new TandemError(ErrorCode.Cancelled, "cancelled by the manager"));
+        r.abort(new TandemError(ErrorCode.Cancelled, "cancelled by the manager"));
         this.stats.cancelled++;
       }
       replyOk(m, { cancelled: r !== undefined });
@@ -285,7 +308,7 @@ export class TandemServer {
       replyOk(m, { accepted: true, running: true });
       return;
     }
-    const run: Running = { session: w.session, n: w.n, abort: new AbortController() };
+    const run = new Running(w.session, w.n);
     this.running.set(key, run);
     replyOk(m, { accepted: true });
     // After the acknowledgement is on its way (its write is queued first): a handler that
@@ -321,19 +344,25 @@ export class TandemServer {
     if (queued) await queued;
     this.note(1);
     this.stats.started++;
-    const log = this.log.child({ session: w.session, n: w.n });
+    let childLog: Logger | null = null;
+    const log = (): Logger => (childLog ??= this.log.child({ session: w.session, n: w.n }));
     let restart: unknown = (w.restart as RestartRecord | null)?.data;
     let hasRestart = false;
     let checkpoints = 0;
     const subject = this.rt.names.resp(w.client, w.session);
     const store = this.opts.store;
+    // signal and log are made on first use (see Running).
     const ctx: WorkContext = {
-      signal: run.abort.signal,
-      log,
+      get signal() {
+        return run.signal;
+      },
+      get log() {
+        return log();
+      },
       store,
       commit: async <R, Tx>(fn: (tx: Tx) => Promise<R>): Promise<R> => {
         if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
-        const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.abort.signal, fn as (tx: unknown) => Promise<R>);
+        const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.signal, fn as (tx: unknown) => Promise<R>);
         if (!out.won) throw new FenceLost(out.result, out.by);
         this.stats.committed++;
         return out.result;
@@ -353,8 +382,8 @@ export class TandemServer {
             });
             return;
           } catch (err) {
-            if (run.abort.signal.aborted) throw run.abort.signal.reason;
-            if (attempt === 3) log.warn({ err }, "storing a checkpoint keeps failing; retrying");
+            if (run.aborted) throw run.reason;
+            if (attempt === 3) log().warn({ err }, "storing a checkpoint keeps failing; retrying");
             await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 1000)));
           }
         }
@@ -372,14 +401,14 @@ export class TandemServer {
       if (err instanceof FenceLost) {
         // Another duplicate's update is the applied one: answer with its result, change nothing.
         this.stats.fenceLost++;
-        log.info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
+        log().info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
         body = { n: w.n, server: this.id, ok: err.result ?? null };
         if (hasRestart) body.restart = restart;
         await this.storeResponse(subject, w, body);
         this.finish(key);
         return;
       }
-      if (run.abort.signal.aborted) {
+      if (run.aborted) {
         // Cancelled work leaves no response: the request is answered elsewhere or not at all.
         this.finish(key);
         return;
@@ -387,10 +416,10 @@ export class TandemServer {
       const te = err instanceof TandemError ? err : new TandemError(ErrorCode.HandlerFailed, err instanceof Error ? err.message : String(err));
       body = { n: w.n, server: this.id, error: te.toWire() };
       this.stats.failed++;
-      log.warn({ err }, "handler failed; the client gets the error");
+      log().warn({ err }, "handler failed; the client gets the error");
     }
     if (hasRestart) body.restart = restart;
-    if (run.abort.signal.aborted) {
+    if (run.aborted) {
       this.finish(key);
       return;
     }
@@ -433,6 +462,6 @@ export class TandemServer {
   private async drain(): Promise<void> {
     const deadline = Date.now() + 10_000;
     while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const r of this.running.values()) r.abort.abort(new TandemError(ErrorCode.Cancelled, "server stopping"));
+    for (const r of this.running.values()) r.abort(new TandemError(ErrorCode.Cancelled, "server stopping"));
   }
 }
