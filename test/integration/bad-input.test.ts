@@ -106,6 +106,17 @@ describe("bad input is rejected, not lost (I7)", () => {
     await c.close();
   });
 
+  it("malformed response - a response queue entry that is neither a response nor a checkpoint is dead-lettered, the session goes on", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    // Whatever its Tandem-Kind header claims, a body without "ok", "error" or "restart" is neither.
+    await rt.js.publish(rt.names.resp(c.id, s.id), encode({ n: 1, server: "nobody" }), { headers: makeHeaders({ kind: "response" }) });
+    const entry = await dlq("malformed", (b) => b.subject === rt.names.resp(c.id, s.id));
+    expect(entry).toMatchObject({ code: "TANDEM_MALFORMED", message: expect.stringMatching(/a response needs "ok" or "error"/) });
+    await expect(s.request("after")).resolves.toBe("after");
+    await c.close();
+  });
+
   it("oversized payload queued past the client's check gets an error response the client receives, and a DLQ copy", async () => {
     const open = await ask(rt.names.mgr("open"), encode({ client: "raw", service: "svc" }));
     const session = (open as unknown as { value: { session: string } }).value.session;
