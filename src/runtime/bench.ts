@@ -98,6 +98,21 @@ class Fleet {
   }
 }
 
+/** CPU time (user + system) a process has used, in µs; this process's own without a pid. */
+function cpuUs(pid?: number): number {
+  if (pid === undefined) {
+    const u = process.cpuUsage();
+    return u.user + u.system;
+  }
+  try {
+    // Fields 14 and 15 of /proc/<pid>/stat, after the command name's closing parenthesis.
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(")").pop()!.trim().split(" ");
+    return ((Number(f[11]) + Number(f[12])) / 100) * 1e6; // clock ticks at USER_HZ = 100
+  } catch {
+    return NaN;
+  }
+}
+
 function rssMb(pid: number | undefined): number | null {
   if (!pid) return null;
   try {
@@ -185,7 +200,9 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
       await rt.jsm.streams.add({ name: "BENCH", subjects: ["bench.js.>"] });
       const js = jetstream(a);
       const jsSync = await load(1, D, async () => void (await js.publish("bench.js.a", payload)), "JetStream publish, sync");
+      const cpu0 = { client: cpuUs(), natsServer: cpuUs(ns.pid) };
       const jsAsync = await load(256, D, async () => void (await js.publish("bench.js.b", payload)), "JetStream publish, async (256 in flight)");
+      const jsAsyncCpu = { client: Math.round((cpuUs() - cpu0.client) / jsAsync.samples.length), natsServer: Math.round((cpuUs(ns.pid) - cpu0.natsServer) / jsAsync.samples.length) };
       const kvPut = await load(1, D, async () => void (await rt.kv.fence.put("bench", payload)), "KV put");
       await rt.jsm.streams.delete("BENCH");
       result.raw = {
@@ -194,7 +211,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
           sameProcess: { ratePerS: coreSame.rate, latencyMs: coreSame.latency },
           window100: { ratePerS: coreWin.rate },
         },
-        jetstreamPublish: { sync: { ratePerS: jsSync.rate, latencyMs: jsSync.latency }, async256: { ratePerS: jsAsync.rate } },
+        jetstreamPublish: { sync: { ratePerS: jsSync.rate, latencyMs: jsSync.latency }, async256: { ratePerS: jsAsync.rate, cpuUsPerMsg: jsAsyncCpu } },
         kvPut: { ratePerS: kvPut.rate, latencyMs: kvPut.latency },
       };
       cdf["raw core request-reply"] = coreSeq.samples;
@@ -250,11 +267,15 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
         await load(16, 3000, async (i) => void (await warm[i]!.request({ x: "y".repeat(100) })), "warm-up");
         for (const s of warm) await s.close();
       }
+      const procs = { manager: d.managers[0]!.child.pid, server: d.servers[0]!.child.pid, natsServer: ns.pid, client: undefined };
       for (const c of [1, 16, 128]) {
         const sessions = await openSessions(c);
         const payload = { x: "y".repeat(100) };
+        const before = Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, cpuUs(pid)]));
         const r = await load(c, D, async (i) => void (await sessions[i]!.request(payload)), `brokered, ${c} session(s)`);
-        rows[`c${c}`] = { sessions: c, ratePerS: r.rate, latencyMs: r.latency };
+        // Where the CPU goes per round trip: on 2 cores the processes share, this bounds the rate.
+        const cpuUsPerRoundTrip = Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, Math.round((cpuUs(pid) - before[k]!) / r.samples.length)]));
+        rows[`c${c}`] = { sessions: c, ratePerS: r.rate, latencyMs: r.latency, cpuUsPerRoundTrip };
         if (c === 1) {
           cdf["tandem brokered"] = r.samples;
           ratios.brokeredP50 = r.latency.p50;
@@ -536,13 +557,17 @@ function markdown(result: Record<string, unknown>): string {
     if (same) lines.push(`| core request-reply, sequential, responder in the same process | ${f(same.ratePerS)} | ${f(same.latencyMs!.p50, 3)} | ${f(same.latencyMs!.p99, 3)} |`);
     lines.push(`| core request-reply, 100 in flight | ${f(raw.coreRequestReply!.window100!.ratePerS)} | | |`);
     lines.push(`| JetStream publish, sync | ${f(raw.jetstreamPublish!.sync!.ratePerS)} | ${f(raw.jetstreamPublish!.sync!.latencyMs!.p50, 3)} | ${f(raw.jetstreamPublish!.sync!.latencyMs!.p99, 3)} |`);
-    lines.push(`| JetStream publish, 256 in flight | ${f(raw.jetstreamPublish!.async256!.ratePerS)} | | |`);
+    const ac = (raw.jetstreamPublish!.async256 as { cpuUsPerMsg?: { client: number; natsServer: number } }).cpuUsPerMsg;
+    lines.push(`| JetStream publish, 256 in flight${ac ? ` (CPU µs per message: client ${ac.client}, nats-server ${ac.natsServer})` : ""} | ${f(raw.jetstreamPublish!.async256!.ratePerS)} | | |`);
     lines.push(`| KV put | ${f((raw.kvPut as unknown as { ratePerS: number }).ratePerS)} | ${f((raw.kvPut as unknown as { latencyMs: Latency }).latencyMs.p50, 3)} | ${f((raw.kvPut as unknown as { latencyMs: Latency }).latencyMs.p99, 3)} |`);
   }
-  const b = result.brokered as Record<string, { sessions: number; ratePerS: number; latencyMs: Latency }> | undefined;
+  const b = result.brokered as Record<string, { sessions: number; ratePerS: number; latencyMs: Latency; cpuUsPerRoundTrip?: Record<string, number> }> | undefined;
   if (b) {
-    lines.push("", "| Tandem brokered round trips | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms |", "|---|---|---|---|---|---|");
-    for (const r of Object.values(b)) lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} |`);
+    lines.push("", "| Tandem brokered round trips | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|");
+    for (const r of Object.values(b)) {
+      const cpu = r.cpuUsPerRoundTrip ? `${r.cpuUsPerRoundTrip.manager} / ${r.cpuUsPerRoundTrip.server} / ${r.cpuUsPerRoundTrip.client} / ${r.cpuUsPerRoundTrip.natsServer}` : "—";
+      lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
+    }
   }
   const p = result.path as ReturnType<typeof pathBreakdown> | undefined;
   if (p) {
