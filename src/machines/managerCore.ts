@@ -126,7 +126,8 @@ export interface CursorRecord {
   reqFrom: number;
   respFrom: number;
   services: string[];
-  servers: Array<{ id: string; service: string }>;
+  /** capacity: absent in cursors written before it was recorded (then 1 until the server registers). */
+  servers: Array<{ id: string; service: string; capacity?: number }>;
   /** Hedging budget and learned delay per service (survive a failover). */
   hedging?: Record<string, HedgeBudgetJSON>;
 }
@@ -516,6 +517,10 @@ export class ManagerCore {
     if (!srv) return effects;
     srv.restartInFlight = false;
     srv.restartAttempts = 0;
+    // It answered this epoch's restart: alive and no longer presumed (its capacity came with
+    // the backup), so it serves without registering again.
+    srv.lastSeen = Math.max(srv.lastSeen, now);
+    srv.presumed = false;
     const working = new Map(ack.working.map((w) => [w.session, w.n]));
     for (const s of this.sessions.values()) {
       if (s.server !== ack.server || s.serverSynced) continue;
@@ -643,6 +648,18 @@ export class ManagerCore {
       srv.alive = true;
       srv.lastSeen = now;
     }
+    // Restart the servers the table names at once (DESIGN.md §4.3), rather than when their next
+    // heartbeat is told to register again: that wait was up to a heartbeat interval of every
+    // failover. Their acknowledgement proves them alive; the registration that follows still
+    // brings their capacity. A dead one fails the restart and times out as before.
+    const byServer = new Map<string, string[]>();
+    for (const s of this.sessions.values()) {
+      if (s.server === null || !this.servers.has(s.server)) continue;
+      const list = byServer.get(s.server) ?? [];
+      list.push(s.id);
+      byServer.set(s.server, list);
+    }
+    for (const [server, sessions] of byServer) this.requestServerRestart(server, sessions, effects);
     effects.push(...this.tick(now));
     return effects;
   }
@@ -838,7 +855,7 @@ export class ManagerCore {
         reqFrom,
         respFrom,
         services: [...this.services],
-        servers: [...this.servers.values()].map((s) => ({ id: s.id, service: s.service })),
+        servers: [...this.servers.values()].map((s) => ({ id: s.id, service: s.service, capacity: s.capacity })),
         hedging: Object.fromEntries([...this.hedging].map(([svc, b]) => [svc, b.toJSON()])),
       },
     };
@@ -874,7 +891,7 @@ export class ManagerCore {
         this.servers.set(srv.id, {
           id: srv.id,
           service: srv.service,
-          capacity: 1,
+          capacity: srv.capacity ?? 1,
           lastSeen: now,
           alive: true,
           presumed: true,

@@ -122,6 +122,19 @@ describe("manager core - servers", () => {
     expect(of(after, "dispatch").map((d) => [d.server, d.n])).toEqual([["s2", 1]]);
   });
 
+  it("a new epoch restarts the servers named in the table at once, and dispatches when they acknowledge", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    const fx = core.startEpoch(2, 10);
+    expect(of(fx, "restartServer")).toEqual([{ type: "restartServer", server: "s1", sessions: ["A"] }]);
+    expect(of(fx, "dispatch")).toEqual([]); // not before s1 acknowledged
+    const after = core.serverRestartAcked({ server: "s1", working: [] }, 20);
+    expect(of(after, "dispatch").map((d) => [d.server, d.n])).toEqual([["s1", 1]]);
+    // Known again: its heartbeats are enough, and a registration restarts nothing twice.
+    expect(core.heartbeat("s1", 30)).toBe(true);
+    expect(of(core.registerServer("s1", "svc", 4, 30), "restartServer")).toEqual([]);
+  });
+
   it("does not send work twice that a restarted server reports still running", () => {
     const { core, entry } = setup();
     core.onRequest(req(1), 0, false);
