@@ -670,21 +670,25 @@ export class ManagerNode {
         if (st.type === "reconnect") void this.resumeConsumers(epoch, "reconnected to NATS");
       }
     })();
-    // And if the queues move while our cursors do not, resume too.
-    let lastProgress = { req: -1, resp: -1, at: now() };
+    // And if a queue moves while our cursor on it does not, resume too. Each queue on its own:
+    // in a cluster, the consumer on one queue can die with a nats-server (its pulls then go
+    // unanswered, and nats.js keeps retrying) while the other queue's consumer still delivers.
+    const lastProgress = { req: { seq: -1, at: now() }, resp: { seq: -1, at: now() } };
     const progress = setInterval(() => {
       if (this.actingEpoch !== epoch) return;
-      if (core.reqSeq !== lastProgress.req || core.respSeq !== lastProgress.resp) {
-        lastProgress = { req: core.reqSeq, resp: core.respSeq, at: now() };
-        return;
+      const still: Array<"req" | "resp"> = [];
+      for (const which of ["req", "resp"] as const) {
+        const seq = which === "req" ? core.reqSeq : core.respSeq;
+        const p = lastProgress[which];
+        if (seq !== p.seq) lastProgress[which] = { seq, at: now() };
+        else if (now() - p.at >= 3000) still.push(which);
       }
-      if (now() - lastProgress.at < 3000) return;
-      void Promise.all([rt.jsm.streams.info(rt.names.streamReq), rt.jsm.streams.info(rt.names.streamResp)])
-        .then(([r, p]) => {
-          if (r.state.last_seq > core.reqSeq || p.state.last_seq > core.respSeq) {
-            lastProgress.at = now();
-            void this.resumeConsumers(epoch, "queues moved but the consumers did not deliver");
-          }
+      if (still.length === 0) return;
+      void Promise.all(still.map((which) => rt.jsm.streams.info(which === "req" ? rt.names.streamReq : rt.names.streamResp).then((i) => ({ which, last: i.state.last_seq }))))
+        .then((infos) => {
+          const behind = infos.filter(({ which, last }) => last > (which === "req" ? core.reqSeq : core.respSeq)).map((x) => x.which);
+          for (const which of still) lastProgress[which].at = now();
+          if (behind.length && this.actingEpoch === epoch) void this.resumeConsumers(epoch, `the ${behind.join(" and ")} queue moved but its consumer did not deliver`);
         })
         .catch(() => {});
     }, 1000);
