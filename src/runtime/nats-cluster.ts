@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { ErrorCode, TandemError } from "./errors.js";
-import { freePort, NatsServer } from "./nats-server.js";
+import { freePorts, NatsServer } from "./nats-server.js";
 
 export interface NatsClusterOptions {
   size: number;
@@ -39,15 +39,18 @@ export class NatsCluster {
     const ownsDir = opts.dir === undefined;
     const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), "tandem-cluster-")));
     const name = opts.name ?? "tandem";
-    const routePorts: number[] = [];
-    for (let i = 0; i < opts.size; i++) routePorts.push(await freePort());
+    // Route and client ports picked together, all distinct: picked one by one, a client port
+    // could be a route port another server of the cluster was about to bind.
+    const ports = await freePorts(opts.size * 2);
+    const routePorts = ports.slice(0, opts.size);
+    const clientPorts = ports.slice(opts.size);
     const names = routePorts.map((_, i) => `${name}-${i + 1}`);
     const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(",");
     const servers = await Promise.all(
       routePorts.map((rp, i) =>
         NatsServer.start({
           storeDir: join(dir, names[i]!),
-          ...(opts.ports?.[i] ? { port: opts.ports[i] } : {}),
+          port: opts.ports?.[i] || clientPorts[i]!,
           args: ["-n", names[i]!, "--cluster_name", name, "--cluster", `nats://127.0.0.1:${rp}`, "--routes", routes, ...(opts.args ?? [])],
         }),
       ),

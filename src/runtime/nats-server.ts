@@ -22,6 +22,31 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * n distinct free ports: all held open at once while they are picked, so no two are the same
+ * (freePort() called n times can return a port twice once the first is closed again).
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = Array.from({ length: n }, () => createServer());
+  try {
+    return await Promise.all(
+      servers.map(
+        (srv) =>
+          new Promise<number>((resolve, reject) => {
+            srv.unref();
+            srv.on("error", reject);
+            srv.listen(0, "127.0.0.1", () => {
+              const addr = srv.address();
+              resolve(typeof addr === "object" && addr ? addr.port : 0);
+            });
+          }),
+      ),
+    );
+  } finally {
+    await Promise.all(servers.map((srv) => new Promise<void>((r) => (srv.listening ? srv.close(() => r()) : r()))));
+  }
+}
+
 function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = tcpConnect({ port, host: "127.0.0.1" });
