@@ -6,9 +6,11 @@
  *   --quick          a run of about a minute
  *   --part P         raw,brokered,path,scale,failover,restart,hedging (comma-separated; default all)
  *   --out DIR        where results go (default bench-results)
+ *   --report FILE    print the tables of an earlier run's JSON again
+ *   --logs DIR       keep the log of every process the bench starts (info level) in DIR
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -83,9 +85,17 @@ interface Proc {
 
 class Fleet {
   procs: Proc[] = [];
-  constructor(private readonly env: Record<string, string>) {}
+  private started = 0;
+  /** `logDir`: keep each process's log (info level) in `<logDir>/<n>-<name>.log`. */
+  constructor(
+    private readonly env: Record<string, string>,
+    private readonly logDir?: string,
+  ) {}
   start(name: string, args: string[], env: Record<string, string> = {}): Proc {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...this.env, ...env }, stdio: ["ignore", "ignore", "ignore"] });
+    const out = this.logDir ? openSync(join(this.logDir, `${++this.started}-${name}.log`), "a") : "ignore";
+    const logEnv = this.logDir ? { TANDEM_LOG_LEVEL: "info" } : {};
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...this.env, ...logEnv, ...env }, stdio: ["ignore", out, out] });
+    if (typeof out === "number") closeSync(out);
     const p = { child, name };
     this.procs.push(p);
     return p;
@@ -152,11 +162,24 @@ async function echoResponder(url: string): Promise<never> {
 export async function main(argv = process.argv.slice(2)): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { quick: { type: "boolean" }, part: { type: "string" }, out: { type: "string" }, echo: { type: "string" }, help: { type: "boolean", short: "h" } },
+    options: {
+      quick: { type: "boolean" },
+      part: { type: "string" },
+      out: { type: "string" },
+      report: { type: "string" },
+      logs: { type: "string" },
+      echo: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
   });
   if (values.echo) return echoResponder(values.echo);
+  if (values.report) {
+    // Print the tables of an earlier run's result file again (no measuring).
+    process.stdout.write(markdown(JSON.parse(readFileSync(values.report, "utf8")) as Record<string, unknown>));
+    return;
+  }
   if (values.help) {
-    process.stdout.write("Usage: npm run bench -- [--quick] [--part raw,brokered,path,scale,failover,restart,hedging] [--out DIR]\n");
+    process.stdout.write("Usage: npm run bench -- [--quick] [--part raw,brokered,path,scale,failover,restart,hedging] [--out DIR] [--logs DIR] | --report FILE.json\n");
     return;
   }
   const quick = values.quick === true;
@@ -165,10 +188,12 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const D = quick ? 2500 : 8000; // ms per measurement
   mkdirSync(outDir, { recursive: true });
   const ns = await NatsServer.start();
-  const env = { NATS_URL: ns.url, TANDEM_LOG_LEVEL: "warn", TANDEM_LOG_JSON: "1" };
+  // The scale part opens 10,000 sessions from one client: above the default per-client limit.
+  const env = { NATS_URL: ns.url, TANDEM_LOG_LEVEL: "warn", TANDEM_LOG_JSON: "1", TANDEM_MAX_SESSIONS_PER_CLIENT: "20000" };
   const log = createLogger({ level: "warn" });
   const rt = await startRuntime(resolveConfig({ natsUrls: [ns.url] }), { logger: log, name: "bench" });
-  const fleet = new Fleet(env);
+  if (values.logs) mkdirSync(values.logs, { recursive: true });
+  const fleet = new Fleet(env, values.logs);
   const result: Record<string, unknown> = {
     machine: { cpus: cpus().length, model: cpus()[0]?.model ?? "?", memGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
     at: new Date().toISOString(),
@@ -563,10 +588,19 @@ function markdown(result: Record<string, unknown>): string {
   }
   const b = result.brokered as Record<string, { sessions: number; ratePerS: number; latencyMs: Latency; cpuUsPerRoundTrip?: Record<string, number> }> | undefined;
   if (b) {
-    lines.push("", "| Tandem brokered round trips | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|");
+    // As ratios to the raw figures of the same run: rate to async publishes, p50 to request-reply.
+    const rawRate = raw?.jetstreamPublish?.async256?.ratePerS;
+    const rawP50 = raw?.coreRequestReply?.sequential?.latencyMs?.p50;
+    lines.push(
+      "",
+      "| Tandem brokered round trips | rate/s | × raw async publishes | p50 ms | × raw request-reply p50 | p90 ms | p99 ms | p99.9 ms | CPU µs per round trip: manager / server / client / nats-server |",
+      "|---|---|---|---|---|---|---|---|---|",
+    );
     for (const r of Object.values(b)) {
       const cpu = r.cpuUsPerRoundTrip ? `${r.cpuUsPerRoundTrip.manager} / ${r.cpuUsPerRoundTrip.server} / ${r.cpuUsPerRoundTrip.client} / ${r.cpuUsPerRoundTrip.natsServer}` : "—";
-      lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
+      const xr = rawRate ? f(r.ratePerS / rawRate, 3) : "—";
+      const xl = rawP50 ? f(r.latencyMs.p50 / rawP50, 2) : "—";
+      lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${xr} | ${f(r.latencyMs.p50, 2)} | ${xl} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
     }
   }
   const p = result.path as ReturnType<typeof pathBreakdown> | undefined;
