@@ -695,7 +695,7 @@ function markdown(result: Record<string, unknown>): string {
     const rawP50 = raw?.coreRequestReply?.sequential?.latencyMs?.p50;
     lines.push(
       "",
-      "| Tandem brokered round trips | rate/s | × raw async publishes | p50 ms | × raw request-reply p50 | p90 ms | p99 ms | p99.9 ms | CPU µs per round trip: manager / server / client / nats-server |",
+      "| Tandem brokered round trips | rate/s | × raw async publishes (raw part) | p50 ms | × raw request-reply p50 (raw part) | p90 ms | p99 ms | p99.9 ms | CPU µs per round trip: manager / server / client / nats-server |",
       "|---|---|---|---|---|---|---|---|---|",
     );
     for (const r of Object.values(b)) {
