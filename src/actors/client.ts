@@ -258,7 +258,7 @@ export class ClientSession {
   private carrying = 0;
   /** Bodies of requests sent by this process and not yet answered (for a re-sync). */
   private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind }>();
-  /** When the manager last delivered to this session (for the stall watchdog). */
+  /** When the manager last delivered to this session, or it last started waiting (stall watchdog). */
   private lastDelivery = Date.now();
   private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
@@ -492,6 +492,10 @@ export class ClientSession {
         });
       }
     }
+    // The stall watchdog measures silence while waiting: a session idle until now starts
+    // waiting now (measured from its last delivery, a session opened long ago looked stalled the
+    // moment it sent: at 10,000 sessions every request in flight was forced to re-sync).
+    if (this.lastReq === this.handed) this.lastDelivery = Date.now();
     this.lastReq = n;
     if (carry) this.carrying = carry;
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));

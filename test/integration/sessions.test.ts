@@ -88,6 +88,16 @@ describe("brokered sessions", () => {
     await client.close();
   });
 
+  it("stall watchdog - a request sent after a long idle spell is not taken for a stall (regression: 10,000 sessions)", async () => {
+    const client = await TandemClient.connect(rt);
+    const s = await client.open("svc");
+    await new Promise((r) => setTimeout(r, 5500)); // idle for longer than the watchdog's 5 s
+    const resyncs = () => rt.logs().filter((l) => String(l.msg).includes("re-syncing with the manager") && l.session === s.id).length;
+    await expect(s.request({ op: "slow", ms: 1500 })).resolves.toMatchObject({ n: 1 }); // spans a watchdog tick
+    expect(resyncs()).toBe(0);
+    await client.close();
+  }, 20_000);
+
   it("order - pipelined requests on one session are answered in request order (I3)", async () => {
     const client = await TandemClient.connect(rt);
     const s = await client.open("svc");
