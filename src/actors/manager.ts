@@ -29,7 +29,7 @@ import { dropCursors, isWrongLastSequence, openCursor, readLastPerSubject, until
 import { newId } from "../runtime/ids.js";
 import { trace } from "../runtime/trace.js";
 import type { Logger } from "../runtime/logger.js";
-import type { Runtime } from "../runtime/runtime.js";
+import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import {
   decode,
   encode,
@@ -42,6 +42,7 @@ import {
   malformed,
 } from "../runtime/wire.js";
 import { Requester } from "../runtime/requester.js";
+import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
 import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 
@@ -919,8 +920,7 @@ export class ManagerNode {
         }),
       );
     }
-    let open = 0;
-    for (const s of core.sessions.values()) if (s.client === client) open++;
+    const open = core.sessionsOf(client);
     if (open >= this.rt.config.maxSessionsPerClient) {
       return this.reject(
         m,
@@ -937,10 +937,11 @@ export class ManagerNode {
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
-      await this.rt.js.publish(
+      await publishToQueue(
+        this.rt.requester,
         this.rt.names.req(client, session),
         encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}) } }),
-        { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }) },
+        { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
       );
       await this.kvSessions!.create(session, core.record(entry));
     } catch (err) {

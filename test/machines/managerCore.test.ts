@@ -147,6 +147,45 @@ describe("manager core - servers", () => {
     expect(entry.dispatched).toBe(1);
   });
 
+  it("sends each open to a least-loaded live server, and counts sessions per client, through opens, closes and a dead server (property)", () => {
+    const op = fc.oneof(
+      fc.record({ op: fc.constant("open" as const), client: fc.constantFrom("c1", "c2") }),
+      fc.record({ op: fc.constant("close" as const), pick: fc.nat() }),
+      fc.record({ op: fc.constant("down" as const) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const core = new ManagerCore(LIMITS, 1);
+        core.registerServer("s1", "svc", 1, 0);
+        core.registerServer("s2", "svc", 1, 0);
+        const on = (srv: string) => [...core.sessions.values()].filter((s) => s.server === srv).length;
+        let t = 0;
+        let id = 0;
+        for (const o of ops) {
+          if (o.op === "open") {
+            const live = ["s1", "s2"].filter((s) => core.servers.get(s)?.alive);
+            const least = Math.min(...live.map(on));
+            const { entry } = core.open({ session: `S${++id}`, client: o.client, service: "svc", ordered: true, maxPending: 5 }, t);
+            expect(live).toContain(entry.server);
+            expect(on(entry.server!) - 1).toBe(least);
+          } else if (o.op === "close") {
+            const all = [...core.sessions.values()];
+            if (all.length === 0) continue;
+            const s = all[o.pick % all.length]!;
+            core.close(s.client, s.id);
+          } else if (core.servers.get("s2")?.alive) {
+            t += 5000; // s2 stops sending heartbeats; s1 goes on
+            core.heartbeat("s1", t);
+            core.tick(t);
+            expect(on("s2")).toBe(0);
+          }
+          for (const c of ["c1", "c2"]) expect(core.sessionsOf(c)).toBe([...core.sessions.values()].filter((s) => s.client === c).length);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+
   it("waits for a server when a service has none alive, then assigns the next to register", () => {
     const { core, entry } = setup();
     core.onRequest(req(1), 0, false);
