@@ -950,5 +950,22 @@ export class ManagerCore {
         });
       }
     }
+    // A record can name a server the cursor does not (records may be newer than the cursor's
+    // server list). Presume it too: if it never answers, it times out and its sessions move.
+    // Unknown, nothing ever moved them (a fault-property run stalled on it).
+    for (const s of this.sessions.values()) {
+      if (s.server === null || this.servers.has(s.server)) continue;
+      this.servers.set(s.server, {
+        id: s.server,
+        service: s.service,
+        capacity: 1,
+        lastSeen: now,
+        alive: true,
+        presumed: true,
+        restartRetryAt: 0,
+        restartAttempts: 0,
+        restartInFlight: false,
+      });
+    }
   }
 }

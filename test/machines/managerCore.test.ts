@@ -135,6 +135,20 @@ describe("manager core - servers", () => {
     expect(of(core.registerServer("s1", "svc", 4, 30), "restartServer")).toEqual([]);
   });
 
+  it("a restored session on a server the cursor does not name moves when that server never answers (regression)", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    const { records, cursor } = core.snapshot();
+    const next = new ManagerCore(LIMITS, 2);
+    next.restore(records, new Map(), { ...cursor, servers: [] }, 0); // the cursor lost s1
+    next.startEpoch(2, 0);
+    next.registerServer("s2", "svc", 4, 100); // another server of the service registers
+    next.heartbeat("s2", 1500);
+    const fx = next.tick(1500); // s1 silent past serverTimeoutMs
+    expect(next.sessions.get("A")!.server).toBe("s2");
+    expect(of(fx, "restartServer")).toEqual([{ type: "restartServer", server: "s2", sessions: ["A"] }]);
+  });
+
   it("does not send work twice that a restarted server reports still running", () => {
     const { core, entry } = setup();
     core.onRequest(req(1), 0, false);
