@@ -407,9 +407,10 @@ export class ClientSession {
       if (!u) continue;
       const rt = this.client.rt;
       try {
-        const ack = await rt.js.publish(rt.names.req(this.client.id, session), u.data, {
+        const ack = await publishToQueue(rt.requester, rt.names.req(this.client.id, session), u.data, {
           msgID: `${session}.${n}`,
           headers: makeHeaders({ session, request: n, epoch: rep.epoch, kind: u.kind, client: this.client.id }),
+          timeout: JS_TIMEOUT_MS,
         });
         this.log.warn({ n, managerLastReq: rep.lastReq, duplicate: ack.duplicate, seq: ack.seq }, "the manager lacked a request this session sent; sent it again");
       } catch (err) {

@@ -41,7 +41,6 @@ import {
   makeHeaders,
   malformed,
 } from "../runtime/wire.js";
-import { Requester } from "../runtime/requester.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
 import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
@@ -90,8 +89,6 @@ export class ManagerNode {
   private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
-  /** Request/reply for dispatches, deliveries and restarts (see runtime/requester.ts). */
-  private requester: Requester | null = null;
   /** Hedging proxies of the current epoch. */
   private proxies: HedgeProxies | null = null;
   /** Epoch in which this node may act; 0 when not primary. */
@@ -184,8 +181,6 @@ export class ManagerNode {
     this.actor.send({ type: "STOP" });
     await waitFor(this.actor, (s) => s.status === "done", { timeout: 15_000 }).catch(() => {});
     this.actor.stop();
-    this.requester?.close();
-    this.requester = null;
   }
 
   status(): ManagerStatus {
@@ -1119,11 +1114,6 @@ export class ManagerNode {
     }
   }
 
-  private req(): Requester {
-    this.requester ??= new Requester(this.rt.nc);
-    return this.requester;
-  }
-
   /** Send request n of a session to a server; true when the server acknowledged it. */
   private sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
     const s = this.core?.sessions.get(session);
@@ -1142,7 +1132,7 @@ export class ManagerNode {
     };
     const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
     trace("manager.dispatch", session, n);
-    return this.req()
+    return this.rt.requester
       .request(this.rt.names.srv(server, "work"), encode(work), { timeout: this.rt.config.ackTimeoutMs, headers })
       .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
   }
@@ -1158,7 +1148,7 @@ export class ManagerNode {
       cancel: async (server: string, session: string, n: number): Promise<boolean> => {
         if (this.actingEpoch !== epoch) return true; // not ours to finish any more
         const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
-        return this.req().request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
+        return this.rt.requester.request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
       },
       record: (rec: HedgeRecord): void => {
         // A closed session's records are purged: do not write one back.
@@ -1213,7 +1203,7 @@ export class ManagerNode {
         const msg: DeliverMsg = { epoch, session: s.id, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
         const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response" });
         trace("manager.deliver", s.id, e.n);
-        this.req()
+        this.rt.requester
           .request(rt.names.cli(e.client, "deliver"), encode(msg), { timeout, headers })
           .then((r) => {
             const rep = decode(r.data) as Reply<unknown>;
@@ -1264,7 +1254,7 @@ export class ManagerNode {
           const s = core.sessions.get(id);
           if (info && s) msg.sessions.push({ ...info, restart: s.serverRestart });
         }
-        this.req()
+        this.rt.requester
           .request(rt.names.srv(e.server, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
           .then((r) => {
             const rep = decode(r.data) as Reply<ServerRestartAck>;
@@ -1283,7 +1273,7 @@ export class ManagerNode {
           const s = core.sessions.get(id);
           if (info && s) msg.sessions.push({ ...info, restart: s.clientRestart });
         }
-        this.req()
+        this.rt.requester
           .request(rt.names.cli(e.client, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
           .then((r) => {
             const rep = decode(r.data) as Reply<ClientRestartAck>;

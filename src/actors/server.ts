@@ -376,9 +376,10 @@ export class TandemServer {
         // A slow ack is no reason to fail the work: retry with the same id (stored once).
         for (let attempt = 0; ; attempt++) {
           try {
-            await this.rt.js.publish(subject, body, {
+            await publishToQueue(this.rt.requester, subject, body, {
               msgID,
               headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id }),
+              timeout: JS_TIMEOUT_MS,
             });
             return;
           } catch (err) {

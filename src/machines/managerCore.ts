@@ -153,6 +153,11 @@ function newer(a: RestartRecord | null, b: RestartRecord): boolean {
   return b.n > a.n || (b.n === a.n && b.seq >= a.seq);
 }
 
+/** A live server entry; `presumed`: known from a backup, not yet heard from in this epoch. */
+function newServer(id: string, service: string, capacity: number, now: number, presumed: boolean): ServerEntry {
+  return { id, service, capacity, lastSeen: now, alive: true, presumed, restartRetryAt: 0, restartAttempts: 0, restartInFlight: false };
+}
+
 function bump(m: Map<string, number>, key: string, by: number): void {
   const v = (m.get(key) ?? 0) + by;
   if (v > 0) m.set(key, v);
@@ -480,17 +485,7 @@ export class ManagerCore {
       known.lastSeen = now;
       known.presumed = false;
     } else {
-      this.servers.set(id, {
-        id,
-        service,
-        capacity,
-        lastSeen: now,
-        alive: true,
-        presumed: false,
-        restartRetryAt: 0,
-        restartAttempts: 0,
-        restartInFlight: false,
-      });
+      this.servers.set(id, newServer(id, service, capacity, now, false));
     }
     // Sessions this server had (known from a backup) need a restart; waiting sessions get it.
     const mine: string[] = [];
@@ -560,8 +555,7 @@ export class ManagerCore {
 
   /** Live servers of a service, least loaded (sessions per unit of capacity) first. */
   private byLoad(service: string, exclude: readonly string[] = []): ServerEntry[] {
-    const load = this.counts().perServer;
-    const perCapacity = (v: ServerEntry) => (load.get(v.id) ?? 0) / Math.max(1, v.capacity);
+    const perCapacity = (v: ServerEntry) => (this.perServer.get(v.id) ?? 0) / Math.max(1, v.capacity);
     return [...this.servers.values()]
       .filter((v) => v.service === service && v.alive && !v.presumed && !exclude.includes(v.id))
       .sort((a, b) => perCapacity(a) - perCapacity(b));
@@ -569,44 +563,30 @@ export class ManagerCore {
 
   // Sessions per server and per client, kept up to date as sessions come, go and move: counting
   // them over the table at each open made 10,000 opens quadratic (8.5 s, a third of it here).
-  private perServer: Map<string, number> | null = null;
-  private perClient: Map<string, number> | null = null;
-
-  private counts(): { perServer: Map<string, number>; perClient: Map<string, number> } {
-    if (!this.perServer || !this.perClient) {
-      this.perServer = new Map();
-      this.perClient = new Map();
-      for (const s of this.sessions.values()) {
-        if (s.server) bump(this.perServer, s.server, 1);
-        bump(this.perClient, s.client, 1);
-      }
-    }
-    return { perServer: this.perServer, perClient: this.perClient };
-  }
+  private readonly perServer = new Map<string, number>();
+  private readonly perClient = new Map<string, number>();
 
   private add(s: SessionEntry): void {
     this.sessions.set(s.id, s);
-    if (this.perServer && s.server) bump(this.perServer, s.server, 1);
-    if (this.perClient) bump(this.perClient, s.client, 1);
+    if (s.server) bump(this.perServer, s.server, 1);
+    bump(this.perClient, s.client, 1);
   }
 
   private remove(s: SessionEntry): void {
     this.sessions.delete(s.id);
-    if (this.perServer && s.server) bump(this.perServer, s.server, -1);
-    if (this.perClient) bump(this.perClient, s.client, -1);
+    if (s.server) bump(this.perServer, s.server, -1);
+    bump(this.perClient, s.client, -1);
   }
 
   private setServer(s: SessionEntry, server: string | null): void {
-    if (this.perServer) {
-      if (s.server) bump(this.perServer, s.server, -1);
-      if (server) bump(this.perServer, server, 1);
-    }
+    if (s.server) bump(this.perServer, s.server, -1);
+    if (server) bump(this.perServer, server, 1);
     s.server = server;
   }
 
   /** Sessions a client has open. */
   sessionsOf(client: string): number {
-    return this.counts().perClient.get(client) ?? 0;
+    return this.perClient.get(client) ?? 0;
   }
 
   private pickServer(service: string): string | null {
@@ -915,8 +895,6 @@ export class ManagerCore {
     cursor: CursorRecord | null,
     now: number,
   ): void {
-    this.perServer = null; // counted again on first use
-    this.perClient = null;
     for (const r of records) {
       const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending, r.hedge);
       s.server = r.server;
@@ -928,7 +906,9 @@ export class ManagerCore {
       const rs = restarts.get(r.session);
       s.clientRestart = rs?.client ?? null;
       s.serverRestart = rs?.server ?? null;
-      this.sessions.set(s.id, s);
+      const before = this.sessions.get(s.id);
+      if (before) this.remove(before);
+      this.add(s);
       this.services.add(r.service);
     }
     if (cursor) {
@@ -936,36 +916,13 @@ export class ManagerCore {
       this.respSeq = cursor.respSeq;
       for (const svc of cursor.services) this.services.add(svc);
       for (const [svc, j] of Object.entries(cursor.hedging ?? {})) this.hedging.set(svc, HedgeBudget.fromJSON(j, this.limits.hedge ?? DEFAULT_HEDGE_BUDGET));
-      for (const srv of cursor.servers) {
-        this.servers.set(srv.id, {
-          id: srv.id,
-          service: srv.service,
-          capacity: srv.capacity ?? 1,
-          lastSeen: now,
-          alive: true,
-          presumed: true,
-          restartRetryAt: 0,
-          restartAttempts: 0,
-          restartInFlight: false,
-        });
-      }
+      for (const srv of cursor.servers) this.servers.set(srv.id, newServer(srv.id, srv.service, srv.capacity ?? 1, now, true));
     }
     // A record can name a server the cursor does not (records may be newer than the cursor's
     // server list). Presume it too: if it never answers, it times out and its sessions move.
     // Unknown, nothing ever moved them (a fault-property run stalled on it).
     for (const s of this.sessions.values()) {
-      if (s.server === null || this.servers.has(s.server)) continue;
-      this.servers.set(s.server, {
-        id: s.server,
-        service: s.service,
-        capacity: 1,
-        lastSeen: now,
-        alive: true,
-        presumed: true,
-        restartRetryAt: 0,
-        restartAttempts: 0,
-        restartInFlight: false,
-      });
+      if (s.server !== null && !this.servers.has(s.server)) this.servers.set(s.server, newServer(s.server, s.service, 1, now, true));
     }
   }
 }

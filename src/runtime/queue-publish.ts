@@ -1,6 +1,6 @@
 /**
- * A JetStream publish for the round trip's two hot writes (a client's request, a server's
- * response). It is what `js.publish` sends (the message with Nats-Msg-Id, a reply inbox, the
+ * A JetStream publish for the session queues (a client's requests, a server's responses and
+ * checkpoints, the manager's open records). It is what `js.publish` sends (the message with Nats-Msg-Id, a reply inbox, the
  * PubAck back), over the shared wildcard-inbox Requester: nats.js's publish goes through
  * `request()`, which settles every call by rejecting a fresh RequestError (a stack capture),
  * two per round trip that the server's profile showed. Errors keep their meaning: JetStream's

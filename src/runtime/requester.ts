@@ -1,5 +1,6 @@
 /**
- * Request/reply for the manager's hot path: one wildcard inbox subscription, replies matched
+ * Request/reply for the hot paths (one per runtime, `rt.requester`: the manager's dispatches,
+ * deliveries and restarts, and queue publishes): one wildcard inbox subscription, replies matched
  * by a counter, timeouts swept by one timer. nats.js's `request()` builds a subscription entry,
  * a timer and an Error object (a stack capture, even on success: its RequestOne.cancel rejects
  * the settled promise with a fresh RequestError) per call; at thousands of dispatches and
