@@ -6,6 +6,7 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { inboxPrefixFor } from "./auth.js";
 import { ErrorCode, TandemError } from "./errors.js";
+import { atLeast, NATS_SERVER_FLOOR, parseVersion } from "./nats-bin.js";
 
 export interface ConnectOptions {
   servers: string[];
@@ -35,8 +36,9 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
   // bad credentials and TLS failures forever: those stop at once, with what to fix.
   const deadline = Date.now() + (opts.firstConnectMs ?? FIRST_CONNECT_MS);
   for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
+    let nc: NatsConnection;
     try {
-      return await connect({
+      nc = await connect({
         servers: opts.servers,
         name: opts.name,
         ...RECONNECT,
@@ -69,6 +71,32 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
         throw new TandemError(ErrorCode.NoManager, `no NATS server answered at ${opts.servers.join(", ")} within ${Math.round((opts.firstConnectMs ?? FIRST_CONNECT_MS) / 1000)} s: ${e.message}. Is nats-server running? (\`tandem nats\` starts one)`, { cause: err });
       }
       await new Promise((r) => setTimeout(r, delay));
+      continue;
     }
+    checkServerVersion(nc, opts.servers);
+    return nc;
   }
+}
+
+/**
+ * Refuse a nats-server older than the floor, from its INFO: older servers lack what the design
+ * relies on (2.9's filtered purge moved every consumer of a stream past the purged range).
+ */
+export function checkServerVersion(nc: NatsConnection, servers: string[]): void {
+  const problem = serverVersionProblem(nc.info?.version, servers);
+  if (!problem) return;
+  void nc.close();
+  throw problem;
+}
+
+/** The error for a server version below the floor (or unreadable); null when it is fine. */
+export function serverVersionProblem(found: string | undefined, servers: string[]): TandemError | null {
+  const v = parseVersion(found);
+  if (v && atLeast(v, NATS_SERVER_FLOOR)) return null;
+  return new TandemError(
+    ErrorCode.NatsServer,
+    `the NATS server at ${servers.join(", ")} is version ${found ?? "(unknown)"}; Tandem needs nats-server ${NATS_SERVER_FLOOR.join(".")} or newer. ` +
+      "Upgrade it (`npm run setup` builds 2.15.2 into .tools/bin; or a release binary, or the nats:2.15 container image)",
+    { context: { version: found ?? null, floor: NATS_SERVER_FLOOR.join(".") } },
+  );
 }
