@@ -3,11 +3,12 @@
  * Used for the embedded default, `tandem nats`, and by the tests as their server helper.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, mkdir, rm } from "node:fs/promises";
+import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, TandemError } from "./errors.js";
+import { natsServerBin } from "./nats-bin.js";
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -58,12 +59,31 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+/** `--sync`: nats-server's `jetstream { sync_interval }`: "always" (fsync per write) or a duration. */
+export function parseSync(v: string): string {
+  if (v === "always" || /^[1-9][0-9]*(ms|s|m|h)$/.test(v)) return v;
+  throw new TandemError(ErrorCode.Config, `--sync must be "always" or a duration such as 100ms, 1s, 2m (got "${v}")`, { context: { flag: "--sync" } });
+}
+
+/**
+ * One nats-server config for what has no command-line flag: the fsync policy, and the users of
+ * a secured deployment (nats-server takes one -c, so both go into one file). Null when neither.
+ */
+export function serverConfig(opts: { sync?: string | undefined; authConf?: string | undefined }): string | null {
+  const parts: string[] = [];
+  if (opts.authConf) parts.push(opts.authConf);
+  if (opts.sync) parts.push(`jetstream { sync_interval: ${JSON.stringify(opts.sync)} }`);
+  return parts.length ? `${parts.join("\n")}\n` : null;
+}
+
 export interface NatsServerOptions {
   /** Store directory; default a new temporary directory (removed by cleanup()). */
   storeDir?: string;
   port?: number;
   /** Extra command-line arguments. */
   args?: string[];
+  /** Config file text (see serverConfig), written beside the store and given with -c. */
+  config?: string | null;
   /** How long to wait for the server to accept connections. */
   startTimeoutMs?: number;
 }
@@ -100,7 +120,13 @@ export class NatsServer {
     const dir = opts.storeDir ?? (await mkdtemp(join(tmpdir(), "tandem-nats-")));
     await mkdir(dir, { recursive: true });
     const port = opts.port ?? (await freePort());
-    const s = new NatsServer(dir, port, opts.args ?? [], ownsDir, opts.startTimeoutMs ?? 15_000);
+    const args = [...(opts.args ?? [])];
+    if (opts.config) {
+      const file = join(dir, "tandem-nats.conf");
+      await writeFile(file, opts.config, { mode: 0o600 });
+      args.push("-c", file);
+    }
+    const s = new NatsServer(dir, port, args, ownsDir, opts.startTimeoutMs ?? 15_000);
     await s.spawn();
     return s;
   }
@@ -121,7 +147,7 @@ export class NatsServer {
     const args = ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir, ...this.args];
     let child: ChildProcess;
     try {
-      child = spawn("nats-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+      child = spawn(natsServerBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
     } catch (err) {
       throw missing(err);
     }
@@ -198,7 +224,7 @@ export class NatsServer {
 function missing(err: unknown): TandemError {
   return new TandemError(
     ErrorCode.NatsServer,
-    "nats-server could not be started; is it installed? Run `npm run setup` (or `sudo apt-get install -y nats-server`).",
+    `nats-server could not be started (looked for ${natsServerBin()}); run \`npm run setup\`, which installs it into .tools/bin, or set NATS_SERVER_BIN`,
     { cause: err },
   );
 }
