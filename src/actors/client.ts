@@ -25,6 +25,7 @@ import { decode, encode, Header, isObject, isPositiveInt, isToken, makeHeaders, 
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
+import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
@@ -46,6 +47,8 @@ export interface RequestOptions {
   restart?: unknown;
   /** `update` requests change an external store (see the hedging docs). */
   kind?: RequestKind;
+  /** The caller's W3C traceparent; without one the request gets a new trace id. */
+  traceparent?: string;
 }
 
 export interface Response {
@@ -54,6 +57,8 @@ export interface Response {
   value?: unknown;
   error?: TandemError;
   server: string;
+  /** The request's W3C traceparent (the same id on every hop). */
+  traceparent?: string;
 }
 
 /** What a client process keeps to restart a session after it dies. */
@@ -66,8 +71,21 @@ export interface PersistedSession {
 
 const REQUEST_TIMEOUT = 5000;
 
+export interface ClientOptions {
+  /** Client id (a subject token); default a random one. */
+  id?: string;
+  /**
+   * nats-server message tracing (2.11+): every request publish carries `Nats-Trace-Dest` with
+   * this subject, and the server sends there how it handled the publish (`nats trace` shows the
+   * same for one message). For following requests with the NATS CLI; not for production load.
+   */
+  traceDest?: string;
+}
+
 export class TandemClient {
   readonly id: string;
+  /** @internal Nats-Trace-Dest of this client's request publishes (ClientOptions.traceDest). */
+  traceDest: string | undefined;
   private readonly log: Logger;
   private readonly sessions = new Map<string, ClientSession>();
   private subs: Subscription[] = [];
@@ -83,8 +101,14 @@ export class TandemClient {
     this.log = rt.logger.child({ role: "client", client: this.id });
   }
 
-  static async connect(rt: Runtime, opts: { id?: string } = {}): Promise<TandemClient> {
+  static async connect(rt: Runtime, opts: ClientOptions = {}): Promise<TandemClient> {
     const c = new TandemClient(rt, opts.id);
+    if (opts.traceDest !== undefined) {
+      if (!/^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/.test(opts.traceDest)) {
+        throw new TandemError(ErrorCode.Config, `traceDest "${opts.traceDest}" must be a plain NATS subject (no wildcards)`);
+      }
+      c.traceDest = opts.traceDest;
+    }
     const names = rt.names;
     const sub = (subject: string, handler: (m: Msg) => void) => {
       c.subs.push(
@@ -100,7 +124,7 @@ export class TandemClient {
         }),
       );
     };
-    sub(names.cli(c.id, "deliver"), (m) => c.onDeliver(m));
+    sub(names.hopAll("deliver", c.id), (m) => c.onDeliver(m));
     sub(names.cli(c.id, "restart"), (m) => c.onRestart(m));
     await rt.nc.flush();
     // Safety net: a session whose deliveries stop while it waits re-syncs (never expected;
@@ -257,7 +281,7 @@ export class ClientSession {
   /** Highest receipt a publish in flight (request or TAKEN) is committing. */
   private carrying = 0;
   /** Bodies of requests sent by this process and not yet answered (for a re-sync). */
-  private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind }>();
+  private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind; tp: string }>();
   /** When the manager last delivered to this session, or it last started waiting (stall watchdog). */
   private lastDelivery = Date.now();
   private commitListeners: Array<(n: number) => void> = [];
@@ -409,7 +433,7 @@ export class ClientSession {
       try {
         const ack = await publishToQueue(rt.requester, rt.names.req(this.client.id, session), u.data, {
           msgID: `${session}.${n}`,
-          headers: makeHeaders({ session, request: n, epoch: rep.epoch, kind: u.kind, client: this.client.id }),
+          headers: this.requestHeaders(n, rep.epoch, u.kind, u.tp, session),
           timeout: JS_TIMEOUT_MS,
         });
         this.log.warn({ n, managerLastReq: rep.lastReq, duplicate: ack.duplicate, seq: ack.seq }, "the manager lacked a request this session sent; sent it again");
@@ -474,6 +498,10 @@ export class ClientSession {
     }
     const n = this.lastReq + 1;
     const kind = opts.kind ?? "request";
+    if (opts.traceparent !== undefined && !isTraceParent(opts.traceparent)) {
+      throw new TandemError(ErrorCode.Config, `traceparent "${opts.traceparent}" is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)`);
+    }
+    const tp = opts.traceparent ?? newTraceParent();
     // Receipts handed over but not yet committed ride on this request (one write less).
     const carry = this.handed > this.taken && this.handed > this.carrying ? this.handed : 0;
     const body = {
@@ -482,6 +510,7 @@ export class ClientSession {
       payload: payload ?? null,
       ...(opts.restart !== undefined ? { restart: opts.restart } : {}),
       ...(carry ? { taken: carry } : {}),
+      tp,
     };
     const data = encode(body);
     // The body bounds the payload: measure the payload alone only when the body is over the limit.
@@ -500,21 +529,21 @@ export class ClientSession {
     this.lastReq = n;
     if (carry) this.carrying = carry;
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
-    this.unanswered.set(n, { data, kind });
-    await this.publishDurable(n, data, kind);
+    this.unanswered.set(n, { data, kind, tp });
+    await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (carry) this.committed(carry);
     return { n, response };
   }
 
-  private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", msgID = `${this.id}.${n}`): Promise<void> {
+  private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", tp?: string, msgID = `${this.id}.${n}`): Promise<void> {
     const rt = this.client.rt;
     let delay = 50;
     for (let attempt = 0; ; attempt++) {
       try {
         await publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, {
           msgID,
-          headers: makeHeaders({ session: this.id, request: n, epoch: this.epoch, kind, client: this.client.id }),
+          headers: this.requestHeaders(n, this.epoch, kind, tp),
           timeout: JS_TIMEOUT_MS,
         });
         return;
@@ -526,6 +555,12 @@ export class ClientSession {
         delay = Math.min(delay * 2, 1000);
       }
     }
+  }
+
+  private requestHeaders(n: number, epoch: number, kind: RequestKind | "control", tp: string | undefined, session = this.id) {
+    const h = makeHeaders({ session, request: n, epoch, kind, client: this.client.id, ...(tp !== undefined ? { traceparent: tp } : {}) });
+    if (this.client.traceDest !== undefined && kind !== "control") h.set(Header.TraceDest, this.client.traceDest);
+    return h;
   }
 
   /** @internal nothing delivered for a while with requests outstanding: re-sync. */
@@ -596,6 +631,7 @@ export class ClientSession {
             const resp: Response = d.error
               ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
               : { n, ok: true, value: d.ok, server: d.server };
+            if (isTraceParent(d.tp)) resp.traceparent = d.tp;
             const w = this.waiters.get(n);
             if (w) {
               this.waiters.delete(n);
@@ -613,7 +649,7 @@ export class ClientSession {
         if (this.handed <= this.taken || this.handed <= this.carrying) return;
         const commit = this.handed;
         this.carrying = commit;
-        await this.publishDurable(commit, encode({ taken: commit }), "control", `${this.id}.t${commit}`);
+        await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
         this.committed(commit);
       }
     } finally {

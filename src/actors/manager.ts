@@ -1129,11 +1129,12 @@ export class ManagerNode {
       payload: req.payload,
       restart: s.serverRestart,
       ...(copy !== undefined ? { copy } : {}),
+      ...(req.tp !== undefined ? { tp: req.tp } : {}),
     };
-    const headers = makeHeaders({ session, request: n, epoch, kind: req.kind });
+    const headers = makeHeaders({ session, request: n, epoch, kind: req.kind, ...(req.tp !== undefined ? { traceparent: req.tp } : {}) });
     trace("manager.dispatch", session, n);
     return this.rt.requester
-      .request(this.rt.names.srv(server, "work"), encode(work), { timeout: this.rt.config.ackTimeoutMs, headers })
+      .request(this.rt.names.work(server, session), encode(work), { timeout: this.rt.config.ackTimeoutMs, headers })
       .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
   }
 
@@ -1148,7 +1149,7 @@ export class ManagerNode {
       cancel: async (server: string, session: string, n: number): Promise<boolean> => {
         if (this.actingEpoch !== epoch) return true; // not ours to finish any more
         const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
-        return this.rt.requester.request(rt.names.srv(server, "cancel"), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
+        return this.rt.requester.request(rt.names.cancel(server, session), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
       },
       record: (rec: HedgeRecord): void => {
         // A closed session's records are purged: do not write one back.
@@ -1193,7 +1194,9 @@ export class ManagerNode {
         return;
       }
       case "cancel": {
-        rt.nc.publish(rt.names.srv(e.server, "cancel"), encode({ epoch, session: e.session, n: e.n }));
+        rt.nc.publish(rt.names.cancel(e.server, e.session), encode({ epoch, session: e.session, n: e.n }), {
+          headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control" }),
+        });
         return;
       }
       case "deliver": {
@@ -1201,10 +1204,11 @@ export class ManagerNode {
         const resp = s?.responses.get(e.n);
         if (!s || !resp) return;
         const msg: DeliverMsg = { epoch, session: s.id, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
-        const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response" });
+        if (resp.tp !== undefined) msg.tp = resp.tp;
+        const headers = makeHeaders({ session: s.id, request: e.n, epoch, kind: "response", ...(resp.tp !== undefined ? { traceparent: resp.tp } : {}) });
         trace("manager.deliver", s.id, e.n);
         this.rt.requester
-          .request(rt.names.cli(e.client, "deliver"), encode(msg), { timeout, headers })
+          .request(rt.names.deliver(e.client, e.session), encode(msg), { timeout, headers })
           .then((r) => {
             const rep = decode(r.data) as Reply<unknown>;
             if (rep.ok) this.run(core.deliverAcked(e.session, e.n, now()));
@@ -1240,7 +1244,7 @@ export class ManagerNode {
       }
       case "notify": {
         const msg: DeliverMsg = { epoch, session: e.session, n: e.n, server: "manager", error: e.error };
-        rt.nc.publish(rt.names.cli(e.client, "deliver"), encode(msg), { headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control", code: e.error.code }) });
+        rt.nc.publish(rt.names.deliver(e.client, e.session), encode(msg), { headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control", code: e.error.code }) });
         return;
       }
       case "dlq": {

@@ -7,6 +7,7 @@ import type { Msg, MsgHdrs } from "@nats-io/transport-node";
 import type { HedgeOptions, RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
+import { isTraceParent } from "../runtime/trace-context.js";
 import {
   decode,
   encode,
@@ -23,7 +24,7 @@ import {
 export type ParsedRequest =
   | {
       type: "request";
-      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown };
+      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string };
       size: number;
       /** Receipts committed along with this request (the client's `taken` riding on it). */
       taken?: number;
@@ -94,7 +95,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     const taken = typeof v.taken === "number" && Number.isInteger(v.taken) && v.taken >= 0 ? v.taken : undefined;
     return {
       type: "request",
-      request: { ...ids, n, kind: k, payload: v.payload, ...("restart" in v ? { restart: v.restart } : {}) },
+      request: { ...ids, n, kind: k, payload: v.payload, ...("restart" in v ? { restart: v.restart } : {}), ...(isTraceParent(v.tp) ? { tp: v.tp } : {}) },
       size,
       ...(taken !== undefined ? { taken } : {}),
     };
@@ -126,6 +127,7 @@ export function parseResponseMsg(names: Names, m: JsMsg): ParsedResponse {
     if (isObject(v.error)) body.error = v.error as unknown as WireErr;
     else body.ok = v.ok;
     if ("restart" in v) body.restart = v.restart;
+    if (isTraceParent(v.tp)) body.tp = v.tp;
     return { type: "response", body };
   } catch (err) {
     return { error: asTandem(err) };

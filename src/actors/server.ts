@@ -1,6 +1,6 @@
 /**
  * The server session actor: registers a handler for a service, takes work from the manager on
- * `<p>.srv.<id>.work`, runs it with an AbortSignal, stores server restart data (checkpoints)
+ * `<p>.work.<id>.<session>`, runs it with an AbortSignal, stores server restart data (checkpoints)
  * and the response in the session's response queue. Drives serverSessionMachine.
  */
 import type { Msg, Subscription } from "@nats-io/transport-node";
@@ -14,6 +14,7 @@ import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malforme
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
+import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/store.js";
 import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
@@ -42,6 +43,8 @@ export interface WorkContext {
   /** The fenced store the server was started with, if any. */
   store: FencedStore | undefined;
   log: Logger;
+  /** The request's W3C traceparent (the caller's, or one the client made): for OpenTelemetry. */
+  traceparent: string | undefined;
 }
 
 export type Handler = (req: WorkRequest, ctx: WorkContext) => unknown | Promise<unknown>;
@@ -139,8 +142,8 @@ export class TandemServer {
         }),
       );
     };
-    sub(names.srv(this.id, "work"), (m) => this.onWork(m));
-    sub(names.srv(this.id, "cancel"), (m) => this.onCancel(m));
+    sub(names.hopAll("work", this.id), (m) => this.onWork(m));
+    sub(names.hopAll("cancel", this.id), (m) => this.onCancel(m));
     sub(names.srv(this.id, "restart"), (m) => this.onRestart(m));
     await this.rt.nc.flush();
     const machine = serverSessionMachine.provide({
@@ -289,6 +292,7 @@ export class TandemServer {
         throw malformed("work: needs session, client and n");
       }
       w = v as unknown as WorkMsg;
+      if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
       trace("server.work", w.session, w.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -360,6 +364,7 @@ export class TandemServer {
         return log();
       },
       store,
+      traceparent: w.tp,
       commit: async <R, Tx>(fn: (tx: Tx) => Promise<R>): Promise<R> => {
         if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
         const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.signal, fn as (tx: unknown) => Promise<R>);
@@ -441,9 +446,10 @@ export class TandemServer {
     let delay = 50;
     for (let attempt = 0; ; attempt++) {
       try {
+        if (w.tp !== undefined) body.tp = w.tp;
         await publishToQueue(this.rt.requester, subject, encode(body), {
           msgID: `${w.session}.${w.n}`,
-          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id }),
+          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
           timeout: JS_TIMEOUT_MS,
         });
         return;

@@ -36,6 +36,8 @@ export interface PendingRequest {
   seq: number;
   /** Rejected (too large, over the pending limit): answered by an error response, never dispatched. */
   rejected: boolean;
+  /** W3C traceparent the client gave the request, passed on to its work message. */
+  tp?: string;
 }
 
 export interface StoredResponse {
@@ -43,6 +45,8 @@ export interface StoredResponse {
   error?: WireErr;
   server: string;
   seq: number;
+  /** The request's traceparent, passed on to its delivery. */
+  tp?: string;
 }
 
 export interface SessionEntry {
@@ -279,7 +283,7 @@ export class ManagerCore {
   // ---- queue events (from the streams, in stream order) -------------------------------
 
   onRequest(
-    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number },
+    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number; tp?: string },
     now: number,
     replaying: boolean,
   ): Effect[] {
@@ -319,7 +323,9 @@ export class ManagerCore {
       effects.push({ type: "dlq", code: reject.code, message: reject.message, context: { client: s.client, session: s.id, n: m.n, seq: m.seq } });
       return effects;
     }
-    s.requests.set(m.n, { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false });
+    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false };
+    if (m.tp !== undefined) req.tp = m.tp;
+    s.requests.set(m.n, req);
     this.pump(s, now, effects);
     return effects;
   }
@@ -342,7 +348,7 @@ export class ManagerCore {
   }
 
   onResponse(
-    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown },
+    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; tp?: string },
     now: number,
   ): Effect[] {
     this.respSeq = Math.max(this.respSeq, m.seq);
@@ -358,7 +364,9 @@ export class ManagerCore {
     }
     if (m.n <= s.taken || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
     if (m.n > s.lastReq) s.lastReq = m.n; // response replayed before its request: trust the queue
-    s.responses.set(m.n, { ok: m.ok, error: m.error, server: m.server, seq: m.seq });
+    const resp: StoredResponse = { ok: m.ok, error: m.error, server: m.server, seq: m.seq };
+    if (m.tp !== undefined) resp.tp = m.tp;
+    s.responses.set(m.n, resp);
     s.requests.delete(m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {

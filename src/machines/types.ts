@@ -37,6 +37,8 @@ export interface RequestBody {
   restart?: unknown;
   /** Receipts committed with this request: the application has taken responses up to here. */
   taken?: number;
+  /** W3C traceparent linking this request's hops. */
+  tp?: string;
 }
 
 /** Control message in the request queue: the application has taken responses up to `taken`. */
@@ -52,6 +54,8 @@ export interface ResponseBody {
   error?: WireErr;
   /** Server restart data recorded during or at the end of the work. */
   restart?: unknown;
+  /** The request's traceparent, passed on. */
+  tp?: string;
 }
 
 /** Control message in the response queue: server restart data recorded mid-work. */
@@ -74,6 +78,8 @@ export interface WorkMsg {
   restart: RestartRecord | null;
   /** Hedged sessions: which copy this is (1 = the first); the server records that it took it. */
   copy?: number;
+  /** The request's traceparent, for the handler's context and the response. */
+  tp?: string;
 }
 
 export interface CancelMsg {
@@ -121,6 +127,8 @@ export interface DeliverMsg {
   ok?: unknown;
   error?: WireErr;
   server: string;
+  /** The request's traceparent. */
+  tp?: string;
 }
 
 export interface OpenMsg {

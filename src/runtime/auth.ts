@@ -4,10 +4,11 @@
  * deliveries, each server to its own work, and leaves everything else to the manager.
  *
  *   manager, admin   everything
- *   server <id>      receive its own `<p>.srv.<id>.>`; publish responses `<p>.resp.>`,
- *                    register/heartbeat, its own copy records, the fence and ledger buckets
+ *   server <id>      receive its own `<p>.work.<id>.*`, `<p>.cancel.<id>.*`, `<p>.srv.<id>.>`;
+ *                    publish responses `<p>.resp.>`, register/heartbeat, its own copy records,
+ *                    the fence and ledger buckets
  *   client <id>      publish only `<p>.req.<id>.>` and `<p>.mgr.open|resume|close`; receive only
- *                    `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>` (nobody else's replies)
+ *                    `<p>.deliver.<id>.*` and `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>`
  *
  * Everyone may reply to what it was sent (allow_responses) and write to the dead-letter stream.
  * `tandem auth` writes the config and the passwords; `tandem nats --secure` runs with them.
@@ -65,13 +66,13 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
           `$JS.API.STREAM.UPDATE.KV_${ledgerBucket}`,
         ],
       },
-      subscribe: { allow: [`${p}.srv.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
+      subscribe: { allow: [names.hopAll("work", u.user), names.hopAll("cancel", u.user), `${p}.srv.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
       allow_responses: true,
     };
   }
   return {
     publish: { allow: [`${p}.req.${u.user}.>`, names.mgr("open"), names.mgr("resume"), names.mgr("close"), dlq, ...js] },
-    subscribe: { allow: [`${p}.cli.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
+    subscribe: { allow: [names.hopAll("deliver", u.user), `${p}.cli.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
     allow_responses: true,
   };
 }

@@ -19,7 +19,7 @@ import { PgStore } from "./store-pg.js";
 import { configFromEnv, resolveConfig, type Config } from "./config.js";
 import { TandemError } from "./errors.js";
 import { createLogger, type Logger } from "./logger.js";
-import { NatsServer } from "./nats-server.js";
+import { NatsServer, parseSync, serverConfig } from "./nats-server.js";
 import { NatsCluster } from "./nats-cluster.js";
 import { buildAuth, type AuthUser } from "./auth.js";
 import { startRuntime, type Runtime } from "./runtime.js";
@@ -76,6 +76,7 @@ Commands:
   server     run a server session for a service with a built-in handler
   client     send requests to a service and report the responses
   status     show the primary manager, services, sessions and servers
+  trace      what happened to a session's requests, from its queues and records
   auth       write per-role NATS users and permissions (for \`tandem nats --secure\`)
 
 Run \`tandem <command> --help\` for its options.`,
@@ -105,7 +106,11 @@ find it without NATS_URL.
   --cluster N    N servers in a cluster (3 for replicated streams), each with its own client
                  port, route port and store; streams and buckets then get 3 replicas
   --secure       require the users and permissions \`tandem auth\` wrote (default <data-dir>/auth)
-  --tls-cert F --tls-key F   serve TLS with this certificate (clients then need --ca / NATS_CA)`,
+  --tls-cert F --tls-key F   serve TLS with this certificate (clients then need --ca / NATS_CA)
+  --sync always|DUR  when JetStream fsyncs its store: "always" fsyncs every write (survives a
+                     power loss of a single node; costs throughput), a duration such as 1s
+                     syncs that often (nats-server's default is 2m: acknowledged data survives a
+                     process crash, not a power loss)`,
   manager: `Usage: tandem manager [options]
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
@@ -138,7 +143,16 @@ Opens C sessions and sends N requests over them (each session one at a time, in 
   --transfers        send ledger transfers (update requests) instead of a payload
   --hedge K          hedged sessions: up to K copies of each request on different servers
   --hedge-after A    milliseconds before hedging (0 = at once, default 50) or p95
-  --keep             do not close the sessions at the end`,
+  --keep             do not close the sessions at the end
+  --trace SUBJECT    nats-server message tracing: every request publish carries
+                     Nats-Trace-Dest: SUBJECT; watch it with \`nats sub SUBJECT\``,
+  trace: `Usage: tandem trace SESSION [N] [--json]
+
+What happened to a session's requests (or to request N), read from the session's queues and
+records: when each was queued, the checkpoints and the response and which server wrote them,
+hedged copies and the winner, and when the client committed its receipt. Times are the ones
+JetStream stored. Closed sessions are purged, so only open ones can be traced.
+  --json         one JSON object instead of the table`,
   status: `Usage: tandem status [--json] [--session ID]
 
 Asks the primary manager for its view: epoch, node, services, sessions and servers.
@@ -239,15 +253,24 @@ async function cmdNats(argv: string[]): Promise<void> {
     auth: { type: "string" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
+    sync: { type: "string" },
   });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
   const secureArgs: string[] = [];
+  let authConf: string | undefined;
   if (v.secure === true) {
     const conf = join(typeof v.auth === "string" ? v.auth : join(resolve(cfg.dataDir), "auth"), "nats.conf");
     if (!existsSync(conf)) fail(`--secure needs ${conf}: write it first with \`tandem auth --clients ... --servers ...\``, 1);
-    secureArgs.push("-c", conf);
+    authConf = readFileSync(conf, "utf8");
   }
+  let sync: string | undefined;
+  try {
+    sync = typeof v.sync === "string" ? parseSync(v.sync) : undefined;
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const config = serverConfig({ sync, authConf });
   if (typeof v["tls-cert"] === "string" || typeof v["tls-key"] === "string") {
     if (typeof v["tls-cert"] !== "string" || typeof v["tls-key"] !== "string") fail("--tls-cert and --tls-key go together");
     secureArgs.push("--tls", "--tlscert", v["tls-cert"] as string, "--tlskey", v["tls-key"] as string);
@@ -256,7 +279,7 @@ async function cmdNats(argv: string[]): Promise<void> {
     const size = int(v.cluster, "cluster", 3, 1);
     const dir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats-cluster");
     mkdirSync(dir, { recursive: true });
-    const cluster = await NatsCluster.start({ size, dir, args: secureArgs });
+    const cluster = await NatsCluster.start({ size, dir, args: secureArgs, config });
     await cluster.waitReady(30_000, v.secure === true ? adminAuth(cfg, typeof v.auth === "string" ? v.auth : undefined) : {});
     const discovery = join(resolve(cfg.dataDir), "nats.json");
     writeFileSync(discovery, JSON.stringify({ url: cluster.url, pid: cluster.servers[0]!.pid }));
@@ -271,10 +294,10 @@ async function cmdNats(argv: string[]): Promise<void> {
   const storeDir = typeof v.store === "string" ? v.store : join(resolve(cfg.dataDir), "nats");
   mkdirSync(storeDir, { recursive: true });
   const port = v.port === undefined ? undefined : int(v.port, "port", 4222, 1);
-  const server = await NatsServer.start({ storeDir, ...(port ? { port } : {}), args: secureArgs });
+  const server = await NatsServer.start({ storeDir, ...(port ? { port } : {}), args: secureArgs, config });
   const discovery = join(resolve(cfg.dataDir), "nats.json");
   writeFileSync(discovery, JSON.stringify({ url: server.url, pid: server.pid }));
-  log.info({ url: server.url, storeDir, pid: server.pid }, `nats-server ready; other commands here use it, or set NATS_URL=${server.url}`);
+  log.info({ url: server.url, storeDir, pid: server.pid, sync: sync ?? "2m (nats-server default)" }, `nats-server ready; other commands here use it, or set NATS_URL=${server.url}`);
   process.stdout.write(`${server.url}\n`);
   await untilSignal(log, async () => {
     rmSync(discovery, { force: true });
@@ -419,6 +442,7 @@ async function cmdClient(argv: string[]): Promise<void> {
     transfers: { type: "boolean" },
     hedge: { type: "string" },
     "hedge-after": { type: "string" },
+    trace: { type: "string" },
   });
   let hedge: HedgeOptions | undefined;
   if (v.hedge !== undefined) {
@@ -454,7 +478,14 @@ async function cmdClient(argv: string[]): Promise<void> {
     }
   }
   const rt = await runtime(cfg, log, "tandem-client");
-  const client = await TandemClient.connect(rt, { id: state?.client ?? (typeof v.id === "string" ? v.id : undefined) });
+  const traceDest = typeof v.trace === "string" ? v.trace : undefined;
+  let client: TandemClient;
+  try {
+    client = await TandemClient.connect(rt, { id: state?.client ?? (typeof v.id === "string" ? v.id : undefined), ...(traceDest ? { traceDest } : {}) });
+  } catch (err) {
+    await rt.close();
+    fail((err as Error).message);
+  }
   const out = (o: unknown) => {
     if (json) process.stdout.write(`${JSON.stringify(o)}\n`);
   };
@@ -619,6 +650,34 @@ async function cmdStatus(argv: string[]): Promise<void> {
   await rt.close();
 }
 
+async function cmdTrace(argv: string[]): Promise<void> {
+  let positionals: string[];
+  let v: Record<string, string | boolean | undefined>;
+  try {
+    const r = parseArgs({ args: argv, options: { ...COMMON, json: { type: "boolean" } } as Options, allowPositionals: true, strict: true });
+    if (r.values.help) {
+      process.stdout.write(`${HELP.trace}\n${COMMON_HELP}\n`);
+      process.exit(0);
+    }
+    positionals = r.positionals;
+    v = r.values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    fail(`${(err as Error).message}\nRun \`tandem trace --help\` for usage.`);
+  }
+  const [session, nText, ...extra] = positionals;
+  if (!session || extra.length > 0) fail("usage: tandem trace SESSION [N] [--json]");
+  const n = nText === undefined ? undefined : int(nText, "N", 1, 1);
+  const cfg = configFrom(v);
+  const log = createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel });
+  const rt = await runtime(cfg, log, "tandem-trace");
+  const { traceSession, formatTrace } = await import("./request-trace.js");
+  const t = await traceSession(rt, session, n);
+  await rt.close();
+  process.stdout.write(`${v.json ? JSON.stringify(t) : formatTrace(t)}\n`);
+  if (!t.client) process.exit(3); // no such session
+  if (n !== undefined && t.requests.length === 0) process.exit(3);
+}
+
 async function main(): Promise<void> {
   const [cmd, ...rest] = process.argv.slice(2);
   switch (cmd) {
@@ -634,6 +693,8 @@ async function main(): Promise<void> {
       return cmdStatus(rest);
     case "auth":
       return cmdAuth(rest);
+    case "trace":
+      return cmdTrace(rest);
     case "demo": {
       const { cmdDemo } = await import("./demo.js");
       return cmdDemo(rest);

@@ -21,6 +21,8 @@ export interface NatsClusterOptions {
   args?: string[];
   /** Fixed client ports (default: free ports). */
   ports?: number[];
+  /** Config file text for every server (fsync policy, users: see serverConfig). */
+  config?: string | null;
 }
 
 export class NatsCluster {
@@ -52,6 +54,7 @@ export class NatsCluster {
           storeDir: join(dir, names[i]!),
           port: opts.ports?.[i] || clientPorts[i]!,
           args: ["-n", names[i]!, "--cluster_name", name, "--cluster", `nats://127.0.0.1:${rp}`, "--routes", routes, ...(opts.args ?? [])],
+          ...(opts.config ? { config: opts.config } : {}),
         }),
       ),
     );

@@ -14,7 +14,14 @@ export const Header = {
   Client: "Tandem-Client",
   Code: "Tandem-Code",
   MsgId: "Nats-Msg-Id",
+  /** W3C trace context: one id across a request's hops (client, queue, work, response, delivery). */
+  TraceParent: "traceparent",
+  /** nats-server 2.11+ message tracing: where the server sends the trace of this publish. */
+  TraceDest: "Nats-Trace-Dest",
 } as const;
+
+/** The hops of one session's data, each a subject `<p>.<hop>.<owner>.<session>` (see docs/design.md §2). */
+export type SessionHop = "req" | "work" | "resp" | "deliver" | "cancel";
 
 export type WireKind = "request" | "update" | "response" | "control";
 
@@ -73,7 +80,27 @@ export class Names {
   get respAll(): string {
     return `${this.prefix}.resp.>`;
   }
-  srv(server: string, op: "work" | "cancel" | "restart"): string {
+  /** Manager -> server: do request n of this session. */
+  work(server: string, session: string): string {
+    return `${this.prefix}.work.${server}.${session}`;
+  }
+  /** Manager -> server: stop working on a request of this session. */
+  cancel(server: string, session: string): string {
+    return `${this.prefix}.cancel.${server}.${session}`;
+  }
+  /** Manager -> client: a stored response of this session. */
+  deliver(client: string, session: string): string {
+    return `${this.prefix}.deliver.${client}.${session}`;
+  }
+  /** Every subject of one hop addressed to one owner (a server's work, a client's deliveries). */
+  hopAll(hop: SessionHop, owner: string): string {
+    return `${this.prefix}.${hop}.${owner}.*`;
+  }
+  /** Every data subject of one session, whatever the hop: what `nats sub` follows. */
+  sessionAll(session: string): string {
+    return `${this.prefix}.*.*.${session}`;
+  }
+  srv(server: string, op: "restart"): string {
     return `${this.prefix}.srv.${server}.${op}`;
   }
   get register(): string {
@@ -82,7 +109,7 @@ export class Names {
   get heartbeat(): string {
     return `${this.prefix}.srv.heartbeat`;
   }
-  cli(client: string, op: "deliver" | "restart"): string {
+  cli(client: string, op: "restart"): string {
     return `${this.prefix}.cli.${client}.${op}`;
   }
   dlq(reason: string): string {
@@ -110,6 +137,7 @@ export interface HeaderFields {
   server?: string;
   client?: string;
   code?: string;
+  traceparent?: string;
 }
 
 export function makeHeaders(f: HeaderFields): MsgHdrs {
@@ -121,6 +149,7 @@ export function makeHeaders(f: HeaderFields): MsgHdrs {
   if (f.server !== undefined) h.set(Header.Server, f.server);
   if (f.client !== undefined) h.set(Header.Client, f.client);
   if (f.code !== undefined) h.set(Header.Code, f.code);
+  if (f.traceparent !== undefined) h.set(Header.TraceParent, f.traceparent);
   return h;
 }
 

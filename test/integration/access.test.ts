@@ -81,7 +81,7 @@ describe("per-role NATS users", () => {
 
     // Alice listens where bob's deliveries go, where servers get work, and where the manager listens.
     const stolen: string[] = [];
-    const spies = [`tandem.cli.bob.>`, `tandem.srv.srv1.>`, `tandem.mgr.open`, `tandem.resp.>`].map((subject) =>
+    const spies = [`tandem.deliver.bob.*`, `tandem.cli.bob.>`, `tandem.work.srv1.*`, `tandem.srv.srv1.>`, `tandem.mgr.open`, `tandem.resp.>`].map((subject) =>
       // The callback hears of the refusal as an error; a message would be a leak.
       rtA.nc.subscribe(subject, { callback: (e, m) => void (!e && m && stolen.push(m.subject)) }),
     );
@@ -90,7 +90,7 @@ describe("per-role NATS users", () => {
     rtA.nc.publish(rtM.names.req("bob", bs.id), encode({ n: 99, kind: "request", payload: "forged" }));
     rtA.nc.publish(rtM.names.register, encode({ server: "evil", service: "svc", capacity: 1 }));
     rtA.nc.publish(rtM.names.resp("bob", bs.id), encode({ n: 1, server: "evil", ok: "forged" }));
-    rtA.nc.publish(rtM.names.cli("bob", "deliver"), encode({ epoch: 99, session: bs.id, n: 1, ok: "forged", server: "evil" }));
+    rtA.nc.publish(rtM.names.deliver("bob", bs.id), encode({ epoch: 99, session: bs.id, n: 1, ok: "forged", server: "evil" }));
     await rtA.js.publish(rtM.names.req("bob", bs.id), encode({ n: 98, kind: "request", payload: "forged" })).catch(() => {});
 
     // Bob's session goes on as if nothing happened.

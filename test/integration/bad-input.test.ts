@@ -85,7 +85,7 @@ describe("bad input is rejected, not lost (I7)", () => {
 
   it("unknown session - a request queued for a session nobody opened is reported to its client and dead-lettered", async () => {
     const notices: Array<{ error?: { code: string } }> = [];
-    const sub = rt.nc.subscribe(rt.names.cli("lost-client", "deliver"), { callback: (_e, m) => void notices.push(decode(m.data) as never) });
+    const sub = rt.nc.subscribe(rt.names.hopAll("deliver", "lost-client"), { callback: (_e, m) => void notices.push(decode(m.data) as never) });
     await rt.js.publish(rt.names.req("lost-client", "nosuch"), encode({ n: 1, kind: "request", payload: 1 }), {
       msgID: "nosuch.1",
       headers: makeHeaders({ session: "nosuch", request: 1, kind: "request" }),
@@ -121,7 +121,7 @@ describe("bad input is rejected, not lost (I7)", () => {
     const open = await ask(rt.names.mgr("open"), encode({ client: "raw", service: "svc" }));
     const session = (open as unknown as { value: { session: string } }).value.session;
     const delivered: Array<{ n: number; error?: { code: string } }> = [];
-    const sub = rt.nc.subscribe(rt.names.cli("raw", "deliver"), {
+    const sub = rt.nc.subscribe(rt.names.hopAll("deliver", "raw"), {
       callback: (_e, m) => {
         delivered.push(decode(m.data) as never);
         m.respond(encode({ ok: true, value: {} }));
@@ -142,17 +142,17 @@ describe("bad input is rejected, not lost (I7)", () => {
     const c = await TandemClient.connect(rt);
     const s = await c.open("svc");
     await s.request(1);
-    const r = await ask(rt.names.cli(c.id, "deliver"), encode({ epoch: s.epoch - 1, session: s.id, n: 2, ok: "forged", server: "old" }));
+    const r = await ask(rt.names.deliver(c.id, s.id), encode({ epoch: s.epoch - 1, session: s.id, n: 2, ok: "forged", server: "old" }));
     expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
-    await dlq("stale_epoch", (b) => b.subject === rt.names.cli(c.id, "deliver"));
+    await dlq("stale_epoch", (b) => b.subject === rt.names.deliver(c.id, s.id));
     await expect(s.request(2)).resolves.toBe(2); // the forged response was not taken
     await c.close();
   });
 
   it("stale epoch - work from an older manager epoch is refused by the server", async () => {
-    const r = await ask(rt.names.srv(server.id, "work"), encode({ epoch: 0, session: "s", client: "c", service: "svc", n: 1, kind: "request", payload: 1, restart: null }));
+    const r = await ask(rt.names.work(server.id, "s"), encode({ epoch: 0, session: "s", client: "c", service: "svc", n: 1, kind: "request", payload: 1, restart: null }));
     expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
-    await dlq("stale_epoch", (b) => b.subject === rt.names.srv(server.id, "work"));
+    await dlq("stale_epoch", (b) => b.subject === rt.names.work(server.id, "s"));
     await stillServing();
   });
 });
