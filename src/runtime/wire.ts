@@ -20,7 +20,11 @@ export const Header = {
   TraceDest: "Nats-Trace-Dest",
 } as const;
 
-/** The hops of one session's data, each a subject `<p>.<hop>.<owner>.<session>` (see docs/design.md §2). */
+/**
+ * The hops of one session's data, each a subject `<p>.<hop>.<owner>.<session>`: the session is
+ * the last token of every one, so `nats sub '<p>.*.*.<session>'` follows a session (README: On
+ * the wire), and periodic control traffic stays on subjects of three tokens.
+ */
 export type SessionHop = "req" | "work" | "resp" | "deliver" | "cancel";
 
 export type WireKind = "request" | "update" | "response" | "control";
