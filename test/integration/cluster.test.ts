@@ -3,7 +3,9 @@
  * buckets with three replicas, and real faults: SIGKILL of the nats-server that leads
  * TANDEM_REQ under load (restarted later), and SIGKILL of a nats-server together with the
  * primary manager. I1, I2, I3 and I6 are checked on the recorded history; each test prints the
- * pause the fault caused (a Raft election takes seconds in nats-server 2.9: measured, not assumed).
+ * pause the fault caused, and the first test measures the broker's own floor beside it: a bare
+ * JetStream client publishing through a SIGKILL of its stream's leader (a follower waits 4-9 s
+ * before it stands for election, in every version from 2.9 to 2.15: measured, not assumed).
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { Deployment, until } from "../helpers/deployment.js";
@@ -43,6 +45,38 @@ async function leaderOf(dep: Deployment, stream: string): Promise<number> {
 }
 
 describe("a three-server NATS cluster", () => {
+  it("the broker's floor - a bare JetStream client's publishes through a SIGKILL of the stream leader (no Tandem)", { timeout: 120_000 }, async () => {
+    const { NatsCluster } = await import("../../src/runtime/nats-cluster.js");
+    const { connect } = await import("@nats-io/transport-node");
+    const { jetstream, jetstreamManager } = await import("@nats-io/jetstream");
+    const cluster = await NatsCluster.start({ size: 3 });
+    try {
+      await cluster.waitReady(30_000);
+      const nc = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+      const jsm = await jetstreamManager(nc);
+      await jsm.streams.add({ name: "FLOOR", subjects: ["floor.>"], num_replicas: 3 });
+      const js = jetstream(nc, { timeout: 1000 });
+      for (let i = 0; i < 20; i++) await js.publish("floor.x", "warm");
+      const leader = cluster.indexOf((await jsm.streams.info("FLOOR")).cluster?.leader ?? "");
+      expect(leader).toBeGreaterThanOrEqual(0);
+      const t0 = performance.now();
+      await cluster.kill(leader);
+      // Publish until one is acknowledged again: the gap is what any JetStream client waits.
+      let acked = false;
+      while (!acked && performance.now() - t0 < 60_000) {
+        acked = await js.publish("floor.x", "after").then(() => true, () => false);
+      }
+      const gapMs = Math.round(performance.now() - t0);
+      console.log(`broker floor: a bare JetStream client's first acknowledged publish ${gapMs} ms after SIGKILL of the stream leader`);
+      expect(acked).toBe(true);
+      const newLeader = cluster.indexOf((await jsm.streams.info("FLOOR")).cluster?.leader ?? "");
+      expect(newLeader).not.toBe(leader);
+      await nc.close();
+    } finally {
+      await cluster.cleanup();
+    }
+  });
+
   it("cluster - SIGKILL of the nats-server leading TANDEM_REQ under load, restarted later: nothing lost or duplicated", { timeout: 240_000 }, async () => {
     d = await Deployment.start({ cluster: 3, managers: 2, servers: 2 });
     const jsm = await (await import("@nats-io/jetstream")).jetstreamManager(d.nc);
