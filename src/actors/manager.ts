@@ -7,7 +7,7 @@ import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type Js
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
 import { DEFAULT_HEDGE_BUDGET } from "../machines/hedgeBudget.js";
-import { BackupStore, fullBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
+import { BackupStore, splitBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
 import { managerMachine, type LeaseView, type ManagerEvent } from "../machines/managerMachine.js";
 import type {
@@ -40,6 +40,7 @@ import {
   isToken,
   makeHeaders,
   malformed,
+  encodedSize,
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
@@ -750,6 +751,8 @@ export class ManagerNode {
   }
 
   /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
+  private oversizeWarnedAt = 0;
+
   private sendBackup(epoch: number, core: ManagerCore, records: SessionRecord[], removed: string[], cursor: CursorRecord): void {
     const reply = this.ackSub ? `_INBOX.tandem-backup.${this.node}.${epoch}` : undefined;
     if (!reply) return;
@@ -758,9 +761,13 @@ export class ManagerNode {
     const wantFull = this.backupSeq === 0 || [...this.standbys.values()].some((a) => a.needFull);
     const seq = ++this.backupSeq;
     const base = { epoch, node: this.node, seq, cursor };
-    const msgs: BackupMsg[] = wantFull
-      ? fullBackup(base, core.allRecords())
-      : [{ ...base, full: false, part: 1, parts: 1, records, removed }];
+    // Parts that fit what this NATS server carries (its INFO's max_payload, headroom for headers).
+    const maxBytes = (this.rt.nc.info?.max_payload ?? 1024 * 1024) - 1024;
+    const { parts: msgs, oversized } = splitBackup(base, wantFull, wantFull ? core.allRecords() : records, wantFull ? [] : removed, maxBytes, encodedSize);
+    if (oversized.length > 0 && now() - this.oversizeWarnedAt > 5000) {
+      this.oversizeWarnedAt = now();
+      this.log.error({ sessions: oversized.map((r) => r.session).slice(0, 10), maxBytes }, "session records too large for any backup message are left out of the backups (the bucket and the queues still have them)");
+    }
     if (wantFull) for (const a of this.standbys.values()) a.needFull = false;
     for (const m of msgs) this.rt.nc.publish(this.rt.names.backup, encode(m), { reply });
   }

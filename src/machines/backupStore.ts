@@ -3,8 +3,10 @@
  * and the cursor of the cut they belong to. Pure: messages in, an acknowledgement out.
  *
  * The primary sends a delta (records changed since the last backup, sessions removed) every
- * backupMs, numbered by `seq`; a full backup (possibly in parts) when a standby asks for one.
- * A standby that joined late, missed a delta, or sees a new epoch asks for a full backup.
+ * backupMs, numbered by `seq`; a full backup when a standby asks for one. Either comes in as many
+ * parts as it takes for each to fit a NATS message (13,000 changed records once made one delta
+ * too large to send, and the primary exited); a standby applies a backup when its last part is in.
+ * A standby that joined late, missed a part, or sees a new epoch asks for a full backup.
  */
 import type { CursorRecord, SessionRecord } from "./managerCore.js";
 
@@ -13,7 +15,7 @@ export interface BackupMsg {
   node: string;
   seq: number;
   full: boolean;
-  /** 1-based part number of a full backup, and how many parts it has. */
+  /** 1-based part number of this backup, and how many parts it has. */
   part: number;
   parts: number;
   records: SessionRecord[];
@@ -35,7 +37,7 @@ export class BackupStore {
   complete = false;
   records = new Map<string, SessionRecord>();
   cursor: CursorRecord | null = null;
-  private staging: { seq: number; records: Map<string, SessionRecord>; next: number } | null = null;
+  private staging: { seq: number; full: boolean; records: Map<string, SessionRecord>; removed: string[]; next: number } | null = null;
 
   /** Apply a backup; null when it comes from an older epoch than one already seen (ignore it). */
   apply(msg: BackupMsg, self: string): BackupAck | null {
@@ -46,37 +48,86 @@ export class BackupStore {
       this.complete = false;
       this.staging = null;
     }
-    if (msg.full) {
-      if (msg.part === 1) this.staging = { seq: msg.seq, records: new Map(), next: 1 };
-      const st = this.staging;
-      if (!st || st.seq !== msg.seq || st.next !== msg.part) {
+    // A delta builds on the backup before it; a full backup on nothing.
+    if (msg.part === 1) {
+      if (!msg.full && (!this.complete || msg.seq !== this.seq + 1)) {
+        this.complete = false;
         this.staging = null;
         return { node: self, seq: this.seq, needFull: true };
       }
-      for (const r of msg.records) st.records.set(r.session, r);
-      st.next++;
-      if (msg.part === msg.parts) {
-        this.records = st.records;
-        this.cursor = msg.cursor;
-        this.seq = msg.seq;
-        this.complete = true;
-        this.staging = null;
-      }
-      return { node: self, seq: msg.seq, needFull: false };
+      this.staging = { seq: msg.seq, full: msg.full, records: new Map(), removed: [], next: 1 };
     }
-    if (!this.complete || msg.seq !== this.seq + 1) {
+    const st = this.staging;
+    if (!st || st.seq !== msg.seq || st.next !== msg.part || st.full !== msg.full) {
+      this.staging = null;
       this.complete = false;
       return { node: self, seq: this.seq, needFull: true };
     }
-    for (const r of msg.records) this.records.set(r.session, r);
-    for (const id of msg.removed) this.records.delete(id);
-    this.cursor = msg.cursor;
-    this.seq = msg.seq;
+    for (const r of msg.records) st.records.set(r.session, r);
+    st.removed.push(...msg.removed);
+    st.next++;
+    if (msg.part === msg.parts) {
+      if (st.full) this.records = st.records;
+      else {
+        for (const r of st.records.values()) this.records.set(r.session, r);
+        for (const id of st.removed) this.records.delete(id);
+      }
+      this.cursor = msg.cursor;
+      this.seq = msg.seq;
+      this.complete = true;
+      this.staging = null;
+    }
     return { node: self, seq: msg.seq, needFull: false };
   }
 }
 
-/** Split a full backup into parts that fit a NATS message. */
+/**
+ * Split a backup into parts whose encoded size stays within `maxBytes` (the bytes of each part's
+ * JSON, as `measure` counts them). A record that alone exceeds what a part may hold cannot be
+ * sent at all: it is returned in `oversized` (for the caller to report), never sent.
+ */
+export function splitBackup(
+  base: Omit<BackupMsg, "full" | "part" | "parts" | "records" | "removed">,
+  full: boolean,
+  records: SessionRecord[],
+  removed: string[],
+  maxBytes: number,
+  measure: (v: unknown) => number,
+): { parts: BackupMsg[]; oversized: SessionRecord[] } {
+  // What every part carries besides its records: the cursor, the numbers (generously counted).
+  const overhead = measure({ ...base, full, part: 999_999, parts: 999_999, records: [], removed: [] }) + 16;
+  const room = maxBytes - overhead;
+  const chunks: Array<{ records: SessionRecord[]; removed: string[] }> = [];
+  const oversized: SessionRecord[] = [];
+  let cur = { records: [] as SessionRecord[], removed: [] as string[] };
+  let used = 0;
+  const push = (size: number) => {
+    if (used + size > room && (cur.records.length > 0 || cur.removed.length > 0)) {
+      chunks.push(cur);
+      cur = { records: [], removed: [] };
+      used = 0;
+    }
+    used += size + 1; // the comma
+  };
+  for (const r of records) {
+    const size = measure(r);
+    if (size > room) {
+      oversized.push(r);
+      continue;
+    }
+    push(size);
+    cur.records.push(r);
+  }
+  for (const id of removed) {
+    push(id.length + 2);
+    cur.removed.push(id);
+  }
+  chunks.push(cur);
+  const parts = chunks.map((c, i) => ({ ...base, full, part: i + 1, parts: chunks.length, records: c.records, removed: c.removed }));
+  return { parts, oversized };
+}
+
+/** Split a full backup into parts of at most `perPart` records (tests; the manager splits by bytes). */
 export function fullBackup(base: Omit<BackupMsg, "full" | "part" | "parts" | "records" | "removed">, records: SessionRecord[], perPart = 400): BackupMsg[] {
   const parts = Math.max(1, Math.ceil(records.length / perPart));
   const out: BackupMsg[] = [];

@@ -164,6 +164,11 @@ export function encode(v: unknown): Uint8Array {
   return te.encode(JSON.stringify(v));
 }
 
+/** Bytes of a value's JSON encoding (what `encode` would send). */
+export function encodedSize(v: unknown): number {
+  return Buffer.byteLength(JSON.stringify(v) ?? "null", "utf8");
+}
+
 /** Parse JSON; anything unparseable is a TANDEM_MALFORMED error. */
 export function decode(data: Uint8Array): unknown {
   try {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { BackupStore, fullBackup, type BackupMsg } from "../../src/machines/backupStore.js";
+import { BackupStore, fullBackup, splitBackup, type BackupMsg } from "../../src/machines/backupStore.js";
 import type { CursorRecord, SessionRecord } from "../../src/machines/managerCore.js";
 
 const cursor = (reqSeq: number, epoch = 1): CursorRecord => ({ v: 1, epoch, reqSeq, respSeq: reqSeq, reqFrom: 1, respFrom: 1, services: ["svc"], servers: [] });
@@ -46,6 +46,62 @@ describe("backup store (standby side)", () => {
     const parts = fullBackup({ epoch: 1, node: "p", seq: 4, cursor: cursor(4) }, [rec("a"), rec("b"), rec("c")], 1);
     b.apply(parts[0]!, "s");
     expect(b.apply(parts[2]!, "s")?.needFull).toBe(true);
+    expect(b.complete).toBe(false);
+  });
+});
+
+describe("backups in parts that fit a NATS message (regression: 13,000 changed records made one delta too large to send)", () => {
+  const measure = (v: unknown) => Buffer.byteLength(JSON.stringify(v), "utf8");
+  const sized = (session: string, bytes: number): SessionRecord => ({ ...rec(session), service: "s".repeat(bytes) });
+
+  it("every part of a full backup or a delta fits, and the standby ends with exactly the primary's table", async () => {
+    const fc = await import("fast-check");
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.tuple(fc.stringMatching(/^[a-z]{1,8}$/), fc.integer({ min: 0, max: 3000 })), { selector: (t) => t[0], maxLength: 60 }),
+        fc.uniqueArray(fc.tuple(fc.stringMatching(/^[a-z]{1,8}$/), fc.integer({ min: 0, max: 3000 })), { selector: (t) => t[0], maxLength: 60 }),
+        fc.integer({ min: 4000, max: 20_000 }),
+        (first, second, maxBytes) => {
+          const b = new BackupStore();
+          const table = new Map(first.map(([id, n]) => [id, sized(id, n)]));
+          const full = splitBackup({ epoch: 1, node: "p", seq: 1, cursor: cursor(1) }, true, [...table.values()], [], maxBytes, measure);
+          expect(full.oversized).toEqual([]);
+          for (const m of full.parts) {
+            expect(measure(m)).toBeLessThanOrEqual(maxBytes);
+            expect(b.apply(m, "s")?.needFull).toBe(false);
+          }
+          // A delta: some records changed or added, some removed.
+          const changed = second.map(([id, n]) => sized(id, n));
+          const removed = first.filter(([id]) => !second.some(([x]) => x === id)).map(([id]) => id).slice(0, 20);
+          for (const r of changed) table.set(r.session, r);
+          for (const id of removed) table.delete(id);
+          const d = splitBackup({ epoch: 1, node: "p", seq: 2, cursor: cursor(2) }, false, changed, removed, maxBytes, measure);
+          for (const m of d.parts) {
+            expect(measure(m)).toBeLessThanOrEqual(maxBytes);
+            expect(b.apply(m, "s")?.needFull).toBe(false);
+          }
+          expect(b.complete).toBe(true);
+          expect(new Map([...b.records].sort())).toEqual(new Map([...table].sort()));
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it("a record that can never fit is left out and named, the rest still go", () => {
+    const out = splitBackup({ epoch: 1, node: "p", seq: 1, cursor: cursor(1) }, true, [rec("a"), sized("huge", 600_000), rec("b")], [], 256 * 1024, measure);
+    expect(out.oversized.map((r) => r.session)).toEqual(["huge"]);
+    expect(out.parts.flatMap((p) => p.records.map((r) => r.session))).toEqual(["a", "b"]);
+  });
+
+  it("a delta whose middle part is lost is not half applied: the standby asks for a full backup", () => {
+    const b = new BackupStore();
+    for (const m of fullBackup({ epoch: 1, node: "p", seq: 1, cursor: cursor(1) }, [rec("a")])) b.apply(m, "s");
+    const d = splitBackup({ epoch: 1, node: "p", seq: 2, cursor: cursor(2) }, false, [sized("x", 3000), sized("y", 3000), sized("z", 3000)], ["a"], 5000, measure);
+    expect(d.parts.length).toBe(3);
+    expect(b.apply(d.parts[0]!, "s")?.needFull).toBe(false);
+    expect(b.apply(d.parts[2]!, "s")?.needFull).toBe(true);
+    expect([...b.records.keys()]).toEqual(["a"]); // nothing of the broken delta applied
     expect(b.complete).toBe(false);
   });
 });
