@@ -38,6 +38,8 @@ export interface SessionTrace {
   requests: RequestTrace[];
   /** Set when a queue held more than TRACE_MAX_ENTRIES entries for the session. */
   truncated: boolean;
+  /** The deployment's stream names (the prefix decides them). */
+  streams: { req: string; resp: string };
 }
 
 async function readQueue(rt: Runtime, stream: string, subject: string): Promise<{ msgs: JsMsg[]; truncated: boolean }> {
@@ -72,7 +74,7 @@ async function clientOf(rt: Runtime, session: string, info: SessionInfo): Promis
 export async function traceSession(rt: Runtime, session: string, only?: number): Promise<SessionTrace> {
   const info = await readSessionInfo(rt, session);
   const client = await clientOf(rt, session, info);
-  const out: SessionTrace = { session, client, record: info.record, requests: [], truncated: false };
+  const out: SessionTrace = { session, client, record: info.record, requests: [], truncated: false, streams: { req: rt.names.streamReq, resp: rt.names.streamResp } };
   if (!client) return out;
   const [req, resp] = await Promise.all([
     readQueue(rt, rt.names.streamReq, rt.names.req(client, session)),
@@ -155,22 +157,22 @@ export function formatTrace(t: SessionTrace): string {
       const plus = "at" in s && Number.isFinite(t0) ? `  +${Date.parse(s.at) - t0} ms` : "";
       switch (s.step) {
         case "queued":
-          lines.push(`  ${when}  queued       ${s.kind} in ${"TANDEM_REQ"} seq ${s.seq}${s.restart ? ", with client restart data" : ""}`);
+          lines.push(`  ${when}  queued       ${s.kind} in ${t.streams.req} seq ${s.seq}${s.restart ? ", with client restart data" : ""}`);
           break;
         case "copy":
           lines.push(`  ${when}  copy ${s.copy}       taken by ${s.server}${plus}`);
           break;
         case "checkpoint":
-          lines.push(`  ${when}  checkpoint   by ${s.server}, TANDEM_RESP seq ${s.seq}${plus}`);
+          lines.push(`  ${when}  checkpoint   by ${s.server}, ${t.streams.resp} seq ${s.seq}${plus}`);
           break;
         case "answered":
-          lines.push(`  ${when}  answered     by ${s.server}: ${s.ok ? "ok" : `error ${s.code ?? "?"}`}, TANDEM_RESP seq ${s.seq}${plus}`);
+          lines.push(`  ${when}  answered     by ${s.server}: ${s.ok ? "ok" : `error ${s.code ?? "?"}`}, ${t.streams.resp} seq ${s.seq}${plus}`);
           break;
         case "hedge-settled":
           lines.push(`  ${when}  hedge        winner ${s.winner ?? "-"}${s.cancelled.length ? `, cancelled ${s.cancelled.join(", ")}` : ""} (${s.latencyMs} ms)`);
           break;
         case "taken":
-          lines.push(`  ${when}  taken        delivered and committed by the client, TANDEM_REQ seq ${s.seq}${plus}`);
+          lines.push(`  ${when}  taken        delivered and committed by the client, ${t.streams.req} seq ${s.seq}${plus}`);
           break;
       }
     }
