@@ -33,6 +33,7 @@ import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import {
   decode,
   encode,
+  encodedSize,
   field,
   isBool,
   isObject,
@@ -40,7 +41,6 @@ import {
   isToken,
   makeHeaders,
   malformed,
-  encodedSize,
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
@@ -750,9 +750,10 @@ export class ManagerNode {
     }
   }
 
-  /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
+  /** When a record too large for any backup part was last reported (rate-limits the report). */
   private oversizeWarnedAt = 0;
 
+  /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
   private sendBackup(epoch: number, core: ManagerCore, records: SessionRecord[], removed: string[], cursor: CursorRecord): void {
     const reply = this.ackSub ? `_INBOX.tandem-backup.${this.node}.${epoch}` : undefined;
     if (!reply) return;
@@ -761,15 +762,23 @@ export class ManagerNode {
     const wantFull = this.backupSeq === 0 || [...this.standbys.values()].some((a) => a.needFull);
     const seq = ++this.backupSeq;
     const base = { epoch, node: this.node, seq, cursor };
-    // Parts that fit what this NATS server carries (its INFO's max_payload, headroom for headers).
+    if (wantFull) for (const a of this.standbys.values()) a.needFull = false;
+    // What this NATS server carries (its INFO's max_payload), with headroom for headers.
     const maxBytes = (this.rt.nc.info?.max_payload ?? 1024 * 1024) - 1024;
-    const { parts: msgs, oversized } = splitBackup(base, wantFull, wantFull ? core.allRecords() : records, wantFull ? [] : removed, maxBytes, encodedSize);
+    const all = wantFull ? core.allRecords() : records;
+    const gone = wantFull ? [] : removed;
+    // The usual backup fits one message: encode it once and send it, as before parts existed.
+    const whole = encode({ ...base, full: wantFull, part: 1, parts: 1, records: all, removed: gone } satisfies BackupMsg);
+    if (whole.length <= maxBytes) {
+      this.rt.nc.publish(this.rt.names.backup, whole, { reply });
+      return;
+    }
+    const { parts, oversized } = splitBackup(base, wantFull, all, gone, maxBytes, encodedSize);
     if (oversized.length > 0 && now() - this.oversizeWarnedAt > 5000) {
       this.oversizeWarnedAt = now();
       this.log.error({ sessions: oversized.map((r) => r.session).slice(0, 10), maxBytes }, "session records too large for any backup message are left out of the backups (the bucket and the queues still have them)");
     }
-    if (wantFull) for (const a of this.standbys.values()) a.needFull = false;
-    for (const m of msgs) this.rt.nc.publish(this.rt.names.backup, encode(m), { reply });
+    for (const m of parts) this.rt.nc.publish(this.rt.names.backup, encode(m), { reply });
   }
 
   private fenced(epoch: number, reason: string): void {

@@ -443,11 +443,12 @@ export class TandemServer {
 
   /** The response must reach the queue: retry (same message id, so at most one is stored). */
   private async storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
+    if (w.tp !== undefined) body.tp = w.tp;
+    const data = encode(body);
     let delay = 50;
     for (let attempt = 0; ; attempt++) {
       try {
-        if (w.tp !== undefined) body.tp = w.tp;
-        await publishToQueue(this.rt.requester, subject, encode(body), {
+        await publishToQueue(this.rt.requester, subject, data, {
           msgID: `${w.session}.${w.n}`,
           headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
           timeout: JS_TIMEOUT_MS,

@@ -6,6 +6,7 @@ import { NatsServer } from "../../src/runtime/nats-server.js";
 import { resolveConfig, type Config } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import { ManagerNode } from "../../src/actors/manager.js";
 
 export { NatsServer };
 
@@ -28,6 +29,14 @@ export async function runtimeFor(ns: NatsServer, over: Partial<Record<keyof Conf
   const config = resolveConfig(FAST as never, { natsUrls: [ns.url], ...over } as never);
   const rt = await startRuntime(config, { logger, name });
   return Object.assign(rt, { logs: lines });
+}
+
+/** A manager node on this runtime, started and primary (the in-process tests' usual first step). */
+export async function primaryManager(rt: Runtime): Promise<ManagerNode> {
+  const mgr = new ManagerNode(rt);
+  mgr.start();
+  await mgr.waitPrimary();
+  return mgr;
 }
 
 export function fastEnv(url: string): Record<string, string> {

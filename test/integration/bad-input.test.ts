@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ManagerNode } from "../../src/actors/manager.js";
+import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { decode, encode, makeHeaders } from "../../src/runtime/wire.js";
-import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 
 let ns: NatsServer;
 let rt: Runtime;
@@ -14,9 +14,7 @@ let server: TandemServer;
 beforeAll(async () => {
   ns = await startNats();
   rt = await runtimeFor(ns, { maxPayload: 512 });
-  mgr = new ManagerNode(rt);
-  mgr.start();
-  await mgr.waitPrimary();
+  mgr = await primaryManager(rt);
   server = await TandemServer.start(rt, { service: "svc", handler: (r) => r.payload });
 });
 

@@ -8,7 +8,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLI } from "../helpers/procs.js";
-import { ManagerNode } from "../../src/actors/manager.js";
+import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { ledgerHandler, readLedger, seedLedger, pgDoubleApplied } from "../../src/runtime/ledger.js";
@@ -16,7 +16,7 @@ import type { Runtime } from "../../src/runtime/runtime.js";
 import type { FencedStore } from "../../src/runtime/store.js";
 import { KvStore } from "../../src/runtime/store-kv.js";
 import { PgStore } from "../../src/runtime/store-pg.js";
-import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { PgServer } from "../helpers/postgres.js";
 
 let ns: NatsServer;
@@ -44,9 +44,7 @@ function timed(ms: number, seen: { started: number[]; aborted: number[]; finishe
 beforeAll(async () => {
   ns = await startNats();
   rt = await runtimeFor(ns);
-  mgr = new ManagerNode(rt);
-  mgr.start();
-  await mgr.waitPrimary();
+  mgr = await primaryManager(rt);
 });
 
 afterAll(async () => {

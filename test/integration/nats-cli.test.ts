@@ -6,14 +6,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { promisify } from "node:util";
-import { ManagerNode } from "../../src/actors/manager.js";
+import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { natsCliBin } from "../../src/runtime/nats-bin.js";
 import { NatsServer, serverConfig } from "../../src/runtime/nats-server.js";
 import { serverVersionProblem } from "../../src/runtime/connection.js";
 import { CLI } from "../helpers/procs.js";
-import { eventually, runtimeFor, startNats } from "../helpers/nats.js";
+import { eventually, primaryManager, runtimeFor, startNats } from "../helpers/nats.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 
 const run = promisify(execFile);
@@ -49,9 +49,7 @@ const received = (out: string) => [...out.matchAll(/Received on "([^"]+)"/g)].ma
 beforeAll(async () => {
   ns = await startNats();
   rt = await runtimeFor(ns);
-  mgr = new ManagerNode(rt);
-  mgr.start();
-  await mgr.waitPrimary();
+  mgr = await primaryManager(rt);
   server = await TandemServer.start(rt, { service: "greet", id: "s1", handler: (req, ctx) => ({ hello: req.payload, traceparent: ctx.traceparent }) });
   client = await TandemClient.connect(rt, { id: "alice" });
 }, 60_000);

@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ManagerNode } from "../../src/actors/manager.js";
+import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { TandemError } from "../../src/runtime/errors.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { setTraceDir } from "../../src/runtime/trace.js";
-import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,9 +36,7 @@ const handler: Handler = async (req, ctx) => {
 beforeAll(async () => {
   ns = await startNats();
   rt = await runtimeFor(ns, { maxPending: 20, maxPayload: 1024 });
-  mgr = new ManagerNode(rt);
-  mgr.start();
-  await mgr.waitPrimary();
+  mgr = await primaryManager(rt);
   servers.push(await TandemServer.start(rt, { service: "svc", handler }));
 });
 

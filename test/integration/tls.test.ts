@@ -8,14 +8,13 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { resolveConfig } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
 import { NatsServer } from "../../src/runtime/nats-server.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
-import { FAST } from "../helpers/nats.js";
+import { FAST, primaryManager } from "../helpers/nats.js";
 
 let dir: string;
 let ns: NatsServer;
@@ -45,9 +44,7 @@ const runtime = (over: Record<string, unknown>): Promise<Runtime> =>
 describe("TLS to NATS", () => {
   it("with the CA, a manager, a server and a client work over TLS", async () => {
     const rt = await runtime({ natsCa: join(dir, "ca.pem") });
-    const mgr = new ManagerNode(rt);
-    mgr.start();
-    await mgr.waitPrimary();
+    const mgr = await primaryManager(rt);
     const server = await TandemServer.start(rt, { service: "tls", handler: (req) => `secure ${String(req.payload)}` });
     const client = await TandemClient.connect(rt);
     const s = await client.open("tls");
