@@ -34,7 +34,7 @@ export interface OpenOptions {
   /** Requests outstanding before request() throws TANDEM_BACKPRESSURE (capped by the manager). */
   maxPending?: number;
   /**
-   * Hedged requests (DESIGN.md §5): each request goes to one server and, with no response after
+   * Hedged requests (docs/design.md §5): each request goes to one server and, with no response after
    * `after` ms (0 = at once, "p95" = the service's learned 95th percentile), to up to
    * `copies` − 1 others. The first stored response wins; the other copies are cancelled. Use
    * `kind: "update"` with a fenced store on the servers for requests that change a store.
@@ -364,7 +364,7 @@ export class ClientSession {
       : createActor(machine, { input });
     this.actor.start();
     if (persisted) {
-      // An explicit restart from the persisted snapshot (DESIGN.md §1).
+      // An explicit restart from the persisted snapshot (docs/design.md §1).
       this.actor.send({ type: "RESTART", epoch: this.actor.getSnapshot().context.epoch });
     }
     const snap = await waitFor(this.actor, (s) => s.matches("active") || s.status === "done", { timeout: 60_000 });

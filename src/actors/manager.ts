@@ -1,6 +1,6 @@
 /**
  * The manager actor: wires managerMachine (lifecycle) and ManagerCore (routing table) to the
- * subjects, streams and buckets of DESIGN.md §2. Only the primary acts; every effect checks
+ * subjects, streams and buckets of docs/design.md §2. Only the primary acts; every effect checks
  * that this node is still primary of the epoch it was decided in (I5).
  */
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
@@ -347,7 +347,7 @@ export class ManagerNode {
     let cursor = storedCursor;
     const records: SessionRecord[] = [];
     // The last backup is the cut to start from when we have one at least as new as the bucket's
-    // (DESIGN.md §4.3); otherwise the bucket (a manager started cold, or a backup missed).
+    // (docs/design.md §4, step 3); otherwise the bucket (a manager started cold, or a backup missed).
     const b = this.backup;
     const fromBackup = !this.forceBucket && b.complete && b.cursor !== null && (!storedCursor || b.cursor.reqSeq >= storedCursor.reqSeq);
     this.forceBucket = false;
@@ -629,7 +629,7 @@ export class ManagerNode {
       },
     });
     this.ackSub = inbox;
-    // Everyone restarts against this epoch (DESIGN.md §4.3).
+    // Everyone restarts against this epoch (docs/design.md §4, step 3).
     this.run(core.startEpoch(epoch, now()));
     const tickMs = Math.max(20, Math.min(100, rt.config.serverHeartbeatMs / 2));
     this.lastTick = now();

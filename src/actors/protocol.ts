@@ -44,7 +44,7 @@ export type ParsedRequest =
 
 export const MAX_HEDGE_COPIES = 8;
 
-/** Validate a session's hedge options (DESIGN.md §5). */
+/** Validate a session's hedge options (docs/design.md §5). */
 export function parseHedge(v: unknown): HedgeOptions {
   const bad = (why: string) =>
     new TandemError(ErrorCode.Hedge, `hedge options ${why}; use e.g. { copies: 2, after: 50 } or { copies: 3, after: "p95" }`, { context: { hedge: v } });

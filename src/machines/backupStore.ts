@@ -1,5 +1,5 @@
 /**
- * What a standby keeps of the primary's backups (DESIGN.md §4): the session table as records
+ * What a standby keeps of the primary's backups (docs/design.md §4): the session table as records
  * and the cursor of the cut they belong to. Pure: messages in, an acknowledgement out.
  *
  * The primary sends a delta (records changed since the last backup, sessions removed) every

@@ -1,5 +1,5 @@
 /**
- * A client session (DESIGN.md §1): opening -> active <-> restarting -> closing -> closed.
+ * A client session (docs/design.md §1): opening -> active <-> restarting -> closing -> closed.
  * `open` opens a new session or resumes one by id; `reconcile` answers a manager restart
  * (re-sync delivery with the manager's response queue); `close` ends it. A restart from an
  * epoch older than one already seen is ignored (I5).

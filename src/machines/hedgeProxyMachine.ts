@@ -1,5 +1,5 @@
 /**
- * The hedging proxy (DESIGN.md §5): one actor per hedged request in flight.
+ * The hedging proxy (docs/design.md §5): one actor per hedged request in flight.
  *
  *   dispatching ──ACKED──▶ awaitingFirst          (both inside `open`)
  *        │  after hedgeDelay: hedge once (up to copies − 1 other servers, within the budget)

@@ -683,7 +683,7 @@ export class ManagerCore {
       srv.alive = true;
       srv.lastSeen = now;
     }
-    // Restart the servers the table names at once (DESIGN.md §4.3), rather than when their next
+    // Restart the servers the table names at once (docs/design.md §4, step 3), rather than when their next
     // heartbeat is told to register again: that wait was up to a heartbeat interval of every
     // failover. Their acknowledgement proves them alive; the registration that follows still
     // brings their capacity. A dead one fails the restart and times out as before.

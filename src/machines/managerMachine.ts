@@ -1,5 +1,5 @@
 /**
- * Lifecycle of a manager node (DESIGN.md §1, §4):
+ * Lifecycle of a manager node (docs/design.md §1, §4):
  *
  *   standby --(lease free or silent for leaseMs)--> takingOver --(CAS won)--> rebuilding --> primary
  *   primary --(renewal CAS lost)--> steppingDown --> standby

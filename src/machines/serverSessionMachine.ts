@@ -1,5 +1,5 @@
 /**
- * A server session (DESIGN.md §1): registering -> ready <-> working, restarting, stopped.
+ * A server session (docs/design.md §1): registering -> ready <-> working, restarting, stopped.
  * `working` while any request is in the handler. A RESTART (new manager, or sessions moved
  * here from a dead server) goes through `restarting`, where `reconcile` aborts work that is no
  * longer ours and reports what is still running. Restarts from an older epoch are ignored (I5).

@@ -5,7 +5,7 @@
 
 export type RequestKind = "request" | "update";
 
-/** A hedged session: each request may go to up to `copies` servers (DESIGN.md §5). */
+/** A hedged session: each request may go to up to `copies` servers (docs/design.md §5). */
 export interface HedgeOptions {
   /** Copies in all, the first included (2..8). */
   copies: number;

@@ -1,5 +1,5 @@
 /**
- * Per-role NATS users with subject permissions (DESIGN.md §2, §6): the client id is a subject
+ * Per-role NATS users with subject permissions (docs/design.md §2): the client id is a subject
  * token in every client-facing subject, so NATS itself keeps each client to its own queue and
  * deliveries, each server to its own work, and leaves everything else to the manager.
  *

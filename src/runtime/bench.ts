@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: Tandem against raw NATS, side by side, in one run on one nats-server
- * (DESIGN.md §7). Never part of `npm test`. Writes bench-results/latest.json, prints a Markdown
+ * (docs/design.md §7). Never part of `npm test`. Writes bench-results/latest.json, prints a Markdown
  * table, and draws SVG charts (latency CDF, throughput vs sessions, failover timeline).
  *
  *   --quick          a run of about a minute
@@ -487,7 +487,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
         for (const s of sessions) await s.close();
       }
       result.brokered = rows;
-      // Paired rounds for the two ratios of DESIGN.md §7: this host's speed drifts over a run
+      // Paired rounds for the two ratios of docs/design.md §7: this host's speed drifts over a run
       // (a raw figure taken minutes before the brokered one moved by up to a factor of two), so
       // each round measures raw and brokered back to back and the targets use the median ratio.
       if (rawKit) {
@@ -729,7 +729,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
       const node = `bench-h${Date.now() % 100000}`;
       const m = fleet.start("manager-h", ["manager", "--node", node]);
       nodeNames.set(m, node);
-      // 5 % of every server's calls are delayed 500 ms (DESIGN.md §7).
+      // 5 % of every server's calls are delayed 500 ms (docs/design.md §7).
       const servers = [0, 1, 2].map((i) =>
         fleet.start(`hedge-server-${i}`, ["server", "--service", "hedge", "--work", "sleep", "--sleep-ms", "2", "--straggle-pct", "5", "--straggle-ms", "500", "--capacity", "256"]),
       );
@@ -887,7 +887,7 @@ function markdown(result: Record<string, unknown>): string {
   const m = result.machine as { cpus: number; model: string; memGiB: number; node: string };
   const lines: string[] = [];
   lines.push(`\n### Tandem vs raw NATS (${m.cpus} cores, ${m.model}, ${m.memGiB} GiB, Node ${m.node}${result.quick ? ", --quick" : ""})\n`);
-  lines.push("| target (DESIGN.md §7) | target | measured | met |", "|---|---|---|---|");
+  lines.push("| target (docs/design.md §7) | target | measured | met |", "|---|---|---|---|");
   for (const t of result.targets as Target[]) lines.push(`| ${t.name} | ${t.target} | ${t.measured} | ${t.met === null ? "—" : t.met ? "yes" : "**no**"} |`);
   const raw = result.raw as Record<string, Record<string, { ratePerS?: number; latencyMs?: Latency }>> | undefined;
   const f = (x: number | undefined, d = 0) => (x === undefined || Number.isNaN(x) ? "—" : x.toFixed(d));

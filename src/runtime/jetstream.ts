@@ -1,7 +1,7 @@
 /**
  * Small JetStream helpers the actors share: read the last value of every subject of a stream,
  * and take over a durable consumer at a given sequence (delete and re-create, so the previous
- * owner's pulls fail: DESIGN.md I5).
+ * owner's pulls fail: docs/design.md §3, I5).
  */
 import {
   AckPolicy,

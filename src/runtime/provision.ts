@@ -1,5 +1,5 @@
 /**
- * Idempotent provisioning of the streams and buckets of DESIGN.md §2. Safe to run from every
+ * Idempotent provisioning of the streams and buckets of docs/design.md §2. Safe to run from every
  * process at start: existing resources are kept (and their limits updated), missing ones made.
  */
 import {

@@ -1,6 +1,6 @@
 /**
  * What `tandem_sessions` says about one session: its record, and for hedged requests which
- * server took which copy and which one won (DESIGN.md §5). For the API and `tandem status
+ * server took which copy and which one won (docs/design.md §5). For the API and `tandem status
  * --session ID`.
  */
 import type { HedgeRecord } from "../actors/hedgeProxy.js";

@@ -1,5 +1,5 @@
 /**
- * The fenced commit (DESIGN.md §5, I4): a handler of an `update` request changes an external
+ * The fenced commit (docs/design.md §5, §3 I4): a handler of an `update` request changes an external
  * store through `ctx.commit(fn)`. Of all duplicates of one request (hedged copies, redos after a
  * crash or a failover) exactly one applies its change: the first to complete it. Every other
  * duplicate is stopped before applying, or has its change rolled back, and gets the winner's

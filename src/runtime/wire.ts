@@ -1,5 +1,5 @@
 /**
- * Names on the wire (DESIGN.md §2): subjects, stream and bucket names, headers, and the JSON
+ * Names on the wire (docs/design.md §2): subjects, stream and bucket names, headers, and the JSON
  * codec with validation. One place knows the layout so everything else asks it.
  */
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";

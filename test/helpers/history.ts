@@ -1,5 +1,5 @@
 /**
- * Checks DESIGN.md's invariants on a recorded history: the JSON lines every incarnation of a
+ * Checks docs/design.md's guarantees (§3) on a recorded history: the JSON lines every incarnation of a
  * `tandem client --json` wrote, in the order written.
  *   I1 no loss: every request of every client was answered (and the last incarnation finished).
  *   I2 once:    no request id reached the application twice. A receipt is committed when

@@ -2,7 +2,7 @@ import type { ClientRunner } from "./deployment.js";
 
 /**
  * After a fault at `t0`: when the first response arrived, and when every session that was
- * serving before the fault had served again (the takeover time of DESIGN.md §7).
+ * serving before the fault had served again (the takeover time of docs/design.md §7).
  */
 export function recovery(clients: ClientRunner[], t0: number): { firstMs: number | null; allMs: number | null; sessions: number } {
   const before = new Set<string>();

@@ -1,5 +1,5 @@
 /**
- * Access control (DESIGN.md §2, §6): a nats-server with the per-role users `tandem auth`
+ * Access control (docs/design.md §2, §6): a nats-server with the per-role users `tandem auth`
  * writes. Client "alice" tries to read bob's responses, write into bob's queue, pass for a
  * server and for the manager; NATS refuses each, and bob's session goes on with nothing lost or
  * changed. Bad credentials fail at start with a clear error; the per-client session limit holds.

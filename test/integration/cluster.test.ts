@@ -1,5 +1,5 @@
 /**
- * Beyond one machine (DESIGN.md §6): a real three-server NATS cluster on loopback, streams and
+ * Beyond one machine (docs/design.md §6): a real three-server NATS cluster on loopback, streams and
  * buckets with three replicas, and real faults: SIGKILL of the nats-server that leads
  * TANDEM_REQ under load (restarted later), and SIGKILL of a nats-server together with the
  * primary manager. I1, I2, I3 and I6 are checked on the recorded history; each test prints the

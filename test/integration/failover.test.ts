@@ -1,5 +1,5 @@
 /**
- * The backup manager under real faults (DESIGN.md §4): SIGKILL of the primary under load, a
+ * The backup manager under real faults (docs/design.md §4): SIGKILL of the primary under load, a
  * paused primary (SIGSTOP/SIGCONT) that must not act after it wakes, the primary and a server
  * together, two primaries in a row, nats-server killed and restarted on its store, and a client
  * killed during a failover. Every test checks I1, I2, I3 and I6 on the recorded history and
