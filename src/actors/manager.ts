@@ -8,6 +8,7 @@ import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
 import { DEFAULT_HEDGE_BUDGET } from "../machines/hedgeBudget.js";
 import { BackupStore, splitBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
+import { splitToFit } from "../machines/parts.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
 import { managerMachine, type LeaseView, type ManagerEvent } from "../machines/managerMachine.js";
 import type {
@@ -19,6 +20,7 @@ import type {
   Reply,
   RestartMsg,
   RestartRecord,
+  RestartSession,
   ResumeReply,
   ServerRestartAck,
   WorkMsg,
@@ -1181,6 +1183,42 @@ export class ManagerNode {
     void publishDlq(this.rt, te, m.subject, m.headers, m.data);
   }
 
+  /** When a session too large for any restart message was last reported (rate-limits it). */
+  private restartOversizeWarnedAt = 0;
+
+  /**
+   * A restart to one client or server, in as many messages as it takes for each to fit the
+   * server's max_payload (a client with thousands of sessions, or large restart data, once made
+   * one restart too large to send, retried forever: the takeover never finished for it). Each
+   * part is acknowledged on its own, as the sessions it names are restarted independently;
+   * resolves with every part's acknowledgement, or null when any part failed (retried whole).
+   */
+  private async sendRestart<A>(subject: string, epoch: number, sessions: RestartSession[]): Promise<A[] | null> {
+    const { rt } = this;
+    const maxBytes = (rt.nc.info?.max_payload ?? 1024 * 1024) - 1024;
+    const overhead = encodedSize({ epoch, sessions: [] }) + 16;
+    const { parts, oversized } = splitToFit(sessions, encodedSize, maxBytes - overhead);
+    if (oversized.length > 0 && now() - this.restartOversizeWarnedAt > 5000) {
+      this.restartOversizeWarnedAt = now();
+      this.log.error({ subject, sessions: oversized.map((s) => s.session).slice(0, 10), maxBytes }, "sessions whose restart (restart data and queues) cannot fit any message are left out of the restart");
+    }
+    const headers = makeHeaders({ epoch, kind: "control" });
+    try {
+      const replies = await Promise.all(
+        parts.map((p) => rt.requester.request(subject, encode({ epoch, sessions: p } satisfies RestartMsg), { timeout: rt.config.ackTimeoutMs, headers })),
+      );
+      const acks: A[] = [];
+      for (const r of replies) {
+        const rep = decode(r.data) as Reply<A>;
+        if (!rep.ok) return null;
+        acks.push(rep.value);
+      }
+      return acks;
+    } catch {
+      return null;
+    }
+  }
+
   // ---- effects ---------------------------------------------------------------------------
 
   private run(effects: Effect[]): void {
@@ -1268,41 +1306,33 @@ export class ManagerNode {
         return;
       }
       case "restartServer": {
-        const msg: RestartMsg = { epoch, sessions: [] };
+        const sessions: RestartSession[] = [];
         for (const id of e.sessions) {
           const info = core.restartInfo(id);
           const s = core.sessions.get(id);
-          if (info && s) msg.sessions.push({ ...info, restart: s.serverRestart });
+          if (info && s) sessions.push({ ...info, restart: s.serverRestart });
         }
-        this.rt.requester
-          .request(rt.names.srv(e.server, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
-          .then((r) => {
-            const rep = decode(r.data) as Reply<ServerRestartAck>;
-            if (rep.ok) {
-              this.log.info({ server: e.server, sessions: e.sessions.length, working: rep.value.working.length }, "server session restarted");
-              this.run(core.serverRestartAcked(rep.value, now()));
-            } else core.serverRestartFailed(e.server, now());
-          })
-          .catch(() => core.serverRestartFailed(e.server, now()));
+        this.sendRestart<ServerRestartAck>(rt.names.srv(e.server, "restart"), epoch, sessions).then((acks) => {
+          if (!acks) return core.serverRestartFailed(e.server, now());
+          const ack: ServerRestartAck = { server: e.server, working: acks.flatMap((a) => a.working) };
+          this.log.info({ server: e.server, sessions: e.sessions.length, working: ack.working.length, parts: acks.length }, "server session restarted");
+          this.run(core.serverRestartAcked(ack, now()));
+        });
         return;
       }
       case "restartClient": {
-        const msg: RestartMsg = { epoch, sessions: [] };
+        const sessions: RestartSession[] = [];
         for (const id of e.sessions) {
           const info = core.restartInfo(id);
           const s = core.sessions.get(id);
-          if (info && s) msg.sessions.push({ ...info, restart: s.clientRestart });
+          if (info && s) sessions.push({ ...info, restart: s.clientRestart });
         }
-        this.rt.requester
-          .request(rt.names.cli(e.client, "restart"), encode(msg), { timeout, headers: makeHeaders({ epoch, kind: "control" }) })
-          .then((r) => {
-            const rep = decode(r.data) as Reply<ClientRestartAck>;
-            if (rep.ok) {
-              this.log.info({ client: e.client, sessions: e.sessions.length }, "client session restarted");
-              this.run(core.clientRestartAcked(rep.value, now()));
-            } else this.run(core.clientRestartFailed(e.client, now()));
-          })
-          .catch(() => this.run(core.clientRestartFailed(e.client, now())));
+        this.sendRestart<ClientRestartAck>(rt.names.cli(e.client, "restart"), epoch, sessions).then((acks) => {
+          if (!acks) return this.run(core.clientRestartFailed(e.client, now()));
+          const ack: ClientRestartAck = { client: e.client, sessions: acks.flatMap((a) => a.sessions) };
+          this.log.info({ client: e.client, sessions: e.sessions.length, parts: acks.length }, "client session restarted");
+          this.run(core.clientRestartAcked(ack, now()));
+        });
         return;
       }
       case "report": {

@@ -9,6 +9,7 @@
  * A standby that joined late, missed a part, or sees a new epoch asks for a full backup.
  */
 import type { CursorRecord, SessionRecord } from "./managerCore.js";
+import { splitToFit } from "./parts.js";
 
 export interface BackupMsg {
   epoch: number;
@@ -96,35 +97,18 @@ export function splitBackup(
 ): { parts: BackupMsg[]; oversized: SessionRecord[] } {
   // What every part carries besides its records: the cursor, the numbers (generously counted).
   const overhead = measure({ ...base, full, part: 999_999, parts: 999_999, records: [], removed: [] }) + 16;
-  const room = maxBytes - overhead;
-  const chunks: Array<{ records: SessionRecord[]; removed: string[] }> = [];
-  const oversized: SessionRecord[] = [];
-  let cur = { records: [] as SessionRecord[], removed: [] as string[] };
-  let used = 0;
-  const push = (size: number) => {
-    if (used + size > room && (cur.records.length > 0 || cur.removed.length > 0)) {
-      chunks.push(cur);
-      cur = { records: [], removed: [] };
-      used = 0;
-    }
-    used += size + 1; // the comma
-  };
-  for (const r of records) {
-    const size = measure(r);
-    if (size > room) {
-      oversized.push(r);
-      continue;
-    }
-    push(size);
-    cur.records.push(r);
-  }
-  for (const id of removed) {
-    push(id.length + 2);
-    cur.removed.push(id);
-  }
-  chunks.push(cur);
-  const parts = chunks.map((c, i) => ({ ...base, full, part: i + 1, parts: chunks.length, records: c.records, removed: c.removed }));
-  return { parts, oversized };
+  type Item = { record: SessionRecord } | { removed: string };
+  const items: Item[] = [...records.map((record) => ({ record })), ...removed.map((id) => ({ removed: id }))];
+  const split = splitToFit(items, (it) => ("record" in it ? measure(it.record) : it.removed.length + 2), maxBytes - overhead);
+  const parts = split.parts.map((chunk, i) => ({
+    ...base,
+    full,
+    part: i + 1,
+    parts: split.parts.length,
+    records: chunk.flatMap((it) => ("record" in it ? [it.record] : [])),
+    removed: chunk.flatMap((it) => ("removed" in it ? [it.removed] : [])),
+  }));
+  return { parts, oversized: split.oversized.flatMap((it) => ("record" in it ? [it.record] : [])) };
 }
 
 /** Split a full backup into parts of at most `perPart` records (tests; the manager splits by bytes). */
