@@ -19,31 +19,37 @@ afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
 });
 
-describe("backups in parts", () => {
+/**
+ * A nats-server with an 8 KiB max_payload, a primary (m1) and a standby (m2), one server, and one
+ * client with `count` sessions that have each been answered once.
+ */
+async function smallPayloadDeployment(count: number) {
+  const ns = await NatsServer.start({ config: "max_payload: 8192\n" });
+  cleanups.push(() => ns.cleanup());
+  const rt = async (node: string): Promise<Runtime> => {
+    const r = await runtimeFor(ns, { node, maxPayload: 4096 }, node);
+    cleanups.push(() => r.close());
+    return r;
+  };
+  const rt1 = await rt("m1");
+  const m1 = new ManagerNode(rt1);
+  m1.start();
+  await m1.waitPrimary();
+  const m2 = new ManagerNode(await rt("m2"));
+  m2.start();
+  cleanups.push(() => m2.stop());
+  const server = await TandemServer.start(await rt("s"), { service: "svc", handler: (req) => req.payload });
+  cleanups.push(() => server.stop());
+  const client = await TandemClient.connect(await rt("c"));
+  const sessions: ClientSession[] = [];
+  for (let i = 0; i < count; i++) sessions.push(await client.open("svc", { restart: { i } }));
+  await Promise.all(sessions.map((s, i) => s.request(i)));
+  return { rt1, m1, m2, client, sessions };
+}
+
+describe("backups and restarts in parts", () => {
   it("with more session records than one message carries, the standby gets them all and takes over with every session", { timeout: 90_000 }, async () => {
-    const ns = await NatsServer.start({ config: "max_payload: 8192\n" });
-    cleanups.push(() => ns.cleanup());
-    const rt = async (node: string): Promise<Runtime> => {
-      const r = await runtimeFor(ns, { node, maxPayload: 4096 }, node);
-      cleanups.push(() => r.close());
-      return r;
-    };
-    const rt1 = await rt("m1");
-    const m1 = new ManagerNode(rt1);
-    m1.start();
-    await m1.waitPrimary();
-    const rt2 = await rt("m2");
-    const m2 = new ManagerNode(rt2);
-    m2.start();
-    cleanups.push(() => m2.stop());
-    const rts = await rt("s");
-    const server = await TandemServer.start(rts, { service: "svc", handler: (req) => req.payload });
-    cleanups.push(() => server.stop());
-    const rtc = await rt("c");
-    const client = await TandemClient.connect(rtc);
-    const sessions: ClientSession[] = [];
-    for (let i = 0; i < 60; i++) sessions.push(await client.open("svc", { restart: { i } }));
-    await Promise.all(sessions.map((s, i) => s.request(i)));
+    const { rt1, m1, m2, client, sessions } = await smallPayloadDeployment(60);
     // The premise: the table's records do not fit one message of this server.
     let recordBytes = 0;
     for await (const k of await rt1.kv.sessions.keys()) recordBytes += (await rt1.kv.sessions.get(k))?.value.length ?? 0;
@@ -64,26 +70,7 @@ describe("backups in parts", () => {
   });
 
   it("a takeover restarts a client whose sessions do not fit one restart message", { timeout: 90_000 }, async () => {
-    const ns = await NatsServer.start({ config: "max_payload: 8192\n" });
-    cleanups.push(() => ns.cleanup());
-    const rt = async (node: string): Promise<Runtime> => {
-      const r = await runtimeFor(ns, { node, maxPayload: 4096 }, node);
-      cleanups.push(() => r.close());
-      return r;
-    };
-    const rt1 = await rt("m1");
-    const m1 = new ManagerNode(rt1);
-    m1.start();
-    await m1.waitPrimary();
-    const m2 = new ManagerNode(await rt("m2"));
-    m2.start();
-    cleanups.push(() => m2.stop());
-    const server = await TandemServer.start(await rt("s"), { service: "svc", handler: (req) => req.payload });
-    cleanups.push(() => server.stop());
-    const client = await TandemClient.connect(await rt("c"));
-    const sessions: ClientSession[] = [];
-    for (let i = 0; i < 150; i++) sessions.push(await client.open("svc", { restart: { i } }));
-    await Promise.all(sessions.map((s, i) => s.request(i)));
+    const { rt1, m1, m2, client, sessions } = await smallPayloadDeployment(150);
     await eventually(() => (m1.status().standbys.find((s) => s.node === "m2")?.seq ?? 0) > 3, "the standby to keep up");
     await rt1.nc.close();
     await m2.waitPrimary(30_000);
