@@ -124,10 +124,10 @@ export class ManagerNode {
   /** The cut the bucket has not got yet, and when it last got one. */
   private kvPending = new Map<string, SessionRecord>();
   private kvWrittenAt = 0;
-  private snapshotWarnedAt = 0;
+  private snapshotWarnedAt = -Infinity;
   /** Cursor consumers opened by resumes in this epoch (part of their names). */
   private cursorGen = 0;
-  private restartWarnedAt = 0;
+  private restartWarnedAt = -Infinity;
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
@@ -753,7 +753,7 @@ export class ManagerNode {
   }
 
   /** When a record too large for any backup part was last reported (rate-limits the report). */
-  private oversizeWarnedAt = 0;
+  private oversizeWarnedAt = -Infinity;
 
   /** Backup to the standbys: the same cut as the snapshot, full to any that asked for it. */
   private sendBackup(epoch: number, core: ManagerCore, records: SessionRecord[], removed: string[], cursor: CursorRecord): void {
@@ -1119,10 +1119,11 @@ export class ManagerNode {
       const server = field(v, "server", isToken, "a token");
       const epoch = typeof v.epoch === "number" ? v.epoch : 0;
       if (epoch > this.actingEpoch) {
-        // The server has seen a newer manager: we are stale. Stop acting.
-        this.reject(m, new TandemError(ErrorCode.StaleEpoch, `manager epoch ${this.actingEpoch} is older than ${epoch}`));
-        this.actingEpoch = 0;
-        this.actor?.send({ type: "FENCED", reason: "a server has seen a newer epoch" });
+        // A server says it has seen a newer manager. Only the lease moves an epoch: check it
+        // (at most once a second) and step down if it is no longer ours; a claim the lease does
+        // not back is refused and reported, never a step-down (a server reporting a higher
+        // epoch three times a second once made the managers step down 14 times in 15 s).
+        this.checkEpochClaim(server, epoch, m);
         return;
       }
       const known = core.heartbeat(server, now());
@@ -1130,6 +1131,26 @@ export class ManagerNode {
     } catch (err) {
       this.reject(m, err as TandemError);
     }
+  }
+
+  private epochClaimCheckedAt = -Infinity;
+  private epochClaimReportedAt = -Infinity;
+
+  private checkEpochClaim(source: string, claimed: number, m: Msg): void {
+    const acting = this.actingEpoch;
+    const err = new TandemError(ErrorCode.StaleEpoch, `epoch ${claimed} is not the lease's (this manager holds epoch ${acting})`, {
+      context: { source, claimed, acting },
+    });
+    replyError(m, err);
+    const t = now();
+    if (t - this.epochClaimCheckedAt < 1000) return;
+    this.epochClaimCheckedAt = t;
+    void this.verifyLease(acting).then((ours) => {
+      if (!ours || now() - this.epochClaimReportedAt < 10_000) return;
+      this.epochClaimReportedAt = now();
+      this.log.warn({ source, claimed, epoch: acting }, "a peer claims an epoch the lease does not back; refused (further claims in the next 10 s are not logged)");
+      void publishDlq(this.rt, err, m.subject, m.headers, m.data);
+    });
   }
 
   /** Send request n of a session to a server; true when the server acknowledged it. */
@@ -1184,7 +1205,7 @@ export class ManagerNode {
   }
 
   /** When a session too large for any restart message was last reported (rate-limits it). */
-  private restartOversizeWarnedAt = 0;
+  private restartOversizeWarnedAt = -Infinity;
 
   /**
    * A restart to one client or server, in as many messages as it takes for each to fit the

@@ -153,4 +153,17 @@ describe("bad input is rejected, not lost (I7)", () => {
     await dlq("stale_epoch", (b) => b.subject === rt.names.work(server.id, "s"));
     await stillServing();
   });
+
+  it("forged epoch - heartbeats claiming a newer epoch than the lease's are refused and dead-lettered, and the primary stays primary (issue 13)", async () => {
+    const before = mgr.status().epoch;
+    for (let i = 0; i < 6; i++) {
+      const r = await ask(rt.names.heartbeat, encode({ server: server.id, service: "svc", epoch: before + 1000, working: 0 }));
+      expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    await dlq("stale_epoch", (b) => b.subject === rt.names.heartbeat && (b.context as Record<string, unknown>)?.claimed === before + 1000);
+    expect(mgr.isPrimary()).toBe(true);
+    expect(mgr.status().epoch).toBe(before);
+    await stillServing();
+  });
 });
