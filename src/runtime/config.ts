@@ -45,6 +45,8 @@ export interface Config {
   natsKey: string;
   /** Sessions one client id may have open at once. */
   maxSessionsPerClient: number;
+  /** Bytes the dead-letter stream may hold; past it the oldest entries go (writers are never refused). */
+  dlqMaxBytes: number;
   /** Manager node name (unique per process). */
   node: string;
   logLevel: string;
@@ -70,6 +72,7 @@ export const DEFAULTS: Omit<Config, "node"> = {
   natsCert: "",
   natsKey: "",
   maxSessionsPerClient: 1000,
+  dlqMaxBytes: 256 * 1024 * 1024,
   hedgeBudgetPct: 10,
   hedgeReserve: 10,
   logLevel: "info",
@@ -102,6 +105,7 @@ const ENV: Record<string, keyof Config> = {
   NATS_CERT: "natsCert",
   NATS_KEY: "natsKey",
   TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
+  TANDEM_DLQ_MAX_BYTES: "dlqMaxBytes",
   TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
   TANDEM_HEDGE_RESERVE: "hedgeReserve",
   TANDEM_NODE: "node",
@@ -133,6 +137,7 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
   ["hedgeBudgetPct", 0, 100],
   ["maxSessionsPerClient", 1, 1_000_000],
+  ["dlqMaxBytes", 64 * 1024, 2 ** 50],
   ["hedgeReserve", 0, 100_000],
 ];
 

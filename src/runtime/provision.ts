@@ -18,6 +18,8 @@ import type { Names } from "./wire.js";
 export interface ProvisionOptions {
   replicas: number;
   duplicateWindowMs: number;
+  /** Bytes TANDEM_DLQ may hold (default 256 MiB); the oldest entries are discarded past it. */
+  dlqMaxBytes?: number;
   /** Bind to existing buckets without creating or checking them (users without those rights). */
   bindOnly?: boolean;
 }
@@ -48,6 +50,8 @@ export function streamConfigs(names: Names, opts: ProvisionOptions): Array<Parti
       duplicate_window: ms(60_000),
       max_age: ms(7 * 24 * 3600 * 1000),
       max_msgs: 1_000_000,
+      // A byte bound too: anyone may write here, and one writer once put 176 MB in 0.9 s.
+      max_bytes: opts.dlqMaxBytes ?? 256 * 1024 * 1024,
     },
   ];
 }

@@ -121,7 +121,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   // Auto: three replicas on a cluster of three or more (the servers it advertises), else one.
   const clusterSize = nc.info?.connect_urls?.length ?? 1;
   const replicas = config.replicas > 0 ? config.replicas : clusterSize >= 3 ? 3 : 1;
-  const popts = { replicas, duplicateWindowMs: config.duplicateWindowMs };
+  const popts = { replicas, duplicateWindowMs: config.duplicateWindowMs, dlqMaxBytes: config.dlqMaxBytes };
   // NATS may go away while we start (a restart, a failover): keep trying for a minute.
   const deadline = Date.now() + 60_000;
   let jsm: JetStreamManager;

@@ -166,4 +166,22 @@ describe("bad input is rejected, not lost (I7)", () => {
     expect(mgr.status().epoch).toBe(before);
     await stillServing();
   });
+
+  it("dead-letter flood - writes straight into the DLQ are bounded by its byte limit, the oldest going first (issue 13)", async () => {
+    const small = await runtimeFor(ns, { dlqMaxBytes: 256 * 1024 }, "dlq-bound");
+    try {
+      const info = await small.jsm.streams.info(small.names.streamDlq);
+      expect(info.config.max_bytes).toBe(256 * 1024);
+      const junk = new Uint8Array(16 * 1024);
+      for (let i = 0; i < 64; i++) await small.js.publish(small.names.dlq("flood"), junk); // 1 MiB in all
+      const after = await small.jsm.streams.info(small.names.streamDlq);
+      expect(after.state.bytes).toBeLessThanOrEqual(256 * 1024);
+      expect(after.state.last_seq).toBeGreaterThanOrEqual(64); // every write was accepted
+    } finally {
+      // Back to the suite's own bound for the tests after this one.
+      await small.jsm.streams.update(small.names.streamDlq, { max_bytes: rt.config.dlqMaxBytes });
+      await small.close();
+    }
+    await stillServing();
+  });
 });
