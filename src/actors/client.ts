@@ -382,7 +382,7 @@ export class ClientSession {
     let delay = 100;
     for (;;) {
       try {
-        const r = await rt.nc.request(rt.names.mgr(op), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) });
+        const r = await rt.nc.request(rt.names.clientCall(op, this.client.id), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) });
         return unwrap<T>(r.data);
       } catch (err) {
         if (err instanceof TandemError && !err.retryable) throw err;

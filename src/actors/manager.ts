@@ -37,6 +37,7 @@ import {
   encode,
   encodedSize,
   field,
+  type ClientCall,
   isBool,
   isObject,
   isPositiveInt,
@@ -609,9 +610,9 @@ export class ManagerNode {
       });
       this.subs.push(s);
     };
-    sub(names.mgr("open"), (m) => this.onOpen(m));
-    sub(names.mgr("resume"), (m) => this.onResume(m));
-    sub(names.mgr("close"), (m) => this.onClose(m));
+    sub(names.clientCallAll("open"), (m) => this.onOpen(m));
+    sub(names.clientCallAll("resume"), (m) => this.onResume(m));
+    sub(names.clientCallAll("close"), (m) => this.onClose(m));
     sub(names.mgr("status"), (m) => replyOk(m, this.status()));
     sub(names.register, (m) => this.onRegister(m));
     sub(names.heartbeat, (m) => this.onHeartbeat(m));
@@ -902,6 +903,20 @@ export class ManagerNode {
 
   // ---- request/reply handlers ------------------------------------------------------------
 
+  /**
+   * The client a call comes from: its subject's token, which NATS lets only that client's user
+   * publish on. A body naming another client is refused (alice once opened, read and closed
+   * bob's sessions by writing "client":"bob").
+   */
+  private callerOf(op: ClientCall, m: Msg, body: Record<string, unknown>): string {
+    const client = this.rt.names.clientOfCall(op, m.subject);
+    if (!client) throw malformed(`${op}: subject ${m.subject} is not ${this.rt.names.clientCall(op, "<client>")}`);
+    if (body.client !== undefined && body.client !== client) {
+      throw malformed(`${op}: the body names client ${JSON.stringify(body.client)} but the call comes from ${client}`, { field: "client", subject: m.subject });
+    }
+    return client;
+  }
+
   private async onOpen(m: Msg): Promise<void> {
     const core = this.core!;
     const epoch = this.actingEpoch;
@@ -910,7 +925,7 @@ export class ManagerNode {
       const v = decode(m.data);
       if (!isObject(v)) throw malformed("open: body must be an object");
       body = v;
-      field(body, "client", isToken, "a token");
+      body.client = this.callerOf("open", m, body);
       field(body, "service", isToken, "a token");
       if (body.ordered !== undefined) field(body, "ordered", isBool, "a boolean");
       if (body.maxPending !== undefined) field(body, "maxPending", isPositiveInt, "a positive integer");
@@ -979,7 +994,7 @@ export class ManagerNode {
     try {
       const v = decode(m.data);
       if (!isObject(v)) throw malformed("resume: body must be an object");
-      client = field(v, "client", isToken, "a token");
+      client = this.callerOf("resume", m, v);
       session = field(v, "session", isToken, "a token");
       clientLastReq = typeof v.lastReq === "number" ? v.lastReq : 0;
     } catch (err) {
@@ -1060,7 +1075,7 @@ export class ManagerNode {
     try {
       const v = decode(m.data);
       if (!isObject(v)) throw malformed("close: body must be an object");
-      client = field(v, "client", isToken, "a token");
+      client = this.callerOf("close", m, v);
       session = field(v, "session", isToken, "a token");
     } catch (err) {
       return this.reject(m, err as TandemError);

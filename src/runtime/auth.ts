@@ -7,7 +7,7 @@
  *   server <id>      receive its own `<p>.work.<id>.*`, `<p>.cancel.<id>.*`, `<p>.srv.<id>.>`;
  *                    publish responses `<p>.resp.>`, register/heartbeat, its own copy records,
  *                    the fence and ledger buckets
- *   client <id>      publish only `<p>.req.<id>.>` and `<p>.mgr.open|resume|close`; receive only
+ *   client <id>      publish only `<p>.req.<id>.>` and `<p>.mgr.open|resume|close.<id>`; receive only
  *                    `<p>.deliver.<id>.*` and `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>`
  *
  * Everyone may reply to what it was sent (allow_responses) and write to the dead-letter stream.
@@ -71,7 +71,7 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
     };
   }
   return {
-    publish: { allow: [`${p}.req.${u.user}.>`, names.mgr("open"), names.mgr("resume"), names.mgr("close"), dlq, ...js] },
+    publish: { allow: [`${p}.req.${u.user}.>`, names.clientCall("open", u.user), names.clientCall("resume", u.user), names.clientCall("close", u.user), dlq, ...js] },
     subscribe: { allow: [names.hopAll("deliver", u.user), `${p}.cli.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
     allow_responses: true,
   };

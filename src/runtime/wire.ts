@@ -27,6 +27,9 @@ export const Header = {
  */
 export type SessionHop = "req" | "work" | "resp" | "deliver" | "cancel";
 
+/** What a client asks of the manager about its sessions. */
+export type ClientCall = "open" | "resume" | "close";
+
 export type WireKind = "request" | "update" | "response" | "control";
 
 const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -66,8 +69,27 @@ export class Names {
     this.bucketFence = `${p}_fence`;
   }
 
-  mgr(op: "open" | "resume" | "close" | "status"): string {
+  /** The manager's own subjects: status (read-only), and the backups on `backup`. */
+  mgr(op: "status"): string {
     return `${this.prefix}.mgr.${op}`;
+  }
+  /**
+   * A client's session calls, `<p>.mgr.<op>.<client>`: the client id is the subject's last token,
+   * so NATS permissions confine each client to its own id, and the manager takes the id from
+   * the subject, never from the body.
+   */
+  clientCall(op: ClientCall, client: string): string {
+    return `${this.prefix}.mgr.${op}.${client}`;
+  }
+  clientCallAll(op: ClientCall): string {
+    return `${this.prefix}.mgr.${op}.*`;
+  }
+  /** The client id of a `clientCall` subject, or null when it is not one. */
+  clientOfCall(op: ClientCall, subject: string): string | null {
+    const stem = `${this.prefix}.mgr.${op}.`;
+    if (!subject.startsWith(stem)) return null;
+    const id = subject.slice(stem.length);
+    return isToken(id) ? id : null;
   }
   get backup(): string {
     return `${this.prefix}.mgr.backup`;

@@ -115,6 +115,44 @@ describe("per-role NATS users", () => {
     await alice.close();
   });
 
+  it("identity comes from the subject: a client cannot open, resume or close as another by naming it in the body (issue 13)", async () => {
+    const rtA = await as("alice");
+    const rtB = await as("bob");
+    const refused = violations(rtA.nc);
+    const bob = await TandemClient.connect(rtB, { id: "bob" });
+    const bs = await bob.open("svc", { restart: { secret: "bob's" } });
+    await bs.request("before");
+    const call = async (subject: string, body: unknown) => {
+      const r = await rtA.nc.request(subject, encode(body), { timeout: 2000 }).then((m) => m.json<{ ok: boolean; error?: { code: string; message: string } }>(), (e: Error) => ({ ok: false, error: { code: "NO_REPLY", message: e.message } }));
+      return r;
+    };
+    // On her own subjects, naming bob in the body: refused before anything acts.
+    for (const [op, body] of [
+      ["open", { client: "bob", service: "svc" }],
+      ["resume", { client: "bob", session: bs.id }],
+      ["close", { client: "bob", session: bs.id }],
+    ] as const) {
+      const r = await call(rtA.names.clientCall(op, "alice"), body);
+      expect(r.ok).toBe(false);
+      expect(r.error?.code).toBe("TANDEM_MALFORMED");
+      expect(r.error?.message).toMatch(/names client "bob" but the call comes from alice/);
+    }
+    // Bob's session id on her own subjects: not hers.
+    expect((await call(rtA.names.clientCall("resume", "alice"), { session: bs.id })).error?.code).toBe("TANDEM_UNKNOWN_SESSION");
+    expect((await call(rtA.names.clientCall("close", "alice"), { session: bs.id })).error?.code).toBe("TANDEM_UNKNOWN_SESSION");
+    // On bob's subjects: NATS refuses the publish, so no manager ever hears it.
+    rtA.nc.publish(rtA.names.clientCall("close", "bob"), encode({ client: "bob", session: bs.id }));
+    await rtA.nc.flush().catch(() => {});
+    await new Promise((r) => setTimeout(r, 300));
+    expect(refused.some((t) => t.includes(rtA.names.clientCall("close", "bob")))).toBe(true);
+    // Bob's session is untouched: still open, still his restart data.
+    expect(await bs.request("after")).toEqual({ echo: "after", n: 2 });
+    expect(bs.restart).toEqual({ secret: "bob's" });
+    expect(mgr.status().sessions).toBeGreaterThanOrEqual(1);
+    await bs.close();
+    await bob.close();
+  });
+
   it("a client over its session limit gets TANDEM_SESSION_LIMIT", async () => {
     const rtA = await as("alice");
     const alice = await TandemClient.connect(rtA, { id: "alice" });

@@ -52,16 +52,16 @@ async function stillServing(): Promise<void> {
 
 describe("bad input is rejected, not lost (I7)", () => {
   it("malformed envelope - open with a body that is not JSON gets TANDEM_MALFORMED and a DLQ copy", async () => {
-    const r = await ask(rt.names.mgr("open"), "{not json");
+    const r = await ask(rt.names.clientCall("open", "x"), "{not json");
     expect(r.ok).toBe(false);
     expect(r.error?.code).toBe("TANDEM_MALFORMED");
-    const d = await dlq("malformed", (b) => b.subject === rt.names.mgr("open"));
+    const d = await dlq("malformed", (b) => b.subject === rt.names.clientCall("open", "x"));
     expect(Buffer.from(d.data as string, "base64").toString()).toBe("{not json");
     await stillServing();
   });
 
   it("malformed envelope - open without a service names the field", async () => {
-    const r = await ask(rt.names.mgr("open"), encode({ client: "x" }));
+    const r = await ask(rt.names.clientCall("open", "x"), encode({ client: "x" }));
     expect(r.error?.code).toBe("TANDEM_MALFORMED");
     expect(r.error?.message).toMatch(/service/);
   });
@@ -69,15 +69,15 @@ describe("bad input is rejected, not lost (I7)", () => {
   it("unknown service - open gets TANDEM_UNKNOWN_SERVICE and a DLQ copy", async () => {
     // A manager that just became primary answers "retry" while servers register again.
     await new Promise((r) => setTimeout(r, rt.config.serverTimeoutMs));
-    const r = await ask(rt.names.mgr("open"), encode({ client: "x", service: "ghost" }));
+    const r = await ask(rt.names.clientCall("open", "x"), encode({ client: "x", service: "ghost" }));
     expect(r.error?.code).toBe("TANDEM_UNKNOWN_SERVICE");
     await dlq("unknown_service");
   });
 
   it("unknown session - resume gets TANDEM_UNKNOWN_SESSION and a DLQ copy", async () => {
-    const r = await ask(rt.names.mgr("resume"), encode({ client: "x", session: "never-opened" }));
+    const r = await ask(rt.names.clientCall("resume", "x"), encode({ client: "x", session: "never-opened" }));
     expect(r.error?.code).toBe("TANDEM_UNKNOWN_SESSION");
-    await dlq("unknown_session", (b) => b.subject === rt.names.mgr("resume"));
+    await dlq("unknown_session", (b) => b.subject === rt.names.clientCall("resume", "x"));
     await stillServing();
   });
 
@@ -116,7 +116,7 @@ describe("bad input is rejected, not lost (I7)", () => {
   });
 
   it("oversized payload queued past the client's check gets an error response the client receives, and a DLQ copy", async () => {
-    const open = await ask(rt.names.mgr("open"), encode({ client: "raw", service: "svc" }));
+    const open = await ask(rt.names.clientCall("open", "raw"), encode({ client: "raw", service: "svc" }));
     const session = (open as unknown as { value: { session: string } }).value.session;
     const delivered: Array<{ n: number; error?: { code: string } }> = [];
     const sub = rt.nc.subscribe(rt.names.hopAll("deliver", "raw"), {
