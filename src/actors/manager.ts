@@ -1109,21 +1109,47 @@ export class ManagerNode {
     this.log.debug({ session, client }, "session closed");
   }
 
+  /**
+   * A registration counts once the server answers on its own subject (`<p>.srv.<id>.ping`,
+   * which only that server's user may receive on when secured) and names the same service:
+   * registrations of servers that did not exist once drew new sessions that then timed out, and
+   * one under a real server's id for another service drew that service's work to the real server.
+   */
   private onRegister(m: Msg): void {
     const core = this.core!;
+    const epoch = this.actingEpoch;
+    let server: string;
+    let service: string;
+    let capacity: number;
     try {
       const v = decode(m.data);
       if (!isObject(v)) throw malformed("register: body must be an object");
-      const server = field(v, "server", isToken, "a token");
-      const service = field(v, "service", isToken, "a token");
-      const capacity = v.capacity === undefined ? 1 : field(v, "capacity", isPositiveInt, "a positive integer");
-      const effects = core.registerServer(server, service, capacity, now());
-      replyOk(m, { epoch: this.actingEpoch });
-      this.log.info({ server, service }, "server registered");
-      this.run(effects);
+      server = field(v, "server", isToken, "a token");
+      service = field(v, "service", isToken, "a token");
+      capacity = v.capacity === undefined ? 1 : field(v, "capacity", isPositiveInt, "a positive integer");
     } catch (err) {
-      this.reject(m, err as TandemError);
+      return this.reject(m, err as TandemError);
     }
+    const { rt } = this;
+    void rt.requester
+      .request(rt.names.srv(server, "ping"), encode({ epoch }), { timeout: rt.config.ackTimeoutMs, headers: makeHeaders({ epoch, kind: "control" }) })
+      .then(
+        (r) => {
+          const rep = decode(r.data) as Reply<{ server?: unknown; service?: unknown }>;
+          return rep.ok && rep.value.server === server && rep.value.service === service ? null : `it answered for ${JSON.stringify(rep.ok ? rep.value.service : rep.error.code)}`;
+        },
+        () => "nothing answered on its own subject",
+      )
+      .then((problem) => {
+        if (this.actingEpoch !== epoch || this.core !== core) return; // no longer ours to act on
+        if (problem) {
+          return this.reject(m, new TandemError(ErrorCode.ServerUnverified, `registration of server ${server} for service ${service} refused: ${problem} (${rt.names.srv(server, "ping")})`, { context: { server, service } }));
+        }
+        const effects = core.registerServer(server, service, capacity, now());
+        replyOk(m, { epoch: this.actingEpoch });
+        this.log.info({ server, service }, "server registered");
+        this.run(effects);
+      });
   }
 
   private onHeartbeat(m: Msg): void {

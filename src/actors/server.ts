@@ -145,6 +145,8 @@ export class TandemServer {
     sub(names.hopAll("work", this.id), (m) => this.onWork(m));
     sub(names.hopAll("cancel", this.id), (m) => this.onCancel(m));
     sub(names.srv(this.id, "restart"), (m) => this.onRestart(m));
+    // The manager's check that a registration is this server's: only it receives here.
+    sub(names.srv(this.id, "ping"), (m) => replyOk(m, { server: this.id, service: this.service }));
     await this.rt.nc.flush();
     const machine = serverSessionMachine.provide({
       actors: {

@@ -41,6 +41,8 @@ export const ErrorCode = {
   SessionLimit: "TANDEM_SESSION_LIMIT",
   /** Hedge options are invalid. */
   Hedge: "TANDEM_HEDGE",
+  /** A server registration whose server did not answer the manager on its own subject. */
+  ServerUnverified: "TANDEM_SERVER_UNVERIFIED",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -126,7 +126,7 @@ export class Names {
   sessionAll(session: string): string {
     return `${this.prefix}.*.*.${session}`;
   }
-  srv(server: string, op: "restart"): string {
+  srv(server: string, op: "restart" | "ping"): string {
     return `${this.prefix}.srv.${server}.${op}`;
   }
   get register(): string {

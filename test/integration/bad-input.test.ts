@@ -184,4 +184,26 @@ describe("bad input is rejected, not lost (I7)", () => {
     }
     await stillServing();
   });
+
+  it("phantom server - a registration nothing answers on its own subject is refused and gets no sessions (issue 13)", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await ask(rt.names.register, encode({ server: `ghost-${i}`, service: "svc", capacity: 1_000_000_000 }));
+      expect(r.error?.code).toBe("TANDEM_SERVER_UNVERIFIED");
+      expect(r.error?.message).toMatch(/nothing answered on its own subject/);
+    }
+    // Heartbeats of the phantoms change nothing either: they are unknown, told to register.
+    await ask(rt.names.heartbeat, encode({ server: "ghost-0", service: "svc", epoch: mgr.status().epoch, working: 0 }));
+    expect(mgr.status().servers.map((x) => x.id).filter((id) => id.startsWith("ghost-"))).toEqual([]);
+    await dlq("server_unverified", (b) => b.subject === rt.names.register);
+    // New sessions still go to the real server (a phantom with capacity 1e9 would have drawn them all).
+    for (let i = 0; i < 3; i++) await stillServing();
+  });
+
+  it("server id taken over - a registration under a live server's id for another service is refused (issue 13)", async () => {
+    const r = await ask(rt.names.register, encode({ server: server.id, service: "other", capacity: 1 }));
+    expect(r.error?.code).toBe("TANDEM_SERVER_UNVERIFIED");
+    expect(r.error?.message).toMatch(/answered for "svc"/);
+    expect(mgr.status().servers.find((x) => x.id === server.id)?.service).toBe("svc");
+    await stillServing();
+  });
 });
