@@ -544,7 +544,7 @@ export class ManagerNode {
       this.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
     } else if (parsed.type === "open") {
       const { type: _t, ...open } = parsed;
-      this.run(core.onOpenRecord({ seq: m.seq, ...open }, now()));
+      this.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying));
     } else {
       if (parsed.taken !== undefined) {
         this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));

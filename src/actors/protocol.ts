@@ -13,6 +13,7 @@ import {
   encode,
   field,
   Header,
+  isToken,
   isNonNegInt,
   isObject,
   isPositiveInt,
@@ -71,8 +72,10 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     if (!("n" in v) || isObject(v.open)) {
       if (isObject(v.open)) {
         const o = v.open;
-        const service = typeof o.service === "string" ? o.service : "";
-        if (!service) throw malformed(`open record without "service"`);
+        // The service is a subject token, as the open call requires (a 600 kB service name in an
+        // open record once made every backup too large to send).
+        if (!isToken(o.service)) throw malformed(`open record: "service" must be 1-64 letters, digits, _ or -`, { field: "service" });
+        const service = o.service;
         return {
           type: "open",
           ...ids,

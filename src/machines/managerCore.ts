@@ -210,15 +210,24 @@ export class ManagerCore {
 
   /**
    * The `open` record at the head of a session's request queue: on replay it recreates a
-   * session opened after the cut being rebuilt from (live, the session already exists).
+   * session opened after the cut being rebuilt from. Live, the open handler has created the
+   * session before its record reaches the queue, so a live record for a session the table lacks
+   * was not written by a manager: it is refused (clients once opened sessions past their limit,
+   * for services nobody serves, by writing open records into their own queues).
    */
   onOpenRecord(
     m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions },
     now: number,
+    replaying = true,
   ): Effect[] {
     this.reqSeq = Math.max(this.reqSeq, m.seq);
     if (this.sessions.has(m.session)) return [];
-    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, m.maxPending, m.hedge);
+    if (!replaying) {
+      const message = `an open record for session ${m.session} that no manager wrote; open sessions with the open call`;
+      return [{ type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: m.client, session: m.session, seq: m.seq } }];
+    }
+    const maxPending = Math.min(m.maxPending, this.limits.maxPending);
+    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, maxPending, m.hedge);
     entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };

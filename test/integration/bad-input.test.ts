@@ -206,4 +206,22 @@ describe("bad input is rejected, not lost (I7)", () => {
     expect(mgr.status().servers.find((x) => x.id === server.id)?.service).toBe("svc");
     await stillServing();
   });
+
+  it("forged open records - written straight into a client's own queue, they open nothing and are dead-lettered (issue 13)", async () => {
+    const before = mgr.status().sessions;
+    const forge = (session: string, service: string) =>
+      rt.js.publish(rt.names.req("mallory", session), encode({ open: { service, ordered: true, maxPending: 1_000_000 } }), { msgID: `${session}.open` });
+    // (The helper reads the newest entry of a reason: check each forgery before the next.)
+    await forge("forged1", "madeup");
+    await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.session === "forged1");
+    await forge("forged2", "svc");
+    await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.session === "forged2");
+    await forge("forged3", "x".repeat(200)); // longer than any token can be
+    await dlq("malformed", (b) => b.subject === rt.names.req("mallory", "forged3"));
+    expect(mgr.status().sessions).toBe(before);
+    // The made-up service is still unknown to the open call.
+    const r = await ask(rt.names.clientCall("open", "mallory"), encode({ service: "madeup" }));
+    expect(r.error?.code).toBe("TANDEM_UNKNOWN_SERVICE");
+    await stillServing();
+  });
 });

@@ -19,6 +19,23 @@ let seq = 0;
 const req = (n: number, extra: Record<string, unknown> = {}) => ({ seq: ++seq, client: "c", session: "A", n, kind: "request" as const, payload: { n }, size: 10, ...extra });
 const resp = (n: number, server = "s1", extra: Record<string, unknown> = {}) => ({ seq: ++seq, client: "c", session: "A", n, server, ok: { n }, ...extra });
 
+describe("manager core - open records in the queue (issue 13)", () => {
+  it("a live open record for a session the table lacks is refused and dead-lettered, not a new session", () => {
+    const { core } = setup();
+    const fx = core.onOpenRecord({ seq: 100, client: "c", session: "FORGED", service: "madeup", ordered: true, maxPending: 5 }, 0, false);
+    expect(core.sessions.has("FORGED")).toBe(false);
+    expect(core.isKnownService("madeup")).toBe(false);
+    expect(of(fx, "dlq")).toEqual([expect.objectContaining({ code: "TANDEM_MALFORMED", context: expect.objectContaining({ session: "FORGED" }) })]);
+  });
+
+  it("on replay an open record recreates its session, with maxPending capped at the limit", () => {
+    const core = new ManagerCore(LIMITS, 1);
+    core.registerServer("s1", "svc", 4, 0);
+    core.onOpenRecord({ seq: 1, client: "c", session: "B", service: "svc", ordered: true, maxPending: 1_000_000 }, 0, true);
+    expect(core.sessions.get("B")?.maxPending).toBe(LIMITS.maxPending);
+  });
+});
+
 describe("manager core - routing", () => {
   it("open assigns a live server of the service and stores the initial client restart data", () => {
     const { entry, fx } = setup();
