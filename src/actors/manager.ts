@@ -587,11 +587,14 @@ export class ManagerNode {
       if (m.seq > this.replayEnd.resp) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);
       return;
     }
+    // Also while the request queue's replay is behind: a response stored after the takeover
+    // began may belong to a request the table has not read yet (refused, it would be lost).
+    const replaying = m.seq <= this.replayEnd.resp || core.reqSeq < this.replayEnd.req;
     if (parsed.type === "checkpoint") {
-      this.run(core.onCheckpoint({ seq: m.seq, ...parsed.body }));
+      this.run(core.onCheckpoint({ seq: m.seq, ...parsed.body }, replaying));
     } else {
       trace("manager.response", parsed.body.session, parsed.body.n);
-      this.run(core.onResponse({ seq: m.seq, ...parsed.body }, now()));
+      this.run(core.onResponse({ seq: m.seq, ...parsed.body }, now(), replaying));
     }
   }
 

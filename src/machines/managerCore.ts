@@ -158,6 +158,17 @@ function newer(a: RestartRecord | null, b: RestartRecord): boolean {
 }
 
 /** A live server entry; `presumed`: known from a backup, not yet heard from in this epoch. */
+/**
+ * Live, a server answers only work the manager dispatched after reading its request, so a
+ * response or checkpoint for a request number past the session's last is forged (one with
+ * n = 2^53 once set the session's count so high it answered TANDEM_BACKPRESSURE forever). On
+ * replay the two queues are read independently and a response may come before its request.
+ */
+function beyondLastRequest(s: SessionEntry, m: { seq: number; n: number; server?: string }, what: string): Effect {
+  const message = `a ${what} for request ${m.n} of session ${s.id}, which has sent ${s.lastReq}: refused`;
+  return { type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: s.client, session: s.id, n: m.n, lastReq: s.lastReq, server: m.server ?? null, seq: m.seq } };
+}
+
 function newServer(id: string, service: string, capacity: number, now: number, presumed: boolean): ServerEntry {
   return { id, service, capacity, lastSeen: now, alive: true, presumed, restartRetryAt: 0, restartAttempts: 0, restartInFlight: false };
 }
@@ -359,10 +370,12 @@ export class ManagerCore {
   onResponse(
     m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; tp?: string },
     now: number,
+    replaying = true,
   ): Effect[] {
     this.respSeq = Math.max(this.respSeq, m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
+    if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "response")];
     const effects: Effect[] = [];
     if (m.restart !== undefined && m.server !== MANAGER) {
       const rec = { data: m.restart, n: m.n, seq: m.seq };
@@ -389,10 +402,11 @@ export class ManagerCore {
     return effects;
   }
 
-  onCheckpoint(m: { seq: number; client: string; session: string; n: number; restart: unknown }): Effect[] {
+  onCheckpoint(m: { seq: number; client: string; session: string; n: number; server?: string; restart: unknown }, replaying = true): Effect[] {
     this.respSeq = Math.max(this.respSeq, m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
+    if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "checkpoint")];
     const rec = { data: m.restart, n: m.n, seq: m.seq };
     if (!newer(s.serverRestart, rec)) return [];
     s.serverRestart = rec;

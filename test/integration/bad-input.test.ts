@@ -224,4 +224,16 @@ describe("bad input is rejected, not lost (I7)", () => {
     expect(r.error?.code).toBe("TANDEM_UNKNOWN_SERVICE");
     await stillServing();
   });
+
+  it("response past the last request - one with n = 2^53 is refused, and the session goes on (issue 13)", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    await s.request(1);
+    const big = 2 ** 53;
+    await rt.js.publish(rt.names.resp(c.id, s.id), encode({ n: big, server: server.id, ok: "forged" }), { msgID: `${s.id}.${big}` });
+    await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.n === big);
+    // Not TANDEM_BACKPRESSURE forever: the next requests are answered as usual.
+    for (let i = 2; i <= 4; i++) await expect(s.request(i)).resolves.toBe(i);
+    await c.close();
+  });
 });

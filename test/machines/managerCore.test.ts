@@ -36,6 +36,30 @@ describe("manager core - open records in the queue (issue 13)", () => {
   });
 });
 
+describe("manager core - responses past the last request (issue 13)", () => {
+  it("live, a response or checkpoint for a request the session never sent is refused and changes nothing", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    const big = 2 ** 53;
+    const fx = core.onResponse(resp(big), 0, false);
+    expect(of(fx, "dlq")).toEqual([expect.objectContaining({ code: "TANDEM_MALFORMED", context: expect.objectContaining({ n: big, lastReq: 1 }) })]);
+    const s = core.sessions.get("A")!;
+    expect(s.lastReq).toBe(1);
+    expect(s.responses.has(big)).toBe(false);
+    const cp = core.onCheckpoint({ seq: ++seq, client: "c", session: "A", n: big, restart: { forged: true } }, false);
+    expect(of(cp, "dlq")).toHaveLength(1);
+    expect(s.serverRestart?.data).not.toEqual({ forged: true });
+    // The real answer still goes through.
+    expect(of(core.onResponse(resp(1), 0, false), "deliver")).toHaveLength(1);
+  });
+
+  it("on replay a response may come before its request, and is kept", () => {
+    const { core } = setup();
+    core.onResponse(resp(3), 0, true);
+    expect(core.sessions.get("A")!.responses.has(3)).toBe(true);
+  });
+});
+
 describe("manager core - routing", () => {
   it("open assigns a live server of the service and stores the initial client restart data", () => {
     const { entry, fx } = setup();
