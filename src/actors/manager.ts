@@ -227,6 +227,8 @@ export class ManagerNode {
   private watchLease(sendBack: (e: ManagerEvent) => void): () => void {
     let lastRevision = -1;
     let stopped = false;
+    /** The lease as last read: only its holder's backups count (see below). */
+    let holder: { epoch: number; node: string } | null = null;
     const poll = async () => {
       if (stopped) return;
       try {
@@ -237,6 +239,7 @@ export class ManagerNode {
         } else if (e.revision !== lastRevision) {
           lastRevision = e.revision;
           const lease = e.json<LeaseRecord>();
+          holder = { epoch: lease.epoch, node: lease.node };
           sendBack({ type: "LEASE_SEEN", lease: { epoch: lease.epoch, node: lease.node, revision: e.revision } });
         }
       } catch (err) {
@@ -246,11 +249,18 @@ export class ManagerNode {
     };
     void poll();
     // Backups from the primary: keep them, acknowledge them, and take them as a sign of life.
+    // Only from the node that holds the lease of that epoch: a forged backup once poisoned a
+    // standby's table (15.8 s without service after the primary died) and, repeated, kept it
+    // from ever taking over. A new primary's backups count from when the lease poll sees it.
     const sub = this.rt.nc.subscribe(this.rt.names.backup, {
       callback: (err, m) => {
         if (err || stopped) return;
         try {
           const msg = decode(m.data) as BackupMsg;
+          if (!holder || msg.epoch !== holder.epoch || msg.node !== holder.node) {
+            this.refuseBackup(m, msg, holder);
+            return;
+          }
           const ack = this.backup.apply(msg, this.node);
           if (!ack) return; // from an older epoch: not a sign of the current primary
           if (m.reply) m.respond(encode(ack));
@@ -264,6 +274,21 @@ export class ManagerNode {
       stopped = true;
       sub.unsubscribe();
     };
+  }
+
+  private backupRefusedAt = -Infinity;
+
+  private refuseBackup(m: Msg, msg: Partial<BackupMsg>, holder: { epoch: number; node: string } | null): void {
+    // Before the first lease read, or from a primary of an epoch the poll has not read yet: the
+    // ordinary course of a start or a takeover. Say nothing.
+    if (!holder || (typeof msg.epoch === "number" && msg.epoch > holder.epoch)) return;
+    if (now() - this.backupRefusedAt < 10_000) return;
+    this.backupRefusedAt = now();
+    const err = new TandemError(ErrorCode.StaleEpoch, `a backup from ${JSON.stringify(msg.node)} at epoch ${String(msg.epoch)}, but the lease is ${holder.node}'s at epoch ${holder.epoch}: ignored`, {
+      context: { node: msg.node ?? null, epoch: msg.epoch ?? null, leaseNode: holder.node, leaseEpoch: holder.epoch },
+    });
+    this.log.warn(err.context, "ignored a backup that does not come from the lease holder (further ones in the next 10 s are not logged)");
+    void publishDlq(this.rt, err, m.subject, m.headers, m.data);
   }
 
   private async acquireLease(previous: LeaseView | null): Promise<LeaseView> {

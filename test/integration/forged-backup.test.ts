@@ -1,0 +1,62 @@
+/**
+ * A standby takes backups only from the lease holder (regression, hostile-input issue: a forged
+ * <p>.mgr.backup poisoned a standby's table, 15.8 s without service after the primary was
+ * killed, and, repeated, kept the standby from ever taking over, since a backup counted as the
+ * primary's sign of life).
+ */
+import { afterAll, describe, expect, it } from "vitest";
+import { ManagerNode } from "../../src/actors/manager.js";
+import { TandemServer } from "../../src/actors/server.js";
+import { TandemClient } from "../../src/actors/client.js";
+import { encode } from "../../src/runtime/wire.js";
+import type { Runtime } from "../../src/runtime/runtime.js";
+import { runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => {});
+});
+
+describe("forged backups", () => {
+  it("a standby ignores backups that do not come from the lease holder, and takes over with the real table", { timeout: 60_000 }, async () => {
+    const ns: NatsServer = await startNats();
+    cleanups.push(() => ns.cleanup());
+    const rt = async (node: string): Promise<Runtime> => {
+      const r = await runtimeFor(ns, { node }, node);
+      cleanups.push(() => r.close());
+      return r;
+    };
+    const rt1 = await rt("m1");
+    const m1 = new ManagerNode(rt1);
+    m1.start();
+    await m1.waitPrimary();
+    const m2 = new ManagerNode(await rt("m2"));
+    m2.start();
+    cleanups.push(() => m2.stop());
+    const server = await TandemServer.start(await rt("s"), { service: "svc", handler: (req) => req.payload });
+    cleanups.push(() => server.stop());
+    const client = await TandemClient.connect(await rt("c"));
+    const sessions = await Promise.all([0, 1, 2].map(() => client.open("svc")));
+    for (const s of sessions) await s.request("before");
+    const epoch = m1.status().epoch;
+    // An attacker's "full backup" of an empty table, as another node and as m1 at a later epoch.
+    const rtX = await rt("x");
+    const cursor = { v: 1, epoch, reqSeq: 999_999, respSeq: 999_999, reqFrom: 999_999, respFrom: 999_999, services: [], servers: [] };
+    const forged = (node: string, e: number) => encode({ epoch: e, node, seq: 1, full: true, part: 1, parts: 1, records: [], removed: [], cursor: { ...cursor, epoch: e } });
+    const forging = setInterval(() => {
+      rtX.nc.publish(rtX.names.backup, forged("evil", epoch));
+      rtX.nc.publish(rtX.names.backup, forged("m1", epoch + 5));
+    }, 100);
+    try {
+      await new Promise((r) => setTimeout(r, 800));
+      // The primary dies without a word; the forgeries go on.
+      await rt1.nc.close();
+      await m2.waitPrimary(15_000);
+      expect(m2.status().sessions).toBe(3); // the real table, not the forged empty one
+      for (const s of sessions) await expect(s.request("after")).resolves.toBe("after");
+    } finally {
+      clearInterval(forging);
+    }
+    await client.close();
+  });
+});
