@@ -557,11 +557,11 @@ export class ManagerNode {
     const parsed = parseRequestMsg(this.rt.names, m);
     if ("error" in parsed) {
       core.reqSeq = Math.max(core.reqSeq, m.seq);
-      if (!replaying) {
-        void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
-        if (parsed.client && parsed.session && parsed.n) {
-          this.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() }]);
-        }
+      if (!replaying) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
+      if (parsed.client && parsed.session && parsed.n) {
+        const unreadable = { seq: m.seq, client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() };
+        if (core.sessions.has(parsed.session)) this.run(core.onUnreadableRequest(unreadable, now()));
+        else if (!replaying) this.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: unreadable.error }]);
       }
       return;
     }

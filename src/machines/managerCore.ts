@@ -350,6 +350,23 @@ export class ManagerCore {
     return effects;
   }
 
+  /**
+   * A request of an open session that could not be read (malformed, too deep): it gets an error
+   * response in its place, as an oversized one does, so the session's later requests are not
+   * held behind it (I3: the error takes its place in order).
+   */
+  onUnreadableRequest(m: { seq: number; client: string; session: string; n: number; error: WireErr }, now: number): Effect[] {
+    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client || m.n <= s.answered || s.requests.has(m.n) || m.n > s.taken + s.maxPending) return [];
+    s.lastReq = Math.max(s.lastReq, m.n);
+    s.dirty = true;
+    s.requests.set(m.n, { kind: "request", payload: null, seq: m.seq, rejected: true });
+    const effects: Effect[] = [{ type: "storeError", client: s.client, session: s.id, n: m.n, error: m.error }];
+    this.pump(s, now, effects);
+    return effects;
+  }
+
   onTaken(m: { seq: number; client: string; session: string; taken: number }, now: number): Effect[] {
     this.reqSeq = Math.max(this.reqSeq, m.seq);
     const s = this.sessions.get(m.session);

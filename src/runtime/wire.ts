@@ -191,8 +191,37 @@ export function encodedSize(v: unknown): number {
   return Buffer.byteLength(JSON.stringify(v) ?? "null", "utf8");
 }
 
-/** Parse JSON; anything unparseable is a TANDEM_MALFORMED error. */
+/**
+ * How deep JSON may nest in anything Tandem reads. Records a few thousand levels deep once
+ * crashed managers (the stack overflowed when they encoded them again for a backup or a
+ * re-dispatch); no message Tandem or a reasonable application writes comes near 64.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/** Does JSON in these bytes nest deeper than `limit`? One pass, strings skipped. */
+export function nestsDeeperThan(d: Uint8Array, limit: number): boolean {
+  let depth = 0;
+  for (let i = 0; i < d.length; i++) {
+    const c = d[i];
+    if (c === 0x22) {
+      for (i++; i < d.length; i++) {
+        const x = d[i];
+        if (x === 0x5c) i++;
+        else if (x === 0x22) break;
+      }
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > limit) return true;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return false;
+}
+
+/** Parse JSON; anything unparseable, or nested deeper than MAX_JSON_DEPTH, is a TANDEM_MALFORMED error. */
 export function decode(data: Uint8Array): unknown {
+  // Fewer than 2 × depth bytes cannot nest that deep: the hot path's small messages skip the scan.
+  if (data.length > 2 * MAX_JSON_DEPTH && nestsDeeperThan(data, MAX_JSON_DEPTH)) {
+    throw new TandemError(ErrorCode.Malformed, `message body nests deeper than ${MAX_JSON_DEPTH} levels`, { context: { limit: MAX_JSON_DEPTH } });
+  }
   try {
     return JSON.parse(td.decode(data));
   } catch (err) {

@@ -236,4 +236,24 @@ describe("bad input is rejected, not lost (I7)", () => {
     for (let i = 2; i <= 4; i++) await expect(s.request(i)).resolves.toBe(i);
     await c.close();
   });
+
+  it("deep nesting - a request, an open call and a checkpoint nested past 64 levels are refused; nothing crashes, the session goes on (issue 13)", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    const nested = (k: number): unknown => (k === 0 ? 1 : [nested(k - 1)]);
+    // Through the API: the request gets an error response in its place, and the next one is served.
+    await expect(s.request(nested(100))).rejects.toMatchObject({ code: "TANDEM_MALFORMED" });
+    await dlq("malformed", (b) => b.subject === rt.names.req(c.id, s.id));
+    await expect(s.request("next")).resolves.toBe("next");
+    // An open call whose restart data nests thousands deep.
+    const r = await ask(rt.names.clientCall("open", "deep"), `{"service":"svc","restart":${"[".repeat(3000)}${"]".repeat(3000)}}`);
+    expect(r.error?.code).toBe("TANDEM_MALFORMED");
+    // A checkpoint nested thousands deep, written as a server would.
+    await rt.js.publish(rt.names.resp(c.id, s.id), `{"n":3,"server":"${server.id}","restart":${"[".repeat(5000)}${"]".repeat(5000)}}`);
+    await dlq("malformed", (b) => b.subject === rt.names.resp(c.id, s.id));
+    expect(mgr.isPrimary()).toBe(true);
+    await expect(s.request("still")).resolves.toBe("still");
+    await c.close();
+    await stillServing();
+  });
 });
