@@ -26,7 +26,7 @@ import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
-import { parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { epochProblem, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
   /** Initial client restart data. */
@@ -184,10 +184,15 @@ export class TandemClient {
   }
 
   private stale(m: Msg, epoch: number, seen: number): boolean {
-    if (epoch >= seen) return false;
-    const err = new TandemError(ErrorCode.StaleEpoch, `message from manager epoch ${epoch} but this client has seen ${seen}`, {
-      context: { epoch, seen, client: this.id },
-    });
+    const problem = epochProblem(epoch, Math.max(seen, 0));
+    if (!problem) return false;
+    const err = new TandemError(
+      ErrorCode.StaleEpoch,
+      problem === "stale"
+        ? `message from manager epoch ${epoch} but this client has seen ${seen}`
+        : `message claims manager epoch ${String(epoch)}, more than one past the ${seen} this client knows; only the manager's replies move it further`,
+      { context: { epoch: Number.isFinite(epoch) ? epoch : String(epoch), seen, client: this.id } },
+    );
     replyError(m, err);
     void publishDlq(this.rt, err, m.subject, m.headers, m.data);
     return true;

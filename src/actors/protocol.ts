@@ -137,6 +137,20 @@ export function parseResponseMsg(names: Names, m: JsMsg): ParsedResponse {
   }
 }
 
+/**
+ * Is a manager epoch in a message nobody asked for believable? Older than the one the receiver
+ * knows is stale (I5). More than one newer is implausible: a takeover moves the epoch by one, and
+ * the receiver learns larger jumps from the replies to its own requests (register, heartbeat,
+ * open, resume), never from a message anyone could send (an epoch of 1e18 once made a server
+ * refuse the real manager for good).
+ */
+export function epochProblem(epoch: unknown, seen: number): "stale" | "implausible" | null {
+  if (typeof epoch !== "number" || !Number.isSafeInteger(epoch) || epoch < 0) return "implausible";
+  if (epoch < seen) return "stale";
+  if (seen > 0 && epoch > seen + 1) return "implausible";
+  return null;
+}
+
 export function asTandem(err: unknown): TandemError {
   if (err instanceof TandemError) return err;
   return new TandemError(ErrorCode.Malformed, err instanceof Error ? err.message : String(err), { cause: err });

@@ -16,7 +16,7 @@ import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/store.js";
-import { publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { epochProblem, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
   session: string;
@@ -96,6 +96,7 @@ export class TandemServer {
   private actor: Actor<typeof serverSessionMachine> | undefined;
   private subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private epochAskedAt = -Infinity;
   private running = new Map<string, Running>();
   /** Work started minus finished in this I/O turn, not yet applied to the machine (see note()). */
   private notedDelta = 0;
@@ -201,7 +202,8 @@ export class TandemServer {
         { timeout: this.rt.config.serverHeartbeatMs * 2 },
       );
       const rep = unwrap<HeartbeatReply>(r.data);
-      if (rep.epoch < this.epoch) return; // a stale manager answered; ignore it (I5)
+      if (!Number.isSafeInteger(rep.epoch) || rep.epoch < this.epoch) return; // a stale manager answered; ignore it (I5)
+      this.epoch = rep.epoch; // the primary's answer to our own request: how epochs move more than one
       if (rep.reregister) {
         this.log.info({ epoch: rep.epoch }, "manager does not know this server; registering again");
         this.send({ type: "REREGISTER" });
@@ -212,13 +214,24 @@ export class TandemServer {
   }
 
   private stale(m: Msg, epoch: unknown): boolean {
-    if (typeof epoch === "number" && epoch >= this.epoch) {
-      this.epoch = epoch;
+    const problem = epochProblem(epoch, this.epoch);
+    if (!problem) {
+      this.epoch = epoch as number;
       return false;
     }
-    const err = new TandemError(ErrorCode.StaleEpoch, `message from manager epoch ${String(epoch)} but this server has seen ${this.epoch}`, {
-      context: { epoch, seen: this.epoch, server: this.id },
-    });
+    const err = new TandemError(
+      ErrorCode.StaleEpoch,
+      problem === "stale"
+        ? `message from manager epoch ${String(epoch)} but this server has seen ${this.epoch}`
+        : `message claims manager epoch ${String(epoch)}, more than one past the ${this.epoch} this server knows; only the manager's replies move it further`,
+      { context: { epoch: typeof epoch === "number" && Number.isFinite(epoch) ? epoch : String(epoch), seen: this.epoch, server: this.id } },
+    );
+    // A real jump (takeovers in quick succession) is learned from the next heartbeat's reply:
+    // ask now rather than at the next beat (at most once a second).
+    if (problem === "implausible" && performance.now() - this.epochAskedAt > 1000) {
+      this.epochAskedAt = performance.now();
+      void this.heartbeat();
+    }
     replyError(m, err);
     void publishDlq(this.rt, err, m.subject, m.headers, m.data);
     return true;

@@ -256,4 +256,22 @@ describe("bad input is rejected, not lost (I7)", () => {
     await c.close();
     await stillServing();
   });
+
+  it("implausible epoch - work and deliveries claiming an epoch far past the lease's are refused, and the real manager is still obeyed (issue 13)", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    await s.request(1);
+    const epoch = mgr.status().epoch;
+    const work = await ask(rt.names.work(server.id, s.id), encode({ epoch: 1e18, session: s.id, client: c.id, service: "svc", n: 2, kind: "request", payload: "forged", restart: null }));
+    expect(work.error?.code).toBe("TANDEM_STALE_EPOCH");
+    expect(work.error?.message).toMatch(/more than one past/);
+    const deliver = await ask(rt.names.deliver(c.id, s.id), encode({ epoch: 1e18, session: s.id, n: 2, ok: "forged", server: "x" }));
+    expect(deliver.error?.code).toBe("TANDEM_STALE_EPOCH");
+    // Neither took the forged epoch: the manager's work and deliveries still go through.
+    for (let i = 2; i <= 4; i++) await expect(s.request(i)).resolves.toBe(i);
+    expect(mgr.isPrimary()).toBe(true);
+    expect(mgr.status().epoch).toBe(epoch);
+    await c.close();
+    await stillServing();
+  });
 });
