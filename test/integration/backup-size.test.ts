@@ -7,12 +7,10 @@
  * retried forever, and the takeover never finished for that client).
  */
 import { afterAll, describe, expect, it } from "vitest";
-import { ManagerNode } from "../../src/actors/manager.js";
-import { TandemServer } from "../../src/actors/server.js";
-import { TandemClient, type ClientSession } from "../../src/actors/client.js";
+import type { ClientSession } from "../../src/actors/client.js";
 import { NatsServer } from "../../src/runtime/nats-server.js";
-import { eventually, runtimeFor } from "../helpers/nats.js";
-import type { Runtime } from "../../src/runtime/runtime.js";
+import { eventually } from "../helpers/nats.js";
+import { primaryAndStandby } from "../helpers/standby.js";
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -26,21 +24,7 @@ afterAll(async () => {
 async function smallPayloadDeployment(count: number) {
   const ns = await NatsServer.start({ config: "max_payload: 8192\n" });
   cleanups.push(() => ns.cleanup());
-  const rt = async (node: string): Promise<Runtime> => {
-    const r = await runtimeFor(ns, { node, maxPayload: 4096 }, node);
-    cleanups.push(() => r.close());
-    return r;
-  };
-  const rt1 = await rt("m1");
-  const m1 = new ManagerNode(rt1);
-  m1.start();
-  await m1.waitPrimary();
-  const m2 = new ManagerNode(await rt("m2"));
-  m2.start();
-  cleanups.push(() => m2.stop());
-  const server = await TandemServer.start(await rt("s"), { service: "svc", handler: (req) => req.payload });
-  cleanups.push(() => server.stop());
-  const client = await TandemClient.connect(await rt("c"));
+  const { rt1, m1, m2, client } = await primaryAndStandby(ns, cleanups, { maxPayload: 4096 });
   const sessions: ClientSession[] = [];
   for (let i = 0; i < count; i++) sessions.push(await client.open("svc", { restart: { i } }));
   await Promise.all(sessions.map((s, i) => s.request(i)));

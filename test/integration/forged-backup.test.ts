@@ -5,12 +5,9 @@
  * primary's sign of life).
  */
 import { afterAll, describe, expect, it } from "vitest";
-import { ManagerNode } from "../../src/actors/manager.js";
-import { TandemServer } from "../../src/actors/server.js";
-import { TandemClient } from "../../src/actors/client.js";
 import { encode } from "../../src/runtime/wire.js";
-import type { Runtime } from "../../src/runtime/runtime.js";
-import { runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { startNats, type NatsServer } from "../helpers/nats.js";
+import { primaryAndStandby } from "../helpers/standby.js";
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -21,21 +18,7 @@ describe("forged backups", () => {
   it("a standby ignores backups that do not come from the lease holder, and takes over with the real table", { timeout: 60_000 }, async () => {
     const ns: NatsServer = await startNats();
     cleanups.push(() => ns.cleanup());
-    const rt = async (node: string): Promise<Runtime> => {
-      const r = await runtimeFor(ns, { node }, node);
-      cleanups.push(() => r.close());
-      return r;
-    };
-    const rt1 = await rt("m1");
-    const m1 = new ManagerNode(rt1);
-    m1.start();
-    await m1.waitPrimary();
-    const m2 = new ManagerNode(await rt("m2"));
-    m2.start();
-    cleanups.push(() => m2.stop());
-    const server = await TandemServer.start(await rt("s"), { service: "svc", handler: (req) => req.payload });
-    cleanups.push(() => server.stop());
-    const client = await TandemClient.connect(await rt("c"));
+    const { rt, rt1, m1, m2, client } = await primaryAndStandby(ns, cleanups);
     const sessions = await Promise.all([0, 1, 2].map(() => client.open("svc")));
     for (const s of sessions) await s.request("before");
     const epoch = m1.status().epoch;
