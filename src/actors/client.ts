@@ -21,11 +21,12 @@ import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { readSessionInfo, type SessionInfo } from "../runtime/session-info.js";
-import { decode, encode, Header, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, Header, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
+import { parse, V } from "./schemas.js";
 import { epochProblem, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
@@ -201,11 +202,7 @@ export class TandemClient {
   private onDeliver(m: Msg): void {
     let d: DeliverMsg;
     try {
-      const v = decode(m.data);
-      if (!isObject(v) || !isToken(v.session) || !isPositiveInt(v.n) || typeof v.epoch !== "number") {
-        throw malformed("deliver: needs epoch, session and n");
-      }
-      d = v as unknown as DeliverMsg;
+      d = parse(V.deliver, decode(m.data)) as DeliverMsg;
       trace("client.delivered", d.session, d.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -239,9 +236,7 @@ export class TandemClient {
   private onRestart(m: Msg): void {
     let msg: RestartMsg;
     try {
-      const v = decode(m.data);
-      if (!isObject(v) || !Array.isArray(v.sessions) || typeof v.epoch !== "number") throw malformed("restart: needs epoch and sessions[]");
-      msg = v as unknown as RestartMsg;
+      msg = parse(V.restart, decode(m.data)) as RestartMsg;
     } catch (err) {
       replyError(m, err as TandemError);
       return;

@@ -28,6 +28,7 @@ import type {
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import { byEpoch, FencedError, FencedKv } from "../runtime/fenced-kv.js";
 import { dropCursors, isWrongLastSequence, openCursor, readLastPerSubject, untilJetStream } from "../runtime/jetstream.js";
+import { dispatchKey, loadDispatchSecret } from "../runtime/dispatch-key.js";
 import { newId } from "../runtime/ids.js";
 import { trace } from "../runtime/trace.js";
 import type { Logger } from "../runtime/logger.js";
@@ -36,18 +37,14 @@ import {
   decode,
   encode,
   encodedSize,
-  field,
   type ClientCall,
-  isBool,
-  isObject,
-  isPositiveInt,
-  isToken,
   makeHeaders,
   malformed,
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
 import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
+import { parse, V } from "./schemas.js";
 
 export interface LeaseRecord {
   epoch: number;
@@ -70,6 +67,8 @@ export interface ManagerStatus {
   epoch: number;
   leader: string | null;
   sessions: number;
+  /** Bytes of requests and responses the table holds in memory (bounded: README, Limits). */
+  heldBytes: number;
   servers: Array<{ id: string; service: string; alive: boolean }>;
   services: Array<{ service: string; sessions: number; pending: number; servers: number; hedging?: HedgingStatus }>;
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
@@ -78,6 +77,9 @@ export interface ManagerStatus {
 }
 
 const now = () => performance.now();
+
+/** The writer token of the responses the manager stores itself (errors in a request's place). */
+const MANAGER_WRITER = "manager";
 
 /** A client that re-syncs while its request has been at a server this long gets it checked. */
 const STUCK_DISPATCH_MS = 4000;
@@ -93,6 +95,8 @@ export class ManagerNode {
   private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
+  /** The deployment's dispatch secret (runtime/dispatch-key.ts), read at the first rebuild. */
+  private secret: Buffer | null = null;
   /** Hedging proxies of the current epoch. */
   private proxies: HedgeProxies | null = null;
   /** Epoch in which this node may act; 0 when not primary. */
@@ -215,6 +219,7 @@ export class ManagerNode {
       epoch: snap?.context.epoch ?? 0,
       leader: snap?.context.leader ?? null,
       sessions: core?.sessions.size ?? 0,
+      heldBytes: core?.heldBytes() ?? 0,
       servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
       services: [...services.values()],
       standbys: [...this.standbys].map(([node, a]) => ({ node, lastBackupAgeMs: Math.round(now() - a.at), seq: a.seq })),
@@ -358,6 +363,9 @@ export class ManagerNode {
         maxPayload: rt.config.maxPayload,
         serverTimeoutMs: rt.config.serverTimeoutMs,
         ackTimeoutMs: rt.config.ackTimeoutMs,
+        maxSessionBytes: rt.config.maxSessionBytes,
+        maxClientBytes: rt.config.maxClientBytes,
+        maxHeldBytes: rt.config.maxHeldBytes,
         hedge: { ...DEFAULT_HEDGE_BUDGET, ratio: rt.config.hedgeBudgetPct / 100, reserve: rt.config.hedgeReserve },
       },
       epoch,
@@ -369,6 +377,7 @@ export class ManagerNode {
     // elected again (a follower waits 4-9 s; the timers are the same from 2.9 to 2.15): wait
     // for it here rather than step down and start over with a new epoch.
     const js = <T>(what: string, fn: () => Promise<T>) => untilJetStream(what, fn, 60_000, this.log);
+    this.secret ??= await js("read the dispatch secret", () => loadDispatchSecret(rt.kv.ctl));
     const stored = await js("read the cursor", () => rt.kv.ctl.get("cursor"));
     const storedCursor = stored && stored.operation === "PUT" ? stored.json<CursorRecord>() : null;
     if (stored) this.kvCtl.saw("cursor", stored.revision);
@@ -606,20 +615,26 @@ export class ManagerNode {
 
   private onResponseMsg(m: JsMsg): void {
     const core = this.core!;
-    const parsed = parseResponseMsg(this.rt.names, m);
+    const parsed = parseResponseMsg(this.rt.names, m, this.secret!);
     if ("error" in parsed) {
       core.respSeq = Math.max(core.respSeq, m.seq);
       if (m.seq > this.replayEnd.resp) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);
       return;
     }
+    // The session's client is the table's: the subject names the server that wrote it.
+    const client = core.sessions.get(parsed.body.session)?.client;
+    if (client === undefined) {
+      core.respSeq = Math.max(core.respSeq, m.seq);
+      return; // closed (or not yet replayed: a response of a session opened later in the queue)
+    }
     // Also while the request queue's replay is behind: a response stored after the takeover
     // began may belong to a request the table has not read yet (refused, it would be lost).
     const replaying = m.seq <= this.replayEnd.resp || core.reqSeq < this.replayEnd.req;
     if (parsed.type === "checkpoint") {
-      this.run(core.onCheckpoint({ seq: m.seq, ...parsed.body }, replaying));
+      this.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying));
     } else {
       trace("manager.response", parsed.body.session, parsed.body.n);
-      this.run(core.onResponse({ seq: m.seq, ...parsed.body }, now(), replaying));
+      this.run(core.onResponse({ seq: m.seq, client, ...parsed.body, size: m.data.length }, now(), replaying));
     }
   }
 
@@ -642,8 +657,8 @@ export class ManagerNode {
     sub(names.clientCallAll("resume"), (m) => this.onResume(m));
     sub(names.clientCallAll("close"), (m) => this.onClose(m));
     sub(names.mgr("status"), (m) => replyOk(m, this.status()));
-    sub(names.register, (m) => this.onRegister(m));
-    sub(names.heartbeat, (m) => this.onHeartbeat(m));
+    sub(names.registerAll, (m) => this.onRegister(m));
+    sub(names.heartbeatAll, (m) => this.onHeartbeat(m));
     this.primarySince = new Date().toISOString();
     this.primaryAt = now();
     this.standbys.clear();
@@ -887,7 +902,7 @@ export class ManagerNode {
     let applied = 0;
     for (const [stream, subject] of [
       [rt.names.streamReq, rt.names.req(client, session)],
-      [rt.names.streamResp, rt.names.resp(client, session)],
+      [rt.names.streamResp, rt.names.respOf(session)],
     ] as const) {
       try {
         const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
@@ -950,13 +965,8 @@ export class ManagerNode {
     const epoch = this.actingEpoch;
     let body: Record<string, unknown>;
     try {
-      const v = decode(m.data);
-      if (!isObject(v)) throw malformed("open: body must be an object");
-      body = v;
+      body = parse(V.open, decode(m.data));
       body.client = this.callerOf("open", m, body);
-      field(body, "service", isToken, "a token");
-      if (body.ordered !== undefined) field(body, "ordered", isBool, "a boolean");
-      if (body.maxPending !== undefined) field(body, "maxPending", isPositiveInt, "a positive integer");
       if (body.hedge !== undefined) body.hedge = parseHedge(body.hedge);
     } catch (err) {
       return this.reject(m, err as TandemError);
@@ -1020,11 +1030,10 @@ export class ManagerNode {
     let session: string;
     let clientLastReq = 0;
     try {
-      const v = decode(m.data);
-      if (!isObject(v)) throw malformed("resume: body must be an object");
+      const v = parse(V.resume, decode(m.data));
       client = this.callerOf("resume", m, v);
-      session = field(v, "session", isToken, "a token");
-      clientLastReq = typeof v.lastReq === "number" ? v.lastReq : 0;
+      session = v.session;
+      clientLastReq = v.lastReq ?? 0;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -1101,10 +1110,9 @@ export class ManagerNode {
     let client: string;
     let session: string;
     try {
-      const v = decode(m.data);
-      if (!isObject(v)) throw malformed("close: body must be an object");
+      const v = parse(V.close, decode(m.data));
       client = this.callerOf("close", m, v);
-      session = field(v, "session", isToken, "a token");
+      session = v.session;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -1121,7 +1129,7 @@ export class ManagerNode {
     // never queue entries without one.
     await Promise.all([
       jsm.streams.purge(names.streamReq, { filter: names.req(client, session) }),
-      jsm.streams.purge(names.streamResp, { filter: names.resp(client, session) }),
+      jsm.streams.purge(names.streamResp, { filter: names.respOf(session) }),
       // Hedge records of the session (`<session>.hedge.<n>`, `<session>.took.<n>.<server>`).
       jsm.streams.purge(`KV_${names.bucketSessions}`, { filter: `$KV.${names.bucketSessions}.${session}.>` }),
     ]).catch((err) => this.log.warn({ err, session }, "purge of a closed session's queues failed"));
@@ -1150,11 +1158,18 @@ export class ManagerNode {
     let service: string;
     let capacity: number;
     try {
-      const v = decode(m.data);
-      if (!isObject(v)) throw malformed("register: body must be an object");
-      server = field(v, "server", isToken, "a token");
-      service = field(v, "service", isToken, "a token");
-      capacity = v.capacity === undefined ? 1 : field(v, "capacity", isPositiveInt, "a positive integer");
+      // Who registers for what is in the subject (NATS permissions enforce it when secured);
+      // a body that says otherwise is refused.
+      const where = this.rt.names.parseSrvSubject(m.subject);
+      if (!where || where.op !== "register") throw malformed(`register: subject ${m.subject} is not ${this.rt.names.register("<server>", "<service>")}`);
+      const v = parse(V.register, decode(m.data));
+      if ((v.server !== undefined && v.server !== where.server) || (v.service !== undefined && v.service !== where.service)) {
+        throw malformed(`register: the body names server ${JSON.stringify(v.server)} of ${JSON.stringify(v.service)} but the subject ${m.subject}`, { field: "server" });
+      }
+      server = where.server;
+      service = where.service!;
+      if (server === MANAGER_WRITER) throw malformed(`register: "${MANAGER_WRITER}" is not a server id (the manager writes under it)`, { field: "server" });
+      capacity = v.capacity ?? 1;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -1183,10 +1198,14 @@ export class ManagerNode {
   private onHeartbeat(m: Msg): void {
     const core = this.core!;
     try {
-      const v = decode(m.data);
-      if (!isObject(v)) throw malformed("heartbeat: body must be an object");
-      const server = field(v, "server", isToken, "a token");
-      const epoch = typeof v.epoch === "number" ? v.epoch : 0;
+      const where = this.rt.names.parseSrvSubject(m.subject);
+      if (!where || where.op !== "heartbeat") throw malformed(`heartbeat: subject ${m.subject} is not ${this.rt.names.heartbeat("<server>")}`);
+      const v = parse(V.heartbeat, decode(m.data));
+      if (v.server !== undefined && v.server !== where.server) {
+        throw malformed(`heartbeat: the body names server ${JSON.stringify(v.server)} but the subject ${m.subject}`, { field: "server" });
+      }
+      const server = where.server;
+      const epoch = v.epoch ?? 0;
       if (epoch > this.actingEpoch) {
         // A server says it has seen a newer manager. Only the lease moves an epoch: check it
         // (at most once a second) and step down if it is no longer ours; a claim the lease does
@@ -1236,6 +1255,7 @@ export class ManagerNode {
       kind: req.kind,
       payload: req.payload,
       restart: s.serverRestart,
+      k: dispatchKey(this.secret!, session, n, server),
       ...(copy !== undefined ? { copy } : {}),
       ...(req.tp !== undefined ? { tp: req.tp } : {}),
     };
@@ -1377,9 +1397,9 @@ export class ManagerNode {
         return;
       }
       case "storeError": {
-        const body = { n: e.n, server: "manager", error: e.error };
+        const body = { n: e.n, k: dispatchKey(this.secret!, e.session, e.n, MANAGER_WRITER), error: e.error };
         rt.js
-          .publish(rt.names.resp(e.client, e.session), encode(body), {
+          .publish(rt.names.resp(MANAGER_WRITER, e.session), encode(body), {
             msgID: `${e.session}.${e.n}`,
             headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "response", code: e.error.code }),
           })

@@ -2,25 +2,14 @@
  * Parsing and replying shared by the actors: queue messages with validation (I7), replies with
  * stable error codes, and copies of rejected input in the dead-letter stream.
  */
-import type { JsMsg } from "@nats-io/jetstream";
 import type { Msg, MsgHdrs } from "@nats-io/transport-node";
 import type { HedgeOptions, RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { isTraceParent } from "../runtime/trace-context.js";
-import {
-  decode,
-  encode,
-  field,
-  Header,
-  isToken,
-  isNonNegInt,
-  isObject,
-  isPositiveInt,
-  makeHeaders,
-  malformed,
-  type Names,
-} from "../runtime/wire.js";
+import { dispatchKey } from "../runtime/dispatch-key.js";
+import { decode, encode, Header, isToken, isObject, makeHeaders, malformed, type Names } from "../runtime/wire.js";
+import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 
 export type ParsedRequest =
   | {
@@ -43,26 +32,22 @@ export type ParsedRequest =
     }
   | { error: TandemError; client?: string; session?: string; n?: number };
 
-export const MAX_HEDGE_COPIES = 8;
+export { MAX_HEDGE_COPIES };
 
 /** Validate a session's hedge options (docs/design.md §5). */
 export function parseHedge(v: unknown): HedgeOptions {
-  const bad = (why: string) =>
-    new TandemError(ErrorCode.Hedge, `hedge options ${why}; use e.g. { copies: 2, after: 50 } or { copies: 3, after: "p95" }`, { context: { hedge: v } });
-  if (!isObject(v)) throw bad("must be an object");
-  const { copies, after } = v;
-  if (typeof copies !== "number" || !Number.isInteger(copies) || copies < 2 || copies > MAX_HEDGE_COPIES) {
-    throw bad(`need "copies" between 2 and ${MAX_HEDGE_COPIES}`);
-  }
-  if (after !== "p95" && !(typeof after === "number" && Number.isFinite(after) && after >= 0 && after <= 3_600_000)) {
-    throw bad(`need "after": milliseconds (0 = at once) or "p95"`);
-  }
-  return { copies, after };
+  if (fits(V.hedge, v)) return v;
+  throw new TandemError(
+    ErrorCode.Hedge,
+    `hedge options need "copies" between 2 and ${MAX_HEDGE_COPIES} and "after": milliseconds (0 = at once) or "p95"; use e.g. { copies: 2, after: 50 } or { copies: 3, after: "p95" }`,
+    { context: { hedge: isObject(v) ? v : String(v) } },
+  );
 }
 
 export function parseRequestMsg(names: Names, m: { subject: string; headers?: MsgHdrs | undefined; data: Uint8Array }): ParsedRequest {
-  const ids = names.parseQueueSubject(m.subject);
-  if (!ids) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.req.<client>.<session>`) };
+  const where = names.parseQueueSubject(m.subject);
+  if (!where) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.req.<client>.<session>`) };
+  const ids = { client: where.owner, session: where.session };
   try {
     const v = decode(m.data);
     if (!isObject(v)) throw malformed("request body must be a JSON object");
@@ -70,67 +55,70 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     // "taken"): reading the Tandem-Kind header instead would decode every header of every
     // message, a twentieth of the manager's CPU under load. The headers are for people.
     if (!("n" in v) || isObject(v.open)) {
-      if (isObject(v.open)) {
-        const o = v.open;
-        // The service is a subject token, as the open call requires (a 600 kB service name in an
-        // open record once made every backup too large to send).
-        if (!isToken(o.service)) throw malformed(`open record: "service" must be 1-64 letters, digits, _ or -`, { field: "service" });
-        const service = o.service;
+      if ("open" in v) {
+        // The service is a subject token (a 600 kB service name in an open record once made
+        // every backup too large to send).
+        const o = parse(V.openRecord, v).open;
         return {
           type: "open",
           ...ids,
-          service,
+          service: o.service,
           ordered: o.ordered !== false,
-          maxPending: isPositiveInt(o.maxPending) ? o.maxPending : 1000,
+          maxPending: o.maxPending ?? 1000,
           ...("restart" in o ? { restart: o.restart } : {}),
           ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),
         };
       }
-      const taken = field(v, "taken", isNonNegInt, "a non-negative integer");
-      return { type: "taken", ...ids, taken };
+      return { type: "taken", ...ids, taken: parse(V.taken, v).taken };
     }
-    const n = field(v, "n", isPositiveInt, "a positive integer");
-    const k = v.kind ?? "request";
-    if (k !== "request" && k !== "update") throw malformed(`field "kind" must be "request" or "update"`, { field: "kind" });
-    if (!("payload" in v)) throw malformed(`field "payload" is missing`, { field: "payload" });
+    const r = parse(V.request, v);
+    if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
     // Size of what the application sent: the message bounds it; measure exactly only when close.
-    const size = m.data.length <= 64 * 1024 ? m.data.length : encode(v.payload ?? null).length;
-    const taken = typeof v.taken === "number" && Number.isInteger(v.taken) && v.taken >= 0 ? v.taken : undefined;
+    const size = m.data.length <= 64 * 1024 ? m.data.length : encode(r.payload ?? null).length;
     return {
       type: "request",
-      request: { ...ids, n, kind: k, payload: v.payload, ...("restart" in v ? { restart: v.restart } : {}), ...(isTraceParent(v.tp) ? { tp: v.tp } : {}) },
+      request: { ...ids, n: r.n, kind: r.kind ?? "request", payload: r.payload, ...("restart" in r ? { restart: r.restart } : {}), ...(isTraceParent(r.tp) ? { tp: r.tp } : {}) },
       size,
-      ...(taken !== undefined ? { taken } : {}),
+      ...(r.taken !== undefined ? { taken: r.taken } : {}),
     };
   } catch (err) {
     const n = Number(m.headers?.get(Header.Request));
-    return { error: asTandem(err), ...ids, ...(Number.isInteger(n) && n > 0 ? { n } : {}) };
+    return { error: asTandem(err), ...ids, ...(Number.isSafeInteger(n) && n > 0 ? { n } : {}) };
   }
 }
 
 export type ParsedResponse =
-  | { type: "response"; body: { client: string; session: string } & ResponseBody }
-  | { type: "checkpoint"; body: { client: string; session: string; n: number; server: string; restart: unknown } }
+  | { type: "response"; body: { session: string } & ResponseBody }
+  | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown } }
   | { error: TandemError };
 
-export function parseResponseMsg(names: Names, m: JsMsg): ParsedResponse {
-  const ids = names.parseQueueSubject(m.subject);
-  if (!ids) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.resp.<client>.<session>`) };
+/**
+ * A response or checkpoint from `<p>.resp.<server>.<session>`. The writer is the subject's server
+ * token (NATS permissions confine a server to its own), and the body must carry the dispatch key
+ * of that server for that request: a server cannot answer for work it was not given.
+ */
+export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8Array }, secret: Buffer): ParsedResponse {
+  const where = names.parseQueueSubject(m.subject);
+  if (!where) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.resp.<server>.<session>`) };
+  const { owner: server, session } = where;
   try {
     const v = decode(m.data);
     if (!isObject(v)) throw malformed("response body must be a JSON object");
-    const n = field(v, "n", isPositiveInt, "a positive integer");
-    const server = typeof v.server === "string" ? v.server : "unknown";
     // A response has "ok" or "error"; a checkpoint has neither (the body says it: see above).
-    if (!("ok" in v) && !("error" in v)) {
-      if (!("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);
-      return { type: "checkpoint", body: { ...ids, n, server, restart: v.restart } };
+    const checkpoint = !("ok" in v) && !("error" in v);
+    if (checkpoint && !("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);
+    const r = checkpoint ? parse(V.checkpoint, v) : parse(V.response, v);
+    if (r.k !== dispatchKey(secret, session, r.n, server)) {
+      throw new TandemError(ErrorCode.Forged, `${checkpoint ? "checkpoint" : "response"} for request ${r.n} of session ${session} from ${server}, which was not given that request: refused`, {
+        context: { server, session, n: r.n },
+      });
     }
-    const body: { client: string; session: string } & ResponseBody = { ...ids, n, server };
-    if (isObject(v.error)) body.error = v.error as unknown as WireErr;
-    else body.ok = v.ok;
-    if ("restart" in v) body.restart = v.restart;
-    if (isTraceParent(v.tp)) body.tp = v.tp;
+    if (checkpoint) return { type: "checkpoint", body: { session, n: r.n, server, restart: r.restart } };
+    const body: { session: string } & ResponseBody = { session, n: r.n, server };
+    if ("error" in r && r.error !== undefined) body.error = r.error;
+    else body.ok = (r as { ok?: unknown }).ok;
+    if ("restart" in r) body.restart = r.restart;
+    if (isTraceParent((r as { tp?: unknown }).tp)) body.tp = (r as { tp: string }).tp;
     return { type: "response", body };
   } catch (err) {
     return { error: asTandem(err) };
@@ -174,6 +162,31 @@ export function unwrap<T>(data: Uint8Array): T {
   throw TandemError.fromWire(r.error);
 }
 
+/** Bytes of dead-letter copies being written at once, per process (README: Limits). */
+export const DLQ_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
+let dlqInFlight = 0;
+let dlqDropped = 0;
+
+/** Dead-letter copies written without their bytes because too many were in flight (for tests). */
+export function dlqCopiesDropped(): number {
+  return dlqDropped;
+}
+
+/**
+ * Who wrote a message, from its subject: the client of `<p>.req|mgr.<op>.<client>…`, the
+ * server of `<p>.srv.<server>.…` or `<p>.resp.<server>.…`. In a secured deployment NATS lets
+ * each user publish only under its own id, so this names the user; unsecured, it is a claim.
+ */
+export function writerOf(prefix: string, subject: string): { client?: string; server?: string } {
+  const t = subject.split(".");
+  if (t[0] !== prefix || t.length < 3) return {};
+  const id = (x: string | undefined) => (x !== undefined && isToken(x) ? x : undefined);
+  if (t[1] === "req") return id(t[2]) ? { client: t[2] } : {};
+  if (t[1] === "mgr" && t.length === 4) return id(t[3]) ? { client: t[3] } : {};
+  if (t[1] === "srv" || t[1] === "resp" || t[1] === "beat") return id(t[2]) ? { server: t[2] } : {};
+  return {};
+}
+
 /** The DLQ reason token: TANDEM_UNKNOWN_SESSION -> unknown_session. */
 export function dlqReason(code: string): string {
   return code.replace(/^TANDEM_/, "").toLowerCase().replace(/[^a-z0-9_]/g, "_") || "unknown";
@@ -193,15 +206,25 @@ export async function publishDlq(
 ): Promise<void> {
   const hdrs: Record<string, string> = {};
   if (headers) for (const k of headers.keys()) hdrs[k] = headers.get(k);
+  // Copies in flight are bounded in bytes: a flood of bad input must not grow the process
+  // while the DLQ writes catch up. Past the bound an entry keeps everything but its bytes.
+  const size = data?.length ?? 0;
+  const keep = size > 0 && dlqInFlight + size <= DLQ_IN_FLIGHT_BYTES;
+  if (size > 0 && !keep) dlqDropped++;
   const body = {
     code: err.code,
     message: err.message,
     context: err.context ?? {},
     subject,
+    /** Whose subject it came on (the token NATS permissions confine a user to), when it says. */
+    from: writerOf(rt.names.prefix, subject),
     headers: hdrs,
-    data: data ? Buffer.from(data).toString("base64") : null,
+    data: keep ? Buffer.from(data!).toString("base64") : null,
+    size,
+    ...(size > 0 && !keep ? { dataDropped: `more than ${DLQ_IN_FLIGHT_BYTES} bytes of dead letters were in flight` } : {}),
     at: new Date().toISOString(),
   };
+  if (keep) dlqInFlight += size;
   try {
     await rt.js.publish(rt.names.dlq(dlqReason(err.code)), encode(body), {
       headers: makeHeaders({ code: err.code, kind: "control" }),
@@ -209,6 +232,8 @@ export async function publishDlq(
     });
   } catch (e) {
     rt.logger.warn({ err: e, code: err.code }, "could not publish to the dead-letter stream");
+  } finally {
+    if (keep) dlqInFlight -= size;
   }
   rt.logger.warn({ code: err.code, subject, reason: err.message }, "rejected input sent to the dead-letter stream");
 }

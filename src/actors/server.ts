@@ -10,12 +10,13 @@ import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord,
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
-import { decode, encode, isObject, isPositiveInt, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/store.js";
+import { parse, V } from "./schemas.js";
 import { epochProblem, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
@@ -177,7 +178,7 @@ export class TandemServer {
       if (this.stopping) throw new Error("stopping");
       try {
         const r = await this.rt.nc.request(
-          this.rt.names.register,
+          this.rt.names.register(this.id, this.service),
           encode({ server: this.id, service: this.service, capacity: this.capacity }),
           { timeout: this.rt.config.ackTimeoutMs },
         );
@@ -197,8 +198,8 @@ export class TandemServer {
     if (this.stopping || !this.actor?.getSnapshot().matches("serving")) return;
     try {
       const r = await this.rt.nc.request(
-        this.rt.names.heartbeat,
-        encode({ server: this.id, service: this.service, epoch: this.epoch, working: this.active }),
+        this.rt.names.heartbeat(this.id),
+        encode({ server: this.id, epoch: this.epoch, working: this.active }),
         { timeout: this.rt.config.serverHeartbeatMs * 2 },
       );
       const rep = unwrap<HeartbeatReply>(r.data);
@@ -240,9 +241,7 @@ export class TandemServer {
   private onRestart(m: Msg): void {
     let msg: RestartMsg;
     try {
-      const v = decode(m.data);
-      if (!isObject(v) || !Array.isArray(v.sessions)) throw malformed("restart: body must have sessions[]");
-      msg = v as unknown as RestartMsg;
+      msg = parse(V.restart, decode(m.data)) as RestartMsg;
     } catch (err) {
       replyError(m, err as TandemError);
       return;
@@ -258,7 +257,7 @@ export class TandemServer {
 
   private onCancel(m: Msg): void {
     try {
-      const v = decode(m.data) as CancelMsg;
+      const v: CancelMsg = parse(V.cancel, decode(m.data));
       if (this.stale(m, v.epoch)) return;
       const r = this.running.get(`${v.session}.${v.n}`);
       if (r) {
@@ -302,11 +301,7 @@ export class TandemServer {
   private onWork(m: Msg): void {
     let w: WorkMsg;
     try {
-      const v = decode(m.data);
-      if (!isObject(v) || !isToken(v.session) || !isToken(v.client) || !isPositiveInt(v.n)) {
-        throw malformed("work: needs session, client and n");
-      }
-      w = v as unknown as WorkMsg;
+      w = parse(V.work, decode(m.data)) as WorkMsg;
       if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
       trace("server.work", w.session, w.n);
     } catch (err) {
@@ -368,7 +363,7 @@ export class TandemServer {
     let restart: unknown = (w.restart as RestartRecord | null)?.data;
     let hasRestart = false;
     let checkpoints = 0;
-    const subject = this.rt.names.resp(w.client, w.session);
+    const subject = this.rt.names.resp(this.id, w.session);
     const store = this.opts.store;
     // signal and log are made on first use (see Running).
     const ctx: WorkContext = {
@@ -391,8 +386,9 @@ export class TandemServer {
         restart = data;
         hasRestart = true;
         checkpoints++;
-        const msgID = `${w.session}.${w.n}.c${checkpoints}.${this.id}`;
-        const body = encode({ n: w.n, server: this.id, restart: data });
+        // The dispatch key makes the id one nobody but this server's work knows.
+        const msgID = `${w.session}.${w.n}.c${checkpoints}.${w.k}`;
+        const body = encode({ n: w.n, k: w.k, restart: data });
         // A slow ack is no reason to fail the work: retry with the same id (stored once).
         for (let attempt = 0; ; attempt++) {
           try {
@@ -416,14 +412,14 @@ export class TandemServer {
         { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart },
         ctx,
       );
-      body = { n: w.n, server: this.id, ok: result ?? null };
+      body = { n: w.n, k: w.k, ok: result ?? null };
       this.stats.completed++;
     } catch (err) {
       if (err instanceof FenceLost) {
         // Another duplicate's update is the applied one: answer with its result, change nothing.
         this.stats.fenceLost++;
         log().info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
-        body = { n: w.n, server: this.id, ok: err.result ?? null };
+        body = { n: w.n, k: w.k, ok: err.result ?? null };
         if (hasRestart) body.restart = restart;
         await this.storeResponse(subject, w, body);
         this.finish(key);
@@ -435,7 +431,7 @@ export class TandemServer {
         return;
       }
       const te = err instanceof TandemError ? err : new TandemError(ErrorCode.HandlerFailed, err instanceof Error ? err.message : String(err));
-      body = { n: w.n, server: this.id, error: te.toWire() };
+      body = { n: w.n, k: w.k, error: te.toWire() };
       this.stats.failed++;
       log().warn({ err }, "handler failed; the client gets the error");
     }
@@ -464,7 +460,8 @@ export class TandemServer {
     for (let attempt = 0; ; attempt++) {
       try {
         await publishToQueue(this.rt.requester, subject, data, {
-          msgID: `${w.session}.${w.n}`,
+          // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
+          msgID: `${w.session}.${w.n}.${w.k}`,
           headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
           timeout: JS_TIMEOUT_MS,
         });

@@ -26,9 +26,25 @@ export interface CoreLimits {
   maxPayload: number;
   serverTimeoutMs: number;
   ackTimeoutMs: number;
+  /**
+   * Bytes of requests and responses the table may hold in memory, per session, per client and in
+   * all (docs/design.md §8). A request past one of them is answered TANDEM_BACKPRESSURE, as one
+   * past maxPending is: requests sent with a gap in their numbers (n = 2..1001 of 200 kB each)
+   * once grew a manager by 325 MB in 4 s until its heap gave out.
+   */
+  maxSessionBytes?: number;
+  maxClientBytes?: number;
+  maxHeldBytes?: number;
   /** Hedging budget settings (DEFAULT_HEDGE_BUDGET when absent). */
   hedge?: HedgeBudgetOptions;
 }
+
+/** Defaults of the byte bounds above (README: Limits and hostile input). */
+export const DEFAULT_BYTE_LIMITS = {
+  maxSessionBytes: 16 * 1024 * 1024,
+  maxClientBytes: 64 * 1024 * 1024,
+  maxHeldBytes: 512 * 1024 * 1024,
+} as const;
 
 export interface PendingRequest {
   kind: RequestKind;
@@ -38,6 +54,8 @@ export interface PendingRequest {
   rejected: boolean;
   /** W3C traceparent the client gave the request, passed on to its work message. */
   tp?: string;
+  /** Bytes it holds in the table (its payload's size; 0 once rejected). */
+  bytes?: number;
 }
 
 export interface StoredResponse {
@@ -47,6 +65,8 @@ export interface StoredResponse {
   seq: number;
   /** The request's traceparent, passed on to its delivery. */
   tp?: string;
+  /** Bytes it holds in the table (the size of its message). */
+  bytes?: number;
 }
 
 export interface SessionEntry {
@@ -76,6 +96,8 @@ export interface SessionEntry {
   serverRestart: RestartRecord | null;
   requests: Map<number, PendingRequest>;
   responses: Map<number, StoredResponse>;
+  /** Bytes of `requests` and `responses` (counted against CoreLimits' byte bounds). */
+  bytes: number;
   dirty: boolean;
 }
 
@@ -334,6 +356,10 @@ export class ManagerCore {
       reject = { code: "TANDEM_PAYLOAD_TOO_LARGE", message: `request ${m.n} is ${m.size} bytes; the limit is ${this.limits.maxPayload}`, context: { size: m.size, limit: this.limits.maxPayload } };
     } else if (this.pendingCount(s) > s.maxPending) {
       reject = { code: "TANDEM_BACKPRESSURE", message: `session ${s.id} has more than ${s.maxPending} pending requests; take responses before sending more`, context: { limit: s.maxPending } };
+    } else if (!replaying) {
+      // Replay takes what the live primary accepted: judging it again could refuse a request
+      // that is already at a server.
+      reject = this.overBytes(s, m.size);
     }
     if (reject) {
       // The request is in the queue; it gets an error response so the queue moves on.
@@ -343,9 +369,10 @@ export class ManagerCore {
       effects.push({ type: "dlq", code: reject.code, message: reject.message, context: { client: s.client, session: s.id, n: m.n, seq: m.seq } });
       return effects;
     }
-    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false };
+    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false, bytes: m.size };
     if (m.tp !== undefined) req.tp = m.tp;
     s.requests.set(m.n, req);
+    this.hold(s, m.size);
     this.pump(s, now, effects);
     return effects;
   }
@@ -375,8 +402,8 @@ export class ManagerCore {
     // client only takes what was answered, so taken implies answered.
     s.taken = m.taken;
     if (s.answered < s.taken) s.answered = s.taken;
-    for (const n of s.responses.keys()) if (n <= s.taken) s.responses.delete(n);
-    for (const n of s.requests.keys()) if (n <= s.answered) s.requests.delete(n);
+    for (const n of s.responses.keys()) if (n <= s.taken) this.dropResponse(s, n);
+    for (const n of s.requests.keys()) if (n <= s.answered) this.dropRequest(s, n);
     if (s.delivered < s.taken) s.delivered = s.taken;
     s.dirty = true;
     const effects: Effect[] = [];
@@ -385,7 +412,7 @@ export class ManagerCore {
   }
 
   onResponse(
-    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; tp?: string },
+    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; tp?: string; size?: number },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -403,10 +430,11 @@ export class ManagerCore {
     }
     if (m.n <= s.taken || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
     if (m.n > s.lastReq) s.lastReq = m.n; // response replayed before its request: trust the queue
-    const resp: StoredResponse = { ok: m.ok, error: m.error, server: m.server, seq: m.seq };
+    const resp: StoredResponse = { ok: m.ok, error: m.error, server: m.server, seq: m.seq, bytes: m.size ?? 0 };
     if (m.tp !== undefined) resp.tp = m.tp;
     s.responses.set(m.n, resp);
-    s.requests.delete(m.n);
+    this.hold(s, resp.bytes!);
+    this.dropRequest(s, m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {
       this.budget(s.service).observe(now - s.dispatchedAt);
@@ -624,6 +652,62 @@ export class ManagerCore {
     this.sessions.delete(s.id);
     if (s.server) bump(this.perServer, s.server, -1);
     bump(this.perClient, s.client, -1);
+    this.hold(s, -s.bytes);
+  }
+
+  // Bytes held per client and in all, kept with every request and response the table takes in
+  // or lets go of (CoreLimits' byte bounds).
+  private readonly perClientBytes = new Map<string, number>();
+  private held = 0;
+
+  /** Bytes of requests and responses the table holds: in all, or of one client. */
+  heldBytes(client?: string): number {
+    return client === undefined ? this.held : (this.perClientBytes.get(client) ?? 0);
+  }
+
+  private hold(s: SessionEntry, bytes: number): void {
+    if (bytes === 0) return;
+    s.bytes += bytes;
+    bump(this.perClientBytes, s.client, bytes);
+    this.held += bytes;
+  }
+
+  private dropRequest(s: SessionEntry, n: number): void {
+    const r = s.requests.get(n);
+    if (!r) return;
+    s.requests.delete(n);
+    this.hold(s, -(r.bytes ?? 0));
+  }
+
+  private dropResponse(s: SessionEntry, n: number): void {
+    const r = s.responses.get(n);
+    if (!r) return;
+    s.responses.delete(n);
+    this.hold(s, -(r.bytes ?? 0));
+  }
+
+  /**
+   * Would taking `size` more bytes into this session pass a byte bound? A session that holds
+   * nothing may always take one request (as large as maxPayload): each session can make progress
+   * however much others hold, so one heavy client cannot starve the rest.
+   */
+  private overBytes(s: SessionEntry, size: number): WireErr | null {
+    if (s.bytes === 0) return null;
+    const bounds: [string, number, number][] = [
+      ["session", s.bytes, this.limits.maxSessionBytes ?? DEFAULT_BYTE_LIMITS.maxSessionBytes],
+      ["client", this.heldBytes(s.client), this.limits.maxClientBytes ?? DEFAULT_BYTE_LIMITS.maxClientBytes],
+      ["manager", this.held, this.limits.maxHeldBytes ?? DEFAULT_BYTE_LIMITS.maxHeldBytes],
+    ];
+    for (const [scope, held, limit] of bounds) {
+      if (held + size <= limit) continue;
+      const whose = scope === "session" ? `session ${s.id}` : scope === "client" ? `client ${s.client}` : "the manager";
+      return {
+        code: "TANDEM_BACKPRESSURE",
+        message: `${whose} holds ${held} bytes of requests and responses; ${size} more would pass the limit of ${limit}; take responses before sending more`,
+        context: { scope, held, size, limit },
+      };
+    }
+    return null;
   }
 
   private setServer(s: SessionEntry, server: string | null): void {
@@ -877,6 +961,7 @@ export class ManagerCore {
       serverRestart: null,
       requests: new Map(),
       responses: new Map(),
+      bytes: 0,
       dirty: true,
     };
   }

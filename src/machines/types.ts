@@ -46,7 +46,7 @@ export interface TakenBody {
   taken: number;
 }
 
-/** Body of a message in the session's response queue (`<p>.resp.<client>.<session>`). */
+/** Body of a message in the session's response queue (`<p>.resp.<server>.<session>`). */
 export interface ResponseBody {
   n: number;
   server: string;
@@ -76,6 +76,8 @@ export interface WorkMsg {
   payload: unknown;
   /** Latest server restart data of this session, to continue from. */
   restart: RestartRecord | null;
+  /** Dispatch key: the server puts it in its response and checkpoints (docs/design.md §2). */
+  k: string;
   /** Hedged sessions: which copy this is (1 = the first); the server records that it took it. */
   copy?: number;
   /** The request's traceparent, for the handler's context and the response. */

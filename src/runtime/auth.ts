@@ -5,8 +5,9 @@
  *
  *   manager, admin   everything
  *   server <id>      receive its own `<p>.work.<id>.*`, `<p>.cancel.<id>.*`, `<p>.srv.<id>.>`;
- *                    publish responses `<p>.resp.>`, register/heartbeat, its own copy records,
- *                    the fence and ledger buckets
+ *                    publish its own responses `<p>.resp.<id>.*`, register as itself for its
+ *                    service, heartbeat as itself, its own copy records, the fence and ledger
+ *                    buckets' keys (no stream or bucket may it create)
  *   client <id>      publish only `<p>.req.<id>.>` and `<p>.mgr.open|resume|close.<id>`; receive only
  *                    `<p>.deliver.<id>.*` and `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>`
  *
@@ -54,16 +55,18 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
     return {
       publish: {
         allow: [
-          names.register,
-          names.heartbeat,
-          `${p}.resp.>`,
+          // Only as itself, and only for the service it was granted (the id and the service are
+          // subject tokens; the manager takes both from the subject).
+          names.register(u.user, u.service!),
+          names.heartbeat(u.user),
+          names.hopAll("resp", u.user),
           dlq,
           ...js,
           `$KV.${names.bucketSessions}.*.took.*.${u.user}`,
           ...kv(names.bucketFence),
+          // The ledger's bucket is provisioned by the manager: a server may write its keys but
+          // create no stream (a stream named like it could capture other users' subjects).
           ...kv(ledgerBucket),
-          `$JS.API.STREAM.CREATE.KV_${ledgerBucket}`,
-          `$JS.API.STREAM.UPDATE.KV_${ledgerBucket}`,
         ],
       },
       subscribe: { allow: [names.hopAll("work", u.user), names.hopAll("cancel", u.user), `${p}.srv.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
@@ -80,7 +83,7 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
 /** Users with fresh passwords, and the nats-server configuration that enforces their roles. */
 export function buildAuth(spec: AuthSpec, previous: AuthUser[] = []): { users: AuthUser[]; conf: string } {
   const names = new Names(spec.prefix ?? "tandem");
-  const ledgerBucket = spec.ledgerBucket ?? `${names.bucketFence.replace(/_fence$/, "")}_ledger`;
+  const ledgerBucket = spec.ledgerBucket ?? names.bucketLedger;
   const keep = new Map(previous.map((u) => [u.user, u.password]));
   const users: AuthUser[] = [];
   const add = (u: Omit<AuthUser, "password">) => {

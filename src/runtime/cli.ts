@@ -386,7 +386,7 @@ async function cmdServer(argv: string[]): Promise<void> {
   let store: FencedStore | undefined;
   const storeArg = typeof v.store === "string" ? v.store : work === "ledger" ? "kv" : undefined;
   try {
-    if (storeArg === "kv") store = await KvStore.open(rt.nc, { bucket: `${rt.names.bucketFence.replace(/_fence$/, "")}_ledger`, fence: rt.kv.fence, replicas: rt.replicas });
+    if (storeArg === "kv") store = await KvStore.open(rt.nc, { bucket: rt.names.bucketLedger, fence: rt.kv.fence, replicas: rt.replicas });
     else if (storeArg?.startsWith("postgres://") || storeArg?.startsWith("postgresql://")) store = await PgStore.open({ url: storeArg });
     else if (storeArg !== undefined) fail(`--store must be kv or a postgres:// URL (got ${storeArg})`);
     if (store && work === "ledger") await openLedgerIfMissing(store);

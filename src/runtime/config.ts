@@ -45,6 +45,10 @@ export interface Config {
   natsKey: string;
   /** Sessions one client id may have open at once. */
   maxSessionsPerClient: number;
+  /** Bytes of requests and responses the manager holds in memory: per session, per client, in all. */
+  maxSessionBytes: number;
+  maxClientBytes: number;
+  maxHeldBytes: number;
   /** Bytes the dead-letter stream may hold; past it the oldest entries go (writers are never refused). */
   dlqMaxBytes: number;
   /** Manager node name (unique per process). */
@@ -73,6 +77,9 @@ export const DEFAULTS: Omit<Config, "node"> = {
   natsKey: "",
   maxSessionsPerClient: 1000,
   dlqMaxBytes: 256 * 1024 * 1024,
+  maxSessionBytes: 16 * 1024 * 1024,
+  maxClientBytes: 64 * 1024 * 1024,
+  maxHeldBytes: 512 * 1024 * 1024,
   hedgeBudgetPct: 10,
   hedgeReserve: 10,
   logLevel: "info",
@@ -106,6 +113,9 @@ const ENV: Record<string, keyof Config> = {
   NATS_KEY: "natsKey",
   TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
   TANDEM_DLQ_MAX_BYTES: "dlqMaxBytes",
+  TANDEM_MAX_SESSION_BYTES: "maxSessionBytes",
+  TANDEM_MAX_CLIENT_BYTES: "maxClientBytes",
+  TANDEM_MAX_HELD_BYTES: "maxHeldBytes",
   TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
   TANDEM_HEDGE_RESERVE: "hedgeReserve",
   TANDEM_NODE: "node",
@@ -138,6 +148,9 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["hedgeBudgetPct", 0, 100],
   ["maxSessionsPerClient", 1, 1_000_000],
   ["dlqMaxBytes", 64 * 1024, 2 ** 50],
+  ["maxSessionBytes", 1024, 2 ** 40],
+  ["maxClientBytes", 1024, 2 ** 40],
+  ["maxHeldBytes", 1024, 2 ** 40],
   ["hedgeReserve", 0, 100_000],
 ];
 

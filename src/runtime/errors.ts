@@ -43,6 +43,8 @@ export const ErrorCode = {
   Hedge: "TANDEM_HEDGE",
   /** A server registration whose server did not answer the manager on its own subject. */
   ServerUnverified: "TANDEM_SERVER_UNVERIFIED",
+  /** A response or checkpoint from a server that was not given its request (no valid dispatch key). */
+  Forged: "TANDEM_FORGED",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -44,7 +44,8 @@ export interface SessionTrace {
 
 async function readQueue(rt: Runtime, stream: string, subject: string): Promise<{ msgs: JsMsg[]; truncated: boolean }> {
   const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
-  const count = info.state.subjects?.[subject] ?? 0;
+  // The filter may be a wildcard (a session's responses come from each server's subject).
+  const count = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
   if (count === 0) return { msgs: [], truncated: false };
   const want = Math.min(count, TRACE_MAX_ENTRIES);
   const consumer = await rt.js.consumers.get(stream, { filter_subjects: subject });
@@ -78,7 +79,7 @@ export async function traceSession(rt: Runtime, session: string, only?: number):
   if (!client) return out;
   const [req, resp] = await Promise.all([
     readQueue(rt, rt.names.streamReq, rt.names.req(client, session)),
-    readQueue(rt, rt.names.streamResp, rt.names.resp(client, session)),
+    readQueue(rt, rt.names.streamResp, rt.names.respOf(session)),
   ]);
   out.truncated = req.truncated || resp.truncated;
   const byN = new Map<number, RequestTrace>();
@@ -113,7 +114,8 @@ export async function traceSession(rt: Runtime, session: string, only?: number):
     }
     if (!isObject(v) || typeof v.n !== "number") continue;
     const t = get(v.n);
-    const server = typeof v.server === "string" ? v.server : "?";
+    // The writer is the subject's server token (<p>.resp.<server>.<session>).
+    const server = rt.names.parseQueueSubject(m.subject)?.owner ?? "?";
     if ("ok" in v || "error" in v) {
       const err = isObject(v.error) ? v.error : null;
       t.state = "answered";

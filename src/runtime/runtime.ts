@@ -12,6 +12,7 @@ import { connectNats } from "./connection.js";
 import type { Logger } from "./logger.js";
 import { NatsServer } from "./nats-server.js";
 import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js";
+import { ensureStoreBucket } from "./store-kv.js";
 import { Requester } from "./requester.js";
 import { Names } from "./wire.js";
 
@@ -132,6 +133,8 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
       if (opts.provision !== false) await provisionStreams(jsm, names, popts);
       // A user without rights to create streams (a secured client or server) binds to them.
       kv = await provisionBuckets(nc, names, { ...popts, bindOnly: opts.provision === false });
+      // The KV ledger's bucket too: a secured server may write its keys but not create it.
+      if (opts.provision !== false) await ensureStoreBucket(nc, names.bucketLedger, replicas);
       break;
     } catch (err) {
       if (Date.now() > deadline) throw err;

@@ -40,6 +40,26 @@ type FenceRecord =
 /** The de-duplication window the data bucket needs: longer than any claim takeover. */
 export const DATA_DUPLICATE_WINDOW_MS = 10 * 60_000;
 
+/**
+ * Create a store's data bucket, or fix its de-duplication window (the re-application guard):
+ * what only a user allowed to create streams may do.
+ */
+export async function ensureStoreBucket(nc: NatsConnection, bucket: string, replicas: number): Promise<KV> {
+  const kvm = new Kvm(nc);
+  let data: KV;
+  try {
+    data = await kvm.create(bucket, { history: 1, replicas, allow_direct: false });
+  } catch {
+    data = await kvm.open(bucket, { allow_direct: false });
+  }
+  const jsm = await jetstreamManager(nc);
+  const stream = `KV_${bucket}`;
+  const info = await jsm.streams.info(stream);
+  const want = DATA_DUPLICATE_WINDOW_MS * 1_000_000;
+  if ((info.config.duplicate_window ?? 0) < want) await jsm.streams.update(stream, { ...info.config, duplicate_window: want });
+  return data;
+}
+
 /** What an update handler gets from the KV store. */
 export interface KvTx {
   /** The key's current value (undefined when absent). */
@@ -89,20 +109,24 @@ export class KvStore implements FencedStore<KvTx> {
     this.claimTimeoutMs = opts.claimTimeoutMs ?? 10_000;
   }
 
+  /**
+   * Bind to the data bucket. A user allowed to create streams (unsecured, the manager, an admin)
+   * provisions it when missing; a server of a secured deployment may only bind to it: the
+   * manager provisions the deployment's ledger bucket at start (runtime.ts).
+   */
   static async open(nc: NatsConnection, opts: KvStoreOptions): Promise<KvStore> {
-    const kvm = new Kvm(nc);
     let data: KV;
     try {
-      data = await kvm.create(opts.bucket, { history: 1, replicas: opts.replicas ?? 1, allow_direct: false });
-    } catch {
-      data = await kvm.open(opts.bucket, { allow_direct: false });
+      data = await new Kvm(nc).open(opts.bucket, { allow_direct: false, bindOnly: true });
+      const info = await (await jetstreamManager(nc)).streams.info(`KV_${opts.bucket}`);
+      if ((info.config.duplicate_window ?? 0) < DATA_DUPLICATE_WINDOW_MS * 1_000_000) data = await ensureStoreBucket(nc, opts.bucket, opts.replicas ?? 1);
+    } catch (err) {
+      try {
+        data = await ensureStoreBucket(nc, opts.bucket, opts.replicas ?? 1);
+      } catch (e) {
+        throw new TandemError(ErrorCode.Store, `KV store bucket ${opts.bucket} is not provisioned and this user may not create it: start a manager first (it provisions ${opts.bucket}), or run once as the admin user`, { cause: e, context: { bucket: opts.bucket, first: String(err) } });
+      }
     }
-    // The re-application guard is JetStream's de-duplication: make its window long enough.
-    const jsm = await jetstreamManager(nc);
-    const stream = `KV_${opts.bucket}`;
-    const info = await jsm.streams.info(stream);
-    const want = DATA_DUPLICATE_WINDOW_MS * 1_000_000;
-    if ((info.config.duplicate_window ?? 0) < want) await jsm.streams.update(stream, { ...info.config, duplicate_window: want });
     return new KvStore(data, opts.fence, jetstream(nc), opts);
   }
 

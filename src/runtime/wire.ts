@@ -56,6 +56,8 @@ export class Names {
   readonly bucketRestart: string;
   readonly bucketCtl: string;
   readonly bucketFence: string;
+  /** The demo ledger's KV store (provisioned by the manager; servers only write its keys). */
+  readonly bucketLedger: string;
 
   constructor(readonly prefix = "tandem") {
     const P = prefix.toUpperCase().replace(/-/g, "_");
@@ -67,6 +69,7 @@ export class Names {
     this.bucketRestart = `${p}_restart`;
     this.bucketCtl = `${p}_ctl`;
     this.bucketFence = `${p}_fence`;
+    this.bucketLedger = `${p}_ledger`;
   }
 
   /** The manager's own subjects: status (read-only), and the backups on `backup`. */
@@ -100,8 +103,16 @@ export class Names {
   get reqAll(): string {
     return `${this.prefix}.req.>`;
   }
-  resp(client: string, session: string): string {
-    return `${this.prefix}.resp.${client}.${session}`;
+  /**
+   * A server's response or checkpoint: `<p>.resp.<server>.<session>`, the writer's id a token, so
+   * NATS permissions keep each server to its own (the manager writes under `manager`).
+   */
+  resp(server: string, session: string): string {
+    return `${this.prefix}.resp.${server}.${session}`;
+  }
+  /** Every response of one session, whoever wrote it (purges, traces). */
+  respOf(session: string): string {
+    return `${this.prefix}.resp.*.${session}`;
   }
   get respAll(): string {
     return `${this.prefix}.resp.>`;
@@ -129,11 +140,32 @@ export class Names {
   srv(server: string, op: "restart" | "ping"): string {
     return `${this.prefix}.srv.${server}.${op}`;
   }
-  get register(): string {
-    return `${this.prefix}.srv.register`;
+  /**
+   * A server registers as `<p>.srv.<server>.register.<service>` and beats on `<p>.beat.<server>`:
+   * its id and service are subject tokens, so in a secured deployment NATS lets a server register
+   * only as itself and for the service it was granted. The beat has three tokens, as all periodic
+   * control traffic, so it never matches a session's four-token data subjects.
+   */
+  register(server: string, service: string): string {
+    return `${this.prefix}.srv.${server}.register.${service}`;
   }
-  get heartbeat(): string {
-    return `${this.prefix}.srv.heartbeat`;
+  get registerAll(): string {
+    return `${this.prefix}.srv.*.register.*`;
+  }
+  heartbeat(server: string): string {
+    return `${this.prefix}.beat.${server}`;
+  }
+  get heartbeatAll(): string {
+    return `${this.prefix}.beat.*`;
+  }
+  /** The server (and service) of a register or heartbeat subject, or null. */
+  parseSrvSubject(subject: string): { server: string; op: string; service?: string } | null {
+    const t = subject.split(".");
+    if (t[0] !== this.prefix || !isToken(t[2])) return null;
+    if (t.length === 3 && t[1] === "beat") return { server: t[2], op: "heartbeat" };
+    if (t[1] !== "srv") return null;
+    if (t.length === 5 && t[3] === "register" && isToken(t[4])) return { server: t[2], op: "register", service: t[4] };
+    return null;
   }
   cli(client: string, op: "restart"): string {
     return `${this.prefix}.cli.${client}.${op}`;
@@ -145,13 +177,13 @@ export class Names {
     return `${this.prefix}.dlq.>`;
   }
 
-  /** `<p>.req.<client>.<session>` or `<p>.resp.<client>.<session>` -> its two ids, or null. */
-  parseQueueSubject(subject: string): { client: string; session: string } | null {
+  /** `<p>.req.<client>.<session>` or `<p>.resp.<server>.<session>` -> the writer and session, or null. */
+  parseQueueSubject(subject: string): { owner: string; session: string } | null {
     const parts = subject.split(".");
     if (parts.length !== 4 || parts[0] !== this.prefix) return null;
-    const [, , client, session] = parts;
-    if (!isToken(client) || !isToken(session)) return null;
-    return { client, session };
+    const [, , owner, session] = parts;
+    if (!isToken(owner) || !isToken(session)) return null;
+    return { owner, session };
   }
 }
 

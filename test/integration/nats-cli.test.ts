@@ -103,7 +103,7 @@ describe("the NATS CLI", () => {
     // The control traffic is there (server heartbeats, backups), on its own subjects.
     const control = received(all.out());
     expect(control.length).toBeGreaterThan(3);
-    expect(new Set(control)).toEqual(new Set(control.filter((s) => s === rt.names.heartbeat || s === rt.names.backup)));
+    expect(new Set(control)).toEqual(new Set(control.filter((s) => s.startsWith(`${rt.names.prefix}.beat.`) || s === rt.names.backup)));
   });
 
   it("nats trace of a request publish shows it stored in TANDEM_REQ", async () => {

@@ -434,3 +434,79 @@ describe("manager core - diagnosing a waiting session", () => {
     expect(core.diagnose("W", 50)).toBeNull(); // something is at the server now
   });
 });
+
+describe("manager core - bytes held per session, client and manager (issue 13)", () => {
+  const BYTES = { ...LIMITS, maxPending: 1000, maxPayload: 100, maxSessionBytes: 300, maxClientBytes: 500, maxHeldBytes: 700 };
+
+  it("requests held behind a gap are refused TANDEM_BACKPRESSURE past the session's bytes, never held", () => {
+    const core = new ManagerCore(BYTES, 1);
+    core.registerServer("s1", "svc", 4, 0);
+    core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+    // n = 1 never comes: 2, 3, 4 fit (3 × 100), the rest are answered with an error.
+    const refused: number[] = [];
+    for (let n = 2; n <= 20; n++) {
+      const fx = core.onRequest({ ...req(n), size: 100 }, 0, false);
+      const err = of(fx, "storeError")[0];
+      if (err) {
+        expect(err.error.code).toBe("TANDEM_BACKPRESSURE");
+        expect(err.error.context).toMatchObject({ scope: "session", limit: 300 });
+        refused.push(n);
+      }
+    }
+    expect(refused).toEqual(Array.from({ length: 16 }, (_, i) => i + 5));
+    expect(core.heldBytes()).toBe(300);
+    expect(core.sessions.get("A")!.bytes).toBe(300);
+  });
+
+  it("a session that holds nothing may always send one request: one heavy client cannot starve the rest", () => {
+    const core = new ManagerCore(BYTES, 1);
+    core.registerServer("s1", "svc", 4, 0);
+    for (const id of ["A", "B", "C"]) core.open({ session: id, client: "heavy", service: "svc", ordered: true, maxPending: 1000 }, 0);
+    core.open({ session: "D", client: "other", service: "svc", ordered: true, maxPending: 1000 }, 0);
+    for (const id of ["A", "B", "C"]) for (let n = 2; n <= 4; n++) core.onRequest({ ...req(n), client: "heavy", session: id, size: 100 }, 0, false);
+    // A 300; B 200 (the client's 500 reached); C takes its one request anyway.
+    expect(core.heldBytes("heavy")).toBe(600);
+    const d1 = core.onRequest({ ...req(1), client: "other", session: "D", size: 100 }, 0, false);
+    expect(of(d1, "dispatch")).toHaveLength(1);
+    const d2 = core.onRequest({ ...req(2), client: "other", session: "D", size: 100 }, 0, false);
+    expect(of(d2, "storeError")[0]?.error.context).toMatchObject({ scope: "manager" });
+  });
+
+  it("property: the counts always equal what the table holds, and stay within the bounds", () => {
+    const step = fc.oneof(
+      fc.record({ t: fc.constant("req" as const), s: fc.constantFrom("A", "B"), n: fc.integer({ min: 1, max: 12 }), size: fc.integer({ min: 0, max: 100 }) }),
+      fc.record({ t: fc.constant("resp" as const), s: fc.constantFrom("A", "B"), n: fc.integer({ min: 1, max: 12 }), size: fc.integer({ min: 0, max: 100 }) }),
+      fc.record({ t: fc.constant("taken" as const), s: fc.constantFrom("A", "B"), n: fc.integer({ min: 0, max: 12 }) }),
+      fc.record({ t: fc.constant("close" as const), s: fc.constantFrom("A", "B") }),
+    );
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
+        const core = new ManagerCore(BYTES, 1);
+        core.registerServer("s1", "svc", 4, 0);
+        const open = (id: string) => core.open({ session: id, client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+        open("A");
+        open("B");
+        for (const st of steps) {
+          if (!core.sessions.has(st.s)) open(st.s);
+          if (st.t === "req") core.onRequest({ ...req(st.n), session: st.s, size: st.size }, 0, false);
+          else if (st.t === "resp") core.onResponse({ ...resp(st.n), session: st.s, size: st.size }, 0, true);
+          else if (st.t === "taken") core.onTaken({ seq: ++seq, client: "c", session: st.s, taken: st.n }, 0);
+          else core.close(st.s, "c");
+          let sum = 0;
+          for (const s of core.sessions.values()) {
+            let own = 0;
+            for (const r of s.requests.values()) own += r.bytes ?? 0;
+            for (const r of s.responses.values()) own += r.bytes ?? 0;
+            expect(s.bytes).toBe(own);
+            sum += own;
+          }
+          expect(core.heldBytes()).toBe(sum);
+          expect(core.heldBytes("c")).toBe(sum);
+          // Requests are bounded; a response (whatever its size) replaces its request.
+          expect(sum).toBeLessThanOrEqual(BYTES.maxClientBytes + 2 * 100 * 2);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+});

@@ -88,8 +88,8 @@ describe("per-role NATS users", () => {
     const reqBefore = (await rtM.jsm.streams.info(rtM.names.streamReq, { subjects_filter: rtM.names.req("bob", bs.id) })).state.subjects?.[rtM.names.req("bob", bs.id)] ?? 0;
     // Alice writes into bob's queue, passes for a server, and for the manager.
     rtA.nc.publish(rtM.names.req("bob", bs.id), encode({ n: 99, kind: "request", payload: "forged" }));
-    rtA.nc.publish(rtM.names.register, encode({ server: "evil", service: "svc", capacity: 1 }));
-    rtA.nc.publish(rtM.names.resp("bob", bs.id), encode({ n: 1, server: "evil", ok: "forged" }));
+    rtA.nc.publish(rtM.names.register("evil", "svc"), encode({ capacity: 1 }));
+    rtA.nc.publish(rtM.names.resp("srv1", bs.id), encode({ n: 1, ok: "forged" }));
     rtA.nc.publish(rtM.names.deliver("bob", bs.id), encode({ epoch: 99, session: bs.id, n: 1, ok: "forged", server: "evil" }));
     await rtA.js.publish(rtM.names.req("bob", bs.id), encode({ n: 98, kind: "request", payload: "forged" })).catch(() => {});
 

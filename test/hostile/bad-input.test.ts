@@ -108,8 +108,8 @@ describe("bad input is rejected, not lost (I7)", () => {
     const c = await TandemClient.connect(rt);
     const s = await c.open("svc");
     // Whatever its Tandem-Kind header claims, a body without "ok", "error" or "restart" is neither.
-    await rt.js.publish(rt.names.resp(c.id, s.id), encode({ n: 1, server: "nobody" }), { headers: makeHeaders({ kind: "response" }) });
-    const entry = await dlq("malformed", (b) => b.subject === rt.names.resp(c.id, s.id));
+    await rt.js.publish(rt.names.resp("nobody", s.id), encode({ n: 1 }), { headers: makeHeaders({ kind: "response" }) });
+    const entry = await dlq("malformed", (b) => b.subject === rt.names.resp("nobody", s.id));
     expect(entry).toMatchObject({ code: "TANDEM_MALFORMED", message: expect.stringMatching(/a response needs "ok" or "error"/) });
     await expect(s.request("after")).resolves.toBe("after");
     await c.close();
@@ -148,7 +148,7 @@ describe("bad input is rejected, not lost (I7)", () => {
   });
 
   it("stale epoch - work from an older manager epoch is refused by the server", async () => {
-    const r = await ask(rt.names.work(server.id, "s"), encode({ epoch: 0, session: "s", client: "c", service: "svc", n: 1, kind: "request", payload: 1, restart: null }));
+    const r = await ask(rt.names.work(server.id, "s"), encode({ epoch: 0, session: "s", client: "c", service: "svc", n: 1, kind: "request", k: "k".repeat(22), payload: 1, restart: null }));
     expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
     await dlq("stale_epoch", (b) => b.subject === rt.names.work(server.id, "s"));
     await stillServing();
@@ -157,11 +157,11 @@ describe("bad input is rejected, not lost (I7)", () => {
   it("forged epoch - heartbeats claiming a newer epoch than the lease's are refused and dead-lettered, and the primary stays primary (issue 13)", async () => {
     const before = mgr.status().epoch;
     for (let i = 0; i < 6; i++) {
-      const r = await ask(rt.names.heartbeat, encode({ server: server.id, service: "svc", epoch: before + 1000, working: 0 }));
+      const r = await ask(rt.names.heartbeat(server.id), encode({ epoch: before + 1000, working: 0 }));
       expect(r.error?.code).toBe("TANDEM_STALE_EPOCH");
       await new Promise((res) => setTimeout(res, 250));
     }
-    await dlq("stale_epoch", (b) => b.subject === rt.names.heartbeat && (b.context as Record<string, unknown>)?.claimed === before + 1000);
+    await dlq("stale_epoch", (b) => b.subject === rt.names.heartbeat(server.id) && (b.context as Record<string, unknown>)?.claimed === before + 1000);
     expect(mgr.isPrimary()).toBe(true);
     expect(mgr.status().epoch).toBe(before);
     await stillServing();
@@ -187,20 +187,20 @@ describe("bad input is rejected, not lost (I7)", () => {
 
   it("phantom server - a registration nothing answers on its own subject is refused and gets no sessions (issue 13)", async () => {
     for (let i = 0; i < 3; i++) {
-      const r = await ask(rt.names.register, encode({ server: `ghost-${i}`, service: "svc", capacity: 1_000_000_000 }));
+      const r = await ask(rt.names.register(`ghost-${i}`, "svc"), encode({ capacity: 100_000 }));
       expect(r.error?.code).toBe("TANDEM_SERVER_UNVERIFIED");
       expect(r.error?.message).toMatch(/nothing answered on its own subject/);
     }
     // Heartbeats of the phantoms change nothing either: they are unknown, told to register.
-    await ask(rt.names.heartbeat, encode({ server: "ghost-0", service: "svc", epoch: mgr.status().epoch, working: 0 }));
+    await ask(rt.names.heartbeat("ghost-0"), encode({ epoch: mgr.status().epoch, working: 0 }));
     expect(mgr.status().servers.map((x) => x.id).filter((id) => id.startsWith("ghost-"))).toEqual([]);
-    await dlq("server_unverified", (b) => b.subject === rt.names.register);
+    await dlq("server_unverified", (b) => b.subject === rt.names.register("ghost-2", "svc"));
     // New sessions still go to the real server (a phantom with capacity 1e9 would have drawn them all).
     for (let i = 0; i < 3; i++) await stillServing();
   });
 
   it("server id taken over - a registration under a live server's id for another service is refused (issue 13)", async () => {
-    const r = await ask(rt.names.register, encode({ server: server.id, service: "other", capacity: 1 }));
+    const r = await ask(rt.names.register(server.id, "other"), encode({ capacity: 1 }));
     expect(r.error?.code).toBe("TANDEM_SERVER_UNVERIFIED");
     expect(r.error?.message).toMatch(/answered for "svc"/);
     expect(mgr.status().servers.find((x) => x.id === server.id)?.service).toBe("svc");
@@ -230,10 +230,29 @@ describe("bad input is rejected, not lost (I7)", () => {
     const s = await c.open("svc");
     await s.request(1);
     const big = 2 ** 53;
-    await rt.js.publish(rt.names.resp(c.id, s.id), encode({ n: big, server: server.id, ok: "forged" }), { msgID: `${s.id}.${big}` });
-    await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.n === big);
+    await rt.js.publish(rt.names.resp(server.id, s.id), encode({ n: big, k: "x".repeat(22), ok: "forged" }), { msgID: `${s.id}.${big}` });
+    const entry = await dlq("malformed", (b) => b.subject === rt.names.resp(server.id, s.id));
+    expect(entry.message).toMatch(/^response: \/n expected integer to be less or equal to 9007199254740991/);
     // Not TANDEM_BACKPRESSURE forever: the next requests are answered as usual.
     for (let i = 2; i <= 4; i++) await expect(s.request(i)).resolves.toBe(i);
+    await c.close();
+  });
+
+  it("forged response - an answer from a server that was not given the request, even under the old real message id, is refused and does not take the real answer's place (issue 13)", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    await s.request(1);
+    // Before request 2 exists, a forger writes its "answer" under the id responses once had,
+    // from its own subject and from the real server's (unsecured: anyone may write either).
+    for (const [writer, msgID] of [["evil", `${s.id}.2`], [server.id, `${s.id}.2.${"A".repeat(22)}`]] as const) {
+      await rt.js.publish(rt.names.resp(writer, s.id), encode({ n: 2, k: "A".repeat(22), ok: "forged" }), { msgID });
+      const entry = await dlq("forged", (b) => b.subject === rt.names.resp(writer, s.id));
+      expect(entry).toMatchObject({ code: "TANDEM_FORGED", from: { server: writer }, context: { server: writer, session: s.id, n: 2 } });
+      expect(Buffer.from(entry.data as string, "base64").toString()).toContain('"forged"');
+    }
+    // The real answer is stored and delivered.
+    await expect(s.request(2)).resolves.toBe(2);
+    await expect(s.request(3)).resolves.toBe(3);
     await c.close();
   });
 
@@ -249,8 +268,8 @@ describe("bad input is rejected, not lost (I7)", () => {
     const r = await ask(rt.names.clientCall("open", "deep"), `{"service":"svc","restart":${"[".repeat(3000)}${"]".repeat(3000)}}`);
     expect(r.error?.code).toBe("TANDEM_MALFORMED");
     // A checkpoint nested thousands deep, written as a server would.
-    await rt.js.publish(rt.names.resp(c.id, s.id), `{"n":3,"server":"${server.id}","restart":${"[".repeat(5000)}${"]".repeat(5000)}}`);
-    await dlq("malformed", (b) => b.subject === rt.names.resp(c.id, s.id));
+    await rt.js.publish(rt.names.resp(server.id, s.id), `{"n":3,"restart":${"[".repeat(5000)}${"]".repeat(5000)}}`);
+    await dlq("malformed", (b) => b.subject === rt.names.resp(server.id, s.id));
     expect(mgr.isPrimary()).toBe(true);
     await expect(s.request("still")).resolves.toBe("still");
     await c.close();
@@ -262,10 +281,10 @@ describe("bad input is rejected, not lost (I7)", () => {
     const s = await c.open("svc");
     await s.request(1);
     const epoch = mgr.status().epoch;
-    const work = await ask(rt.names.work(server.id, s.id), encode({ epoch: 1e18, session: s.id, client: c.id, service: "svc", n: 2, kind: "request", payload: "forged", restart: null }));
+    const work = await ask(rt.names.work(server.id, s.id), encode({ epoch: 1e15, session: s.id, client: c.id, service: "svc", n: 2, kind: "request", k: "k".repeat(22), payload: "forged", restart: null }));
     expect(work.error?.code).toBe("TANDEM_STALE_EPOCH");
     expect(work.error?.message).toMatch(/more than one past/);
-    const deliver = await ask(rt.names.deliver(c.id, s.id), encode({ epoch: 1e18, session: s.id, n: 2, ok: "forged", server: "x" }));
+    const deliver = await ask(rt.names.deliver(c.id, s.id), encode({ epoch: 1e15, session: s.id, n: 2, ok: "forged", server: "x" }));
     expect(deliver.error?.code).toBe("TANDEM_STALE_EPOCH");
     // Neither took the forged epoch: the manager's work and deliveries still go through.
     for (let i = 2; i <= 4; i++) await expect(s.request(i)).resolves.toBe(i);
