@@ -17,6 +17,7 @@ import { resolveConfig } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
 import { NatsServer } from "../../src/runtime/nats-server.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import { KvStore } from "../../src/runtime/store-kv.js";
 import { encode } from "../../src/runtime/wire.js";
 import { FAST } from "../helpers/nats.js";
 
@@ -50,7 +51,7 @@ function violations(nc: NatsConnection): string[] {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-auth-"));
-  const built = buildAuth({ clients: ["alice", "bob"], servers: [{ id: "srv1", service: "svc" }] });
+  const built = buildAuth({ clients: ["alice", "bob"], servers: [{ id: "srv1", service: "svc" }, { id: "srv2", service: "other" }] });
   users = built.users;
   writeFileSync(join(dir, "nats.conf"), built.conf);
   ns = await NatsServer.start({ args: ["-c", join(dir, "nats.conf")] });
@@ -149,6 +150,46 @@ describe("per-role NATS users", () => {
     expect(await bs.request("after")).toEqual({ echo: "after", n: 2 });
     expect(bs.restart).toEqual({ secret: "bob's" });
     expect(mgr.status().sessions).toBeGreaterThanOrEqual(1);
+    await bs.close();
+    await bob.close();
+  });
+
+  it("a server acts only as itself: no registering as another or for another service, no answering for work it was not given, no stream that captures others' subjects (issue 13)", async () => {
+    const rtS = await as("srv2"); // granted service "other" only
+    const refused = violations(rtS.nc);
+    const rtB = await as("bob");
+    const bob = await TandemClient.connect(rtB, { id: "bob" });
+    const bs = await bob.open("svc");
+    expect(await bs.request("before")).toEqual({ echo: "before", n: 1 });
+    const names = rtS.names;
+    // NATS refuses these publishes: the id and the service are subject tokens.
+    rtS.nc.publish(names.register("srv1", "svc"), encode({ capacity: 100_000 }));
+    rtS.nc.publish(names.register("srv2", "svc"), encode({ capacity: 100_000 }));
+    rtS.nc.publish(names.heartbeat("srv1"), encode({ epoch: 1 }));
+    rtS.nc.publish(names.resp("srv1", bs.id), encode({ n: 2, k: "A".repeat(22), ok: "forged" }));
+    await rtS.nc.flush().catch(() => {});
+    // On its own subject, under the id a response once had: stored, but refused by the manager.
+    await rtS.js.publish(names.resp("srv2", bs.id), encode({ n: 2, k: "A".repeat(22), ok: "forged" }), { msgID: `${bs.id}.2` });
+    // A stream under the ledger bucket's name, capturing other users' subjects.
+    const capture = { name: `KV_${names.bucketLedger}_x`, subjects: [`${names.prefix}.cli.>`, `${names.prefix}.mgr.>`, "_INBOX.>"] };
+    await expect(rtS.jsm.streams.add(capture)).rejects.toThrow();
+    // Refused by NATS for want of the permission, not for the name being taken.
+    await expect(rtS.jsm.streams.add({ ...capture, name: `KV_${names.bucketLedger}` })).rejects.toThrow(/permission/i);
+
+    // Bob's answer is the real server's; the forgery is in the DLQ with the writer it names.
+    expect(await bs.request("after")).toEqual({ echo: "after", n: 2 });
+    const forged = await rtM.jsm.streams.getMessage(rtM.names.streamDlq, { last_by_subj: rtM.names.dlq("forged") });
+    expect(forged?.json()).toMatchObject({ code: "TANDEM_FORGED", subject: names.resp("srv2", bs.id), from: { server: "srv2" } });
+    await new Promise((r) => setTimeout(r, 300));
+    for (const subject of [names.register("srv1", "svc"), names.register("srv2", "svc"), names.heartbeat("srv1"), names.resp("srv1", bs.id)]) {
+      expect(refused.some((t) => t.includes(subject)), subject).toBe(true);
+    }
+    expect(mgr.status().servers.map((x) => `${x.id}/${x.service}`)).toEqual(["srv1/svc"]);
+    expect((await rtM.jsm.streams.names().next()).some((n) => n.startsWith(`KV_${names.bucketLedger}_`))).toBe(false);
+    // The server may still use the ledger the manager provisioned: bind and write its keys.
+    const ledger = await KvStore.open(rtS.nc, { bucket: names.bucketLedger, fence: rtS.kv.fence });
+    await ledger.seed("probe", 1);
+    expect(await ledger.read("probe")).toBe(1);
     await bs.close();
     await bob.close();
   });
