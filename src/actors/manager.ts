@@ -69,6 +69,8 @@ export interface ManagerStatus {
   sessions: number;
   /** Bytes of requests and responses the table holds in memory (bounded: README, Limits). */
   heldBytes: number;
+  /** The last stream sequences of TANDEM_REQ and TANDEM_RESP the table has applied. */
+  applied: { req: number; resp: number };
   servers: Array<{ id: string; service: string; alive: boolean }>;
   services: Array<{ service: string; sessions: number; pending: number; servers: number; hedging?: HedgingStatus }>;
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
@@ -77,6 +79,9 @@ export interface ManagerStatus {
 }
 
 const now = () => performance.now();
+
+/** Bytes a cursor pulls at once (at least the largest message NATS carries). */
+const PULL_MAX_BYTES = 8 * 1024 * 1024;
 
 /** The writer token of the responses the manager stores itself (errors in a request's place). */
 const MANAGER_WRITER = "manager";
@@ -220,6 +225,7 @@ export class ManagerNode {
       leader: snap?.context.leader ?? null,
       sessions: core?.sessions.size ?? 0,
       heldBytes: core?.heldBytes() ?? 0,
+      applied: { req: core?.reqSeq ?? 0, resp: core?.respSeq ?? 0 },
       servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
       services: [...services.values()],
       standbys: [...this.standbys].map(([node, a]) => ({ node, lastBackupAgeMs: Math.round(now() - a.at), seq: a.seq })),
@@ -335,6 +341,12 @@ export class ManagerNode {
         // comes back fails the compare-and-set). Whatever we send meanwhile carries our epoch
         // and is refused by anyone who has seen a newer one; our bucket writes are fenced.
         if (isWrongLastSequence(err)) {
+          // Our own renewal may be what moved it: one whose answer timed out under load was
+          // stored all the same, and this retry then found its revision (a flood of 125 MB once
+          // made a lone primary step down from itself this way).
+          const cur = await this.rt.kv.ctl.get("leader").catch(() => null);
+          const held = cur && cur.operation === "PUT" ? (decode(cur.value) as Partial<LeaseRecord>) : null;
+          if (cur && held && held.epoch === value.epoch && held.node === value.node && held.since === value.since) return { ...lease, revision: cur.revision };
           this.actingEpoch = 0;
           throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; another manager holds it`, { cause: err });
         }
@@ -491,7 +503,9 @@ export class ManagerNode {
     // Callback mode: each message is applied in the subscription's own callback, with no
     // async iterator between the socket and the table (one queue hop less per message).
     const messages = await consumer.consume({
-      max_messages: 512,
+      // In bytes, not messages: 512 requests of 200 kB once sat in the pull buffer at once
+      // (100 MB), which a manager under a small heap could not hold while it replayed them.
+      max_bytes: PULL_MAX_BYTES,
       expires: 2000,
       abort_on_missing_resource: true,
       callback: (m) => {
@@ -912,7 +926,7 @@ export class ManagerNode {
         const c = await rt.js.consumers.get(stream, name);
         try {
           for (;;) {
-            const batch = await c.fetch({ max_messages: 500, expires: 1000 });
+            const batch = await c.fetch({ max_bytes: PULL_MAX_BYTES, expires: 1000 });
             let got = 0;
             let last = -1;
             for await (const msg of batch) {
@@ -1241,11 +1255,44 @@ export class ManagerNode {
     });
   }
 
+  /**
+   * An error response in a request's place must reach the queue, or the request is never
+   * answered: retry while this epoch acts (same message id, so it is stored once). Under a flood
+   * of refused requests the publishes once timed out and were given up.
+   */
+  private async storeErrorResponse(epoch: number, session: string, n: number, data: Uint8Array, code: string): Promise<void> {
+    const { rt } = this;
+    for (let attempt = 0, delay = 50; this.actingEpoch === epoch; attempt++, delay = Math.min(delay * 2, 2000)) {
+      try {
+        await publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, {
+          msgID: `${session}.${n}`,
+          headers: makeHeaders({ session, request: n, epoch, kind: "response", code }),
+          timeout: JS_TIMEOUT_MS,
+        });
+        return;
+      } catch (err) {
+        if (attempt === 5) this.log.warn({ err, session, n }, "storing an error response keeps failing; retrying");
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
   /** Send request n of a session to a server; true when the server acknowledged it. */
-  private sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
+  private async sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
     const s = this.core?.sessions.get(session);
     const req = s?.requests.get(n);
-    if (!s || !req) return Promise.resolve(false);
+    if (!s || !req) return false;
+    let payload = req.payload;
+    if (req.evicted) {
+      // Not held in memory (read on replay past the byte bounds): the queue has it.
+      const stored = await this.rt.jsm.streams.getMessage(this.rt.names.streamReq, { seq: req.seq }).catch(() => null);
+      const parsed = stored ? parseRequestMsg(this.rt.names, stored) : null;
+      if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
+        this.log.warn({ session, n, seq: req.seq }, "could not read a request back from its queue; retrying");
+        return false;
+      }
+      payload = parsed.request.payload;
+    }
     const work: WorkMsg = {
       epoch,
       session,
@@ -1253,7 +1300,7 @@ export class ManagerNode {
       service: s.service,
       n,
       kind: req.kind,
-      payload: req.payload,
+      payload,
       restart: s.serverRestart,
       k: dispatchKey(this.secret!, session, n, server),
       ...(copy !== undefined ? { copy } : {}),
@@ -1398,12 +1445,7 @@ export class ManagerNode {
       }
       case "storeError": {
         const body = { n: e.n, k: dispatchKey(this.secret!, e.session, e.n, MANAGER_WRITER), error: e.error };
-        rt.js
-          .publish(rt.names.resp(MANAGER_WRITER, e.session), encode(body), {
-            msgID: `${e.session}.${e.n}`,
-            headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "response", code: e.error.code }),
-          })
-          .catch((err) => this.log.error({ err, session: e.session, n: e.n }, "could not store an error response"));
+        void this.storeErrorResponse(epoch, e.session, e.n, encode(body), e.error.code);
         return;
       }
       case "notify": {

@@ -235,5 +235,21 @@ export async function publishDlq(
   } finally {
     if (keep) dlqInFlight -= size;
   }
-  rt.logger.warn({ code: err.code, subject, reason: err.message }, "rejected input sent to the dead-letter stream");
+  logRejected(rt.logger, err.code, subject, err.message);
+}
+
+// One warning per code per 10 s, then how many more: a flood of bad input must not become a
+// flood of log lines (writing them once cost more than refusing the input).
+const logged = new Map<string, { at: number; more: number }>();
+
+function logRejected(logger: Runtime["logger"], code: string, subject: string, reason: string): void {
+  const t = performance.now();
+  const seen = logged.get(code);
+  if (seen && t - seen.at < 10_000) {
+    seen.more++;
+    return;
+  }
+  const more = seen?.more ?? 0;
+  logged.set(code, { at: t, more: 0 });
+  logger.warn({ code, subject, reason, ...(more > 0 ? { alsoRejected: more } : {}) }, `rejected input sent to the dead-letter stream${more > 0 ? ` (and ${more} more with this code in the last 10 s)` : ""}`);
 }

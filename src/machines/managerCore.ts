@@ -56,6 +56,8 @@ export interface PendingRequest {
   tp?: string;
   /** Bytes it holds in the table (its payload's size; 0 once rejected). */
   bytes?: number;
+  /** Read on replay past the byte bounds: the payload is not held; read it from the queue at `seq`. */
+  evicted?: boolean;
 }
 
 export interface StoredResponse {
@@ -348,7 +350,8 @@ export class ManagerCore {
         effects.push({ type: "putRestart", session: s.id, side: "client", record: rec });
       }
     }
-    if (m.n <= s.answered || s.requests.has(m.n)) return effects; // duplicate or replay of what we have
+    // A duplicate, or on replay a request whose answer was read first: nothing to hold.
+    if (m.n <= s.answered || s.requests.has(m.n) || s.responses.has(m.n)) return effects;
     s.lastReq = Math.max(s.lastReq, m.n);
     s.dirty = true;
     let reject: WireErr | null = null;
@@ -357,9 +360,14 @@ export class ManagerCore {
     } else if (this.pendingCount(s) > s.maxPending) {
       reject = { code: "TANDEM_BACKPRESSURE", message: `session ${s.id} has more than ${s.maxPending} pending requests; take responses before sending more`, context: { limit: s.maxPending } };
     } else if (!replaying) {
-      // Replay takes what the live primary accepted: judging it again could refuse a request
-      // that is already at a server.
       reject = this.overBytes(s, m.size);
+    } else if (this.overBytes(s, m.size)) {
+      // Replay keeps what the live primary decided (refusing now could refuse a request already
+      // at a server), but not its bytes past the bounds: the request stays in the table without
+      // its payload, which the actor reads back from the queue by sequence when it dispatches.
+      s.requests.set(m.n, { kind: m.kind, payload: undefined, seq: m.seq, rejected: false, evicted: true, ...(m.tp !== undefined ? { tp: m.tp } : {}) });
+      this.pump(s, now, effects);
+      return effects;
     }
     if (reject) {
       // The request is in the queue; it gets an error response so the queue moves on.

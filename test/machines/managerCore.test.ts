@@ -510,3 +510,24 @@ describe("manager core - bytes held per session, client and manager (issue 13)",
     );
   });
 });
+
+describe("manager core - replay past the byte bounds (issue 13)", () => {
+  const BYTES = { ...LIMITS, maxPending: 1000, maxPayload: 100, maxSessionBytes: 300, maxClientBytes: 500, maxHeldBytes: 700 };
+
+  it("keeps what the live primary accepted, without holding its payload past the bounds, and still dispatches it", () => {
+    const core = new ManagerCore(BYTES, 1);
+    core.registerServer("s1", "svc", 4, 0);
+    core.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", ordered: true, maxPending: 1000 }, 0, true);
+    for (let n = 1; n <= 10; n++) expect(of(core.onRequest({ ...req(n), size: 100 }, 0, true), "storeError")).toEqual([]);
+    const s = core.sessions.get("A")!;
+    expect(s.requests.size).toBe(10);
+    expect(core.heldBytes()).toBeLessThanOrEqual(300);
+    expect([...s.requests.values()].filter((r) => r.evicted).map((r) => r.payload)).toEqual(Array(7).fill(undefined));
+    // A request whose answer was read first is not held at all.
+    core.onResponse({ ...resp(11), size: 10 }, 0, true);
+    const before = core.heldBytes();
+    core.onRequest({ ...req(11), size: 100 }, 0, true);
+    expect(s.requests.has(11)).toBe(false);
+    expect(core.heldBytes()).toBe(before);
+  });
+});
