@@ -515,11 +515,13 @@ export class ClientSession {
     const data = encode(body);
     // The body bounds the payload: measure the payload alone only when the body is over the limit.
     if (data.length > this.maxPayload) {
-      const size = encode(payload ?? null).length;
-      if (size > this.maxPayload) {
-        throw new TandemError(ErrorCode.PayloadTooLarge, `payload is ${size} bytes; the limit is ${this.maxPayload}`, {
-          context: { size, limit: this.maxPayload },
-        });
+      for (const [what, v] of [["payload", payload ?? null], ["restart data", opts.restart]] as const) {
+        const size = v === undefined ? 0 : encode(v).length;
+        if (size > this.maxPayload) {
+          throw new TandemError(ErrorCode.PayloadTooLarge, `${what} is ${size} bytes; the limit is ${this.maxPayload}`, {
+            context: { size, limit: this.maxPayload, field: what === "payload" ? "payload" : "restart" },
+          });
+        }
       }
     }
     // The stall watchdog measures silence while waiting: a session idle until now starts

@@ -80,6 +80,9 @@ export interface ManagerStatus {
 
 const now = () => performance.now();
 
+/** Room in a work message for everything but its payload and restart data (ids, headers). */
+const WORK_OVERHEAD = 8 * 1024;
+
 /** Bytes a cursor pulls at once (at least the largest message NATS carries). */
 const PULL_MAX_BYTES = 8 * 1024 * 1024;
 
@@ -159,6 +162,16 @@ export class ManagerNode {
   }
 
   start(): void {
+    // A work message carries a payload and the server's restart data, each up to maxPayload:
+    // both must fit in what this NATS server carries, or such work could never be sent.
+    const carried = this.rt.nc.info?.max_payload ?? 1024 * 1024;
+    if (2 * this.rt.config.maxPayload + WORK_OVERHEAD > carried) {
+      throw new TandemError(
+        ErrorCode.Config,
+        `--max-payload ${this.rt.config.maxPayload} is too large for this NATS server (max_payload ${carried}): a work message carries a payload and restart data of up to that size each; use --max-payload ${Math.floor((carried - WORK_OVERHEAD) / 2)} or less, or raise max_payload in nats-server`,
+        { context: { maxPayload: this.rt.config.maxPayload, natsMaxPayload: carried } },
+      );
+    }
     const machine = managerMachine.provide({
       actors: {
         watchLease: fromCallback<ManagerEvent, { node: string }>(({ sendBack }) => this.watchLease(sendBack)),
@@ -598,7 +611,9 @@ export class ManagerNode {
         this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
       }
       trace("manager.request", parsed.request.session, parsed.request.n);
-      const effects = core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size }, now(), replaying);
+      // The parse gives an upper bound (the message's size): measure exactly only past the limit.
+      const restartSize = parsed.restartSize > this.rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
+      const effects = core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size, restartSize }, now(), replaying);
       if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
         void this.unknownSession(parsed.request.session, effects);
       } else {
@@ -644,6 +659,9 @@ export class ManagerNode {
     // Also while the request queue's replay is behind: a response stored after the takeover
     // began may belong to a request the table has not read yet (refused, it would be lost).
     const replaying = m.seq <= this.replayEnd.resp || core.reqSeq < this.replayEnd.req;
+    // The parse gives an upper bound (the message's size): measure exactly only past the limit.
+    if (parsed.body.restartSize > this.rt.config.maxPayload) parsed.body.restartSize = encodedSize(parsed.body.restart);
+    else parsed.body.restartSize = 0;
     if (parsed.type === "checkpoint") {
       this.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying));
     } else {
@@ -981,6 +999,10 @@ export class ManagerNode {
     try {
       body = parse(V.open, decode(m.data));
       body.client = this.callerOf("open", m, body);
+      if (m.data.length > this.rt.config.maxPayload && encodedSize(body.restart) > this.rt.config.maxPayload) {
+        const size = encodedSize(body.restart);
+        throw new TandemError(ErrorCode.PayloadTooLarge, `restart data is ${size} bytes; the limit is ${this.rt.config.maxPayload}`, { context: { size, limit: this.rt.config.maxPayload } });
+      }
       if (body.hedge !== undefined) body.hedge = parseHedge(body.hedge);
     } catch (err) {
       return this.reject(m, err as TandemError);

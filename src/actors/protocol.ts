@@ -16,6 +16,8 @@ export type ParsedRequest =
       type: "request";
       request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string };
       size: number;
+      /** Bytes of the restart data riding on it: at most this (exact only when the message is large). */
+      restartSize: number;
       /** Receipts committed along with this request (the client's `taken` riding on it). */
       taken?: number;
     }
@@ -75,10 +77,12 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
     // Size of what the application sent: the message bounds it; measure exactly only when close.
     const size = m.data.length <= 64 * 1024 ? m.data.length : encode(r.payload ?? null).length;
+    const restartSize = "restart" in r ? m.data.length : 0;
     return {
       type: "request",
       request: { ...ids, n: r.n, kind: r.kind ?? "request", payload: r.payload, ...("restart" in r ? { restart: r.restart } : {}), ...(isTraceParent(r.tp) ? { tp: r.tp } : {}) },
       size,
+      restartSize,
       ...(r.taken !== undefined ? { taken: r.taken } : {}),
     };
   } catch (err) {
@@ -88,8 +92,8 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
 }
 
 export type ParsedResponse =
-  | { type: "response"; body: { session: string } & ResponseBody }
-  | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown } }
+  | { type: "response"; body: { session: string; restartSize: number } & ResponseBody }
+  | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown; restartSize: number } }
   | { error: TandemError };
 
 /**
@@ -113,8 +117,9 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
         context: { server, session, n: r.n },
       });
     }
-    if (checkpoint) return { type: "checkpoint", body: { session, n: r.n, server, restart: r.restart } };
-    const body: { session: string } & ResponseBody = { session, n: r.n, server };
+    const restartSize = "restart" in r ? m.data.length : 0;
+    if (checkpoint) return { type: "checkpoint", body: { session, n: r.n, server, restart: r.restart, restartSize } };
+    const body: { session: string; restartSize: number } & ResponseBody = { session, n: r.n, server, restartSize };
     if ("error" in r && r.error !== undefined) body.error = r.error;
     else body.ok = (r as { ok?: unknown }).ok;
     if ("restart" in r) body.restart = r.restart;

@@ -10,7 +10,7 @@ import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord,
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
-import { decode, encode, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, encodedSize, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
@@ -383,6 +383,11 @@ export class TandemServer {
         return out.result;
       },
       checkpoint: async (data: unknown) => {
+        // Restart data travels with the next work of the session: bounded as payloads are.
+        const size = encodedSize(data);
+        if (size > this.rt.config.maxPayload) {
+          throw new TandemError(ErrorCode.PayloadTooLarge, `restart data is ${size} bytes; the limit is ${this.rt.config.maxPayload} (--max-payload)`, { context: { size, limit: this.rt.config.maxPayload } });
+        }
         restart = data;
         hasRestart = true;
         checkpoints++;

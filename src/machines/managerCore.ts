@@ -193,6 +193,11 @@ function beyondLastRequest(s: SessionEntry, m: { seq: number; n: number; server?
   return { type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: s.client, session: s.id, n: m.n, lastReq: s.lastReq, server: m.server ?? null, seq: m.seq } };
 }
 
+function restartTooLarge(s: SessionEntry, m: { seq: number; n: number; server?: string; restartSize?: number }, limit: number): Effect {
+  const message = `server restart data of ${m.restartSize} bytes for request ${m.n} of session ${s.id}; the limit is ${limit}: not kept`;
+  return { type: "dlq", code: "TANDEM_PAYLOAD_TOO_LARGE", message, context: { client: s.client, session: s.id, n: m.n, server: m.server ?? null, size: m.restartSize, limit, seq: m.seq } };
+}
+
 function newServer(id: string, service: string, capacity: number, now: number, presumed: boolean): ServerEntry {
   return { id, service, capacity, lastSeen: now, alive: true, presumed, restartRetryAt: 0, restartAttempts: 0, restartInFlight: false };
 }
@@ -327,7 +332,7 @@ export class ManagerCore {
   // ---- queue events (from the streams, in stream order) -------------------------------
 
   onRequest(
-    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number; tp?: string },
+    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number; restartSize?: number; tp?: string },
     now: number,
     replaying: boolean,
   ): Effect[] {
@@ -342,8 +347,10 @@ export class ManagerCore {
       }
       return effects;
     }
+    // Restart data is bounded as payloads are: a work message carries both (docs/design.md §8).
+    const restartTooLarge = (m.restartSize ?? 0) > this.limits.maxPayload;
     // Restart data first: a replayed duplicate may carry data newer than the bucket has (I6).
-    if (m.restart !== undefined) {
+    if (m.restart !== undefined && !restartTooLarge) {
       const rec = { data: m.restart, n: m.n, seq: m.seq };
       if (newer(s.clientRestart, rec)) {
         s.clientRestart = rec;
@@ -357,6 +364,8 @@ export class ManagerCore {
     let reject: WireErr | null = null;
     if (m.size > this.limits.maxPayload) {
       reject = { code: "TANDEM_PAYLOAD_TOO_LARGE", message: `request ${m.n} is ${m.size} bytes; the limit is ${this.limits.maxPayload}`, context: { size: m.size, limit: this.limits.maxPayload } };
+    } else if (restartTooLarge) {
+      reject = { code: "TANDEM_PAYLOAD_TOO_LARGE", message: `the restart data of request ${m.n} is ${m.restartSize} bytes; the limit is ${this.limits.maxPayload}`, context: { size: m.restartSize, limit: this.limits.maxPayload } };
     } else if (this.pendingCount(s) > s.maxPending) {
       reject = { code: "TANDEM_BACKPRESSURE", message: `session ${s.id} has more than ${s.maxPending} pending requests; take responses before sending more`, context: { limit: s.maxPending } };
     } else if (!replaying) {
@@ -420,7 +429,7 @@ export class ManagerCore {
   }
 
   onResponse(
-    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; tp?: string; size?: number },
+    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; restartSize?: number; tp?: string; size?: number },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -429,7 +438,10 @@ export class ManagerCore {
     if (!s || s.client !== m.client) return [];
     if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "response")];
     const effects: Effect[] = [];
-    if (m.restart !== undefined && m.server !== MANAGER) {
+    if (m.restart !== undefined && (m.restartSize ?? 0) > this.limits.maxPayload) {
+      // The answer stands; restart data too large to ever travel with work does not.
+      effects.push(restartTooLarge(s, m, this.limits.maxPayload));
+    } else if (m.restart !== undefined && m.server !== MANAGER) {
       const rec = { data: m.restart, n: m.n, seq: m.seq };
       if (newer(s.serverRestart, rec)) {
         s.serverRestart = rec;
@@ -455,11 +467,12 @@ export class ManagerCore {
     return effects;
   }
 
-  onCheckpoint(m: { seq: number; client: string; session: string; n: number; server?: string; restart: unknown }, replaying = true): Effect[] {
+  onCheckpoint(m: { seq: number; client: string; session: string; n: number; server?: string; restart: unknown; restartSize?: number }, replaying = true): Effect[] {
     this.respSeq = Math.max(this.respSeq, m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
     if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "checkpoint")];
+    if ((m.restartSize ?? 0) > this.limits.maxPayload) return [restartTooLarge(s, m, this.limits.maxPayload)];
     const rec = { data: m.restart, n: m.n, seq: m.seq };
     if (!newer(s.serverRestart, rec)) return [];
     s.serverRestart = rec;

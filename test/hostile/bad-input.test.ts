@@ -238,6 +238,21 @@ describe("bad input is rejected, not lost (I7)", () => {
     await c.close();
   });
 
+  it("restart data past maxPayload - refused at the client, and by the manager when written past the client; the session goes on (issue 13)", async () => {
+    const c = await TandemClient.connect(rt);
+    const s = await c.open("svc");
+    const big = { blob: "r".repeat(600) }; // this suite's maxPayload is 512
+    await expect(s.request("small", { restart: big })).rejects.toMatchObject({ code: "TANDEM_PAYLOAD_TOO_LARGE", context: { field: "restart" } });
+    // Written straight into the queue: answered with the error in its place, and dead-lettered.
+    await rt.js.publish(rt.names.req(c.id, s.id), encode({ n: 1, kind: "request", payload: "p", restart: big }), { msgID: `${s.id}.big-restart` });
+    await dlq("payload_too_large", (b) => (b.context as Record<string, unknown>)?.session === s.id);
+    // The client's own next request (n = 1) is the one the queue already answered.
+    await expect(s.request("next")).rejects.toMatchObject({ code: "TANDEM_PAYLOAD_TOO_LARGE" });
+    await expect(s.request("after")).resolves.toBe("after");
+    expect(s.restart).toBeUndefined();
+    await c.close();
+  });
+
   it("forged response - an answer from a server that was not given the request, even under the old real message id, is refused and does not take the real answer's place (issue 13)", async () => {
     const c = await TandemClient.connect(rt);
     const s = await c.open("svc");

@@ -531,3 +531,21 @@ describe("manager core - replay past the byte bounds (issue 13)", () => {
     expect(core.heldBytes()).toBe(before);
   });
 });
+
+describe("manager core - restart data bounded as payloads are (issue 13)", () => {
+  it("a request with restart data past maxPayload is refused; a response keeps its answer but not the data; a checkpoint is refused", () => {
+    const { core } = setup();
+    const fx = core.onRequest({ ...req(1), restart: { big: true }, restartSize: 101 }, 0, false);
+    expect(of(fx, "storeError")[0]?.error).toMatchObject({ code: "TANDEM_PAYLOAD_TOO_LARGE", message: expect.stringMatching(/restart data of request 1 is 101 bytes/) });
+    expect(of(fx, "putRestart")).toEqual([]);
+    core.onRequest(req(2), 0, false);
+    const r = core.onResponse({ ...resp(2), restart: { big: true }, restartSize: 101 }, 0, false);
+    expect(of(r, "putRestart")).toEqual([]);
+    expect(of(r, "dlq")[0]).toMatchObject({ code: "TANDEM_PAYLOAD_TOO_LARGE", context: { n: 2, size: 101, limit: 100 } });
+    expect(core.sessions.get("A")!.responses.has(2)).toBe(true);
+    core.onRequest(req(3), 0, false);
+    const c = core.onCheckpoint({ seq: ++seq, client: "c", session: "A", n: 3, server: "s1", restart: { big: true }, restartSize: 101 }, false);
+    expect(c).toEqual([expect.objectContaining({ type: "dlq", code: "TANDEM_PAYLOAD_TOO_LARGE" })]);
+    expect(core.sessions.get("A")!.serverRestart).toBeNull();
+  });
+});
