@@ -81,7 +81,7 @@ export interface ManagerStatus {
 const now = () => performance.now();
 
 /** Room in a work message for everything but its payload and restart data (ids, headers). */
-const WORK_OVERHEAD = 8 * 1024;
+const WORK_OVERHEAD = 2048;
 
 /** Bytes a cursor pulls at once (at least the largest message NATS carries). */
 const PULL_MAX_BYTES = 8 * 1024 * 1024;

@@ -24,7 +24,7 @@ afterAll(async () => {
 async function smallPayloadDeployment(count: number) {
   const ns = await NatsServer.start({ config: "max_payload: 8192\n" });
   cleanups.push(() => ns.cleanup());
-  const { rt1, m1, m2, client } = await primaryAndStandby(ns, cleanups, { maxPayload: 4096 });
+  const { rt1, m1, m2, client } = await primaryAndStandby(ns, cleanups, { maxPayload: 3000 });
   const sessions: ClientSession[] = [];
   for (let i = 0; i < count; i++) sessions.push(await client.open("svc", { restart: { i } }));
   await Promise.all(sessions.map((s, i) => s.request(i)));

@@ -253,6 +253,16 @@ describe("bad input is rejected, not lost (I7)", () => {
     await c.close();
   });
 
+  it("a manager whose --max-payload could make work messages larger than NATS carries refuses to start, and says what fits (issue 13)", async () => {
+    const big = await runtimeFor(ns, { maxPayload: 600_000 }, "too-big");
+    try {
+      const { ManagerNode } = await import("../../src/actors/manager.js");
+      expect(() => new ManagerNode(big).start()).toThrow(expect.objectContaining({ code: "TANDEM_CONFIG", message: expect.stringMatching(/use --max-payload 523264 or less/) }));
+    } finally {
+      await big.close();
+    }
+  });
+
   it("forged response - an answer from a server that was not given the request, even under the old real message id, is refused and does not take the real answer's place (issue 13)", async () => {
     const c = await TandemClient.connect(rt);
     const s = await c.open("svc");
