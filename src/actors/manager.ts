@@ -1031,6 +1031,15 @@ export class ManagerNode {
         }),
       );
     }
+    // And across clients: unsecured, anyone can make up client ids (issue 13: no limit across ids).
+    if (core.sessions.size >= this.rt.config.maxSessions) {
+      return this.reject(
+        m,
+        new TandemError(ErrorCode.SessionLimit, `the manager has ${core.sessions.size} sessions open, its limit (TANDEM_MAX_SESSIONS); close sessions or raise the limit`, {
+          context: { open: core.sessions.size, limit: this.rt.config.maxSessions, scope: "manager" },
+        }),
+      );
+    }
     const session = newId();
     const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
     const ordered = (body.ordered as boolean | undefined) ?? true;

@@ -192,6 +192,12 @@ export function writerOf(prefix: string, subject: string): { client?: string; se
   return {};
 }
 
+/** Who reports a dead letter: this process's NATS user (what NATS lets it publish as). */
+export function dlqReporter(rt: Pick<Runtime, "config">): string {
+  return rt.config.natsUser || UNSECURED_REPORTER;
+}
+export const UNSECURED_REPORTER = "unsecured";
+
 /** The DLQ reason token: TANDEM_UNKNOWN_SESSION -> unknown_session. */
 export function dlqReason(code: string): string {
   return code.replace(/^TANDEM_/, "").toLowerCase().replace(/[^a-z0-9_]/g, "_") || "unknown";
@@ -202,7 +208,7 @@ export function dlqReason(code: string): string {
  * from, its headers and body. Never throws: a DLQ failure must not take anything down.
  */
 export async function publishDlq(
-  rt: Pick<Runtime, "js" | "names" | "logger">,
+  rt: Pick<Runtime, "js" | "names" | "logger" | "config">,
   err: WireErr,
   subject: string,
   headers: MsgHdrs | undefined,
@@ -231,7 +237,7 @@ export async function publishDlq(
   };
   if (keep) dlqInFlight += size;
   try {
-    await rt.js.publish(rt.names.dlq(dlqReason(err.code)), encode(body), {
+    await rt.js.publish(rt.names.dlq(dlqReason(err.code), dlqReporter(rt)), encode(body), {
       headers: makeHeaders({ code: err.code, kind: "control" }),
       ...(dedupe ? { msgID: `dlq.${dlqReason(err.code)}.${dedupe}` } : {}),
     });

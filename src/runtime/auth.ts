@@ -48,7 +48,8 @@ export function inboxPrefixFor(user: string): string {
 function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permissions {
   const p = names.prefix;
   const js = ["$JS.API.INFO"];
-  const dlq = `${p}.dlq.>`;
+  // Dead letters only under one's own name (wire.ts Names.dlq): none can pass for another's.
+  const dlq = `${p}.dlq.*.${u.user}`;
   if (u.role === "manager" || u.role === "admin") return { publish: ">", subscribe: ">" };
   if (u.role === "server") {
     const kv = (bucket: string) => [`$KV.${bucket}.>`, `$JS.API.STREAM.INFO.KV_${bucket}`, `$JS.API.STREAM.MSG.GET.KV_${bucket}`, `$JS.API.DIRECT.GET.KV_${bucket}.>`];

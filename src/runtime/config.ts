@@ -45,6 +45,8 @@ export interface Config {
   natsKey: string;
   /** Sessions one client id may have open at once. */
   maxSessionsPerClient: number;
+  /** Sessions the manager keeps open at once, across all clients. */
+  maxSessions: number;
   /** Bytes of requests and responses the manager holds in memory: per session, per client, in all. */
   maxSessionBytes: number;
   maxClientBytes: number;
@@ -76,6 +78,7 @@ export const DEFAULTS: Omit<Config, "node"> = {
   natsCert: "",
   natsKey: "",
   maxSessionsPerClient: 1000,
+  maxSessions: 100_000,
   dlqMaxBytes: 256 * 1024 * 1024,
   maxSessionBytes: 16 * 1024 * 1024,
   maxClientBytes: 64 * 1024 * 1024,
@@ -112,6 +115,7 @@ const ENV: Record<string, keyof Config> = {
   NATS_CERT: "natsCert",
   NATS_KEY: "natsKey",
   TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
+  TANDEM_MAX_SESSIONS: "maxSessions",
   TANDEM_DLQ_MAX_BYTES: "dlqMaxBytes",
   TANDEM_MAX_SESSION_BYTES: "maxSessionBytes",
   TANDEM_MAX_CLIENT_BYTES: "maxClientBytes",
@@ -147,6 +151,7 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
   ["hedgeBudgetPct", 0, 100],
   ["maxSessionsPerClient", 1, 1_000_000],
+  ["maxSessions", 1, 10_000_000],
   ["dlqMaxBytes", 64 * 1024, 2 ** 50],
   ["maxSessionBytes", 1024, 2 ** 40],
   ["maxClientBytes", 1024, 2 ** 40],

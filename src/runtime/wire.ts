@@ -170,8 +170,17 @@ export class Names {
   cli(client: string, op: "restart"): string {
     return `${this.prefix}.cli.${client}.${op}`;
   }
-  dlq(reason: string): string {
-    return `${this.prefix}.dlq.${reason}`;
+  /**
+   * A dead letter, `<p>.dlq.<reason>.<reporter>`: the reporter is the NATS user of the process
+   * that wrote it (`unsecured` without users), which `tandem auth` confines each user to, so an
+   * entry cannot pass for one the manager wrote.
+   */
+  dlq(reason: string, reporter: string): string {
+    return `${this.prefix}.dlq.${reason}.${reporter}`;
+  }
+  /** Every dead letter of one reason, whoever reported it. */
+  dlqOf(reason: string): string {
+    return `${this.prefix}.dlq.${reason}.*`;
   }
   get dlqAll(): string {
     return `${this.prefix}.dlq.>`;

@@ -178,7 +178,7 @@ describe("per-role NATS users", () => {
 
     // Bob's answer is the real server's; the forgery is in the DLQ with the writer it names.
     expect(await bs.request("after")).toEqual({ echo: "after", n: 2 });
-    const forged = await rtM.jsm.streams.getMessage(rtM.names.streamDlq, { last_by_subj: rtM.names.dlq("forged") });
+    const forged = await rtM.jsm.streams.getMessage(rtM.names.streamDlq, { last_by_subj: rtM.names.dlq("forged", "manager") });
     expect(forged?.json()).toMatchObject({ code: "TANDEM_FORGED", subject: names.resp("srv2", bs.id), from: { server: "srv2" } });
     await new Promise((r) => setTimeout(r, 300));
     for (const subject of [names.register("srv1", "svc"), names.register("srv2", "svc"), names.heartbeat("srv1"), names.resp("srv1", bs.id)]) {
@@ -192,6 +192,23 @@ describe("per-role NATS users", () => {
     expect(await ledger.read("probe")).toBe(1);
     await bs.close();
     await bob.close();
+  });
+
+  it("dead letters carry their reporter in the subject: a client cannot write one as the manager or another user (issue 13)", async () => {
+    const rtA = await as("alice");
+    const refused = violations(rtA.nc);
+    const forged = encode({ code: "TANDEM_MALFORMED", message: "from bob, honestly", from: { client: "bob" } });
+    rtA.nc.publish(rtA.names.dlq("malformed", "manager"), forged);
+    rtA.nc.publish(rtA.names.dlq("malformed", "bob"), forged);
+    await rtA.nc.flush().catch(() => {});
+    // Under her own name it is stored: the reader sees alice wrote it.
+    await rtA.js.publish(rtA.names.dlq("malformed", "alice"), forged);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(refused.some((t) => t.includes(rtA.names.dlq("malformed", "manager")))).toBe(true);
+    expect(refused.some((t) => t.includes(rtA.names.dlq("malformed", "bob")))).toBe(true);
+    const info = await rtM.jsm.streams.info(rtM.names.streamDlq, { subjects_filter: rtM.names.dlqOf("malformed") });
+    expect(Object.keys(info.state.subjects ?? {})).not.toContain(rtM.names.dlq("malformed", "bob"));
+    expect(Object.keys(info.state.subjects ?? {})).toContain(rtM.names.dlq("malformed", "alice"));
   });
 
   it("a client over its session limit gets TANDEM_SESSION_LIMIT", async () => {

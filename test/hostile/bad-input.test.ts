@@ -35,7 +35,7 @@ async function ask(subject: string, data: Uint8Array | string): Promise<Reply> {
 /** The newest DLQ entry for a reason, once it is there. */
 async function dlq(reason: string, match: (b: Record<string, unknown>) => boolean = () => true): Promise<Record<string, unknown>> {
   return eventually(async () => {
-    const m = await rt.jsm.streams.getMessage(rt.names.streamDlq, { last_by_subj: rt.names.dlq(reason) });
+    const m = await rt.jsm.streams.getMessage(rt.names.streamDlq, { last_by_subj: rt.names.dlq(reason, "unsecured") });
     if (!m) return null;
     const b = m.json<Record<string, unknown>>();
     return match(b) ? b : null;
@@ -173,7 +173,7 @@ describe("bad input is rejected, not lost (I7)", () => {
       const info = await small.jsm.streams.info(small.names.streamDlq);
       expect(info.config.max_bytes).toBe(256 * 1024);
       const junk = new Uint8Array(16 * 1024);
-      for (let i = 0; i < 64; i++) await small.js.publish(small.names.dlq("flood"), junk); // 1 MiB in all
+      for (let i = 0; i < 64; i++) await small.js.publish(small.names.dlq("flood", "unsecured"), junk); // 1 MiB in all
       const after = await small.jsm.streams.info(small.names.streamDlq);
       expect(after.state.bytes).toBeLessThanOrEqual(256 * 1024);
       expect(after.state.last_seq).toBeGreaterThanOrEqual(64); // every write was accepted
@@ -260,6 +260,30 @@ describe("bad input is rejected, not lost (I7)", () => {
       expect(() => new ManagerNode(big).start()).toThrow(expect.objectContaining({ code: "TANDEM_CONFIG", message: expect.stringMatching(/use --max-payload 523264 or less/) }));
     } finally {
       await big.close();
+    }
+  });
+
+  it("sessions across client ids - past TANDEM_MAX_SESSIONS an open gets TANDEM_SESSION_LIMIT, whatever client id it names (issue 13)", async () => {
+    const ns2 = await startNats();
+    const rt2 = await runtimeFor(ns2, { maxSessions: 3 }, "few-sessions");
+    const mgr2 = await primaryManager(rt2);
+    const srv2 = await TandemServer.start(rt2, { service: "svc", handler: (r) => r.payload });
+    const clients: TandemClient[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const c = await TandemClient.connect(rt2, { id: `made-up-${i}` });
+        clients.push(c);
+        await c.open("svc");
+      }
+      const c = await TandemClient.connect(rt2, { id: "made-up-3" });
+      clients.push(c);
+      await expect(c.open("svc")).rejects.toMatchObject({ code: "TANDEM_SESSION_LIMIT", context: { scope: "manager", limit: 3 } });
+    } finally {
+      for (const c of clients) await c.close();
+      await srv2.stop();
+      await mgr2.stop();
+      await rt2.close();
+      await ns2.cleanup();
     }
   });
 

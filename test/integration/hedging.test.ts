@@ -126,7 +126,7 @@ describe("hedged requests", () => {
     // Straight to the manager, bypassing the client's check: refused, and a DLQ copy kept.
     const r = await rt.nc.request(rt.names.clientCall("open", "x"), new TextEncoder().encode(JSON.stringify({ client: "x", service: "quick", hedge: { copies: 99, after: 1 } })));
     expect(JSON.parse(new TextDecoder().decode(r.data))).toMatchObject({ ok: false, error: { code: "TANDEM_HEDGE" } });
-    await eventually(() => rt.jsm.streams.getMessage(rt.names.streamDlq, { last_by_subj: rt.names.dlq("hedge") }), "DLQ copy");
+    await eventually(() => rt.jsm.streams.getMessage(rt.names.streamDlq, { last_by_subj: rt.names.dlq("hedge", "unsecured") }), "DLQ copy");
     await client.close();
   });
 
