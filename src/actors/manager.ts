@@ -43,7 +43,7 @@ import {
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
-import { parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
+import { asTandem, parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 import { parse, V } from "./schemas.js";
 
 export interface LeaseRecord {
@@ -280,7 +280,7 @@ export class ManagerNode {
       callback: (err, m) => {
         if (err || stopped) return;
         try {
-          const msg = decode(m.data) as BackupMsg;
+          const msg = parse(V.backup, decode(m.data)) as BackupMsg;
           if (!holder || msg.epoch !== holder.epoch || msg.node !== holder.node) {
             this.refuseBackup(m, msg, holder);
             return;
@@ -290,7 +290,7 @@ export class ManagerNode {
           if (m.reply) m.respond(encode(ack));
           sendBack({ type: "BACKUP_SEEN", epoch: msg.epoch });
         } catch (e) {
-          this.log.warn({ err: e }, "unreadable backup ignored");
+          void publishDlq(this.rt, asTandem(e).toWire(), m.subject, m.headers, m.data);
         }
       },
     });

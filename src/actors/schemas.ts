@@ -120,6 +120,45 @@ export const RestartMessage = Type.Object({
   sessions: Type.Array(Type.Object({ session: Token }), { maxItems: 1_000_000 }),
 });
 
+// ---- primary -> standby ----------------------------------------------------------------------
+
+const SessionRecordSchema = Type.Object({
+  v: Type.Literal(1),
+  session: Token,
+  client: Token,
+  service: Token,
+  ordered: Type.Boolean(),
+  maxPending: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  hedge: Type.Optional(HedgeSchema),
+  server: Type.Union([Type.Null(), Token]),
+  status: Type.Literal("open"),
+  lastReq: Count,
+  answered: Count,
+  taken: Count,
+  epoch: Epoch,
+});
+export const BackupMessage = Type.Object({
+  epoch: Epoch,
+  node: Token,
+  seq: Count,
+  full: Type.Boolean(),
+  part: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  parts: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  records: Type.Array(SessionRecordSchema),
+  removed: Type.Array(Token),
+  cursor: Type.Object({
+    v: Type.Literal(1),
+    epoch: Epoch,
+    reqSeq: Count,
+    respSeq: Count,
+    reqFrom: Count,
+    respFrom: Count,
+    services: Type.Array(Token),
+    servers: Type.Array(Type.Object({ id: Token, service: Token, capacity: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })) })),
+    hedging: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  }),
+});
+
 // ---- checking --------------------------------------------------------------------------------
 
 /** A compiled schema and what to call its messages in an error. */
@@ -147,6 +186,7 @@ export const V = {
   cancel: compile("cancel", CancelMessage),
   deliver: compile("delivery", DeliverMessage),
   restart: compile("restart", RestartMessage),
+  backup: compile("backup", BackupMessage),
   hedge: compile("hedge options", HedgeSchema),
   error: compile("error", WireErrSchema),
 };

@@ -26,12 +26,17 @@ describe("forged backups", () => {
     const rtX = await rt("x");
     const cursor = { v: 1, epoch, reqSeq: 999_999, respSeq: 999_999, reqFrom: 999_999, respFrom: 999_999, services: [], servers: [] };
     const forged = (node: string, e: number) => encode({ epoch: e, node, seq: 1, full: true, part: 1, parts: 1, records: [], removed: [], cursor: { ...cursor, epoch: e } });
+    // And malformed ones as the holder itself: refused by the schema, dead-lettered.
+    const malformed = encode({ epoch, node: "m1", seq: 1, full: true, part: 1, parts: 1, records: [{ session: "x".repeat(100) }], removed: [], cursor: { ...cursor, epoch } });
     const forging = setInterval(() => {
       rtX.nc.publish(rtX.names.backup, forged("evil", epoch));
       rtX.nc.publish(rtX.names.backup, forged("m1", epoch + 5));
+      rtX.nc.publish(rtX.names.backup, malformed);
     }, 100);
     try {
       await new Promise((r) => setTimeout(r, 800));
+      const dead = await rtX.jsm.streams.getMessage(rtX.names.streamDlq, { last_by_subj: rtX.names.dlq("malformed", "unsecured") });
+      expect(dead?.json()).toMatchObject({ subject: rtX.names.backup, message: expect.stringMatching(/^backup: \/records\/0/) });
       // The primary dies without a word; the forgeries go on.
       await rt1.nc.close();
       await m2.waitPrimary(15_000);
