@@ -135,6 +135,11 @@ export class TandemClient {
       for (const s of c.sessions.values()) void s.resyncIfStalled(stallMs);
     }, 1000);
     c.watchdog.unref();
+    void (async () => {
+      for await (const st of rt.nc.status()) {
+        if (st.type === "reconnect") for (const s of c.sessions.values()) void s.resyncIfStalled(0, true);
+      }
+    })().catch(() => {});
     return c;
   }
 
@@ -217,10 +222,24 @@ export class TandemClient {
     }
     if (!s.isAttached) {
       // Still resuming: its delivery state is about to be set from the manager's reply, so
-      // accepting now would be forgotten. Refuse; the manager delivers again after the resume.
+      // accepting now would be forgotten. Take it once the resume is done: the manager sends the
+      // delivery as it answers the resume, and it often overtakes the answer (refused, it came
+      // again only after the manager's retry delay: 300 ms more after a nats-server restart).
+      const resumed = s.afterResume();
+      if (resumed) {
+        resumed.then(
+          () => this.deliverTo(s, m, d),
+          () => replyError(m, new TandemError(ErrorCode.NoManager, `session ${d.session} is resuming`)),
+        );
+        return;
+      }
       replyError(m, new TandemError(ErrorCode.NoManager, `session ${d.session} is resuming`));
       return;
     }
+    this.deliverTo(s, m, d);
+  }
+
+  private deliverTo(s: ClientSession, m: Msg, d: DeliverMsg): void {
     if (this.stale(m, d.epoch, s.epoch)) return;
     this.seeEpoch(d.epoch);
     if (m.headers?.get(Header.Kind) === "control") {
@@ -412,6 +431,11 @@ export class ClientSession {
     return { session: rep.session, epoch: rep.epoch };
   }
 
+  /** @internal the resume in flight, if any (deliveries arriving meanwhile wait for it). */
+  afterResume(): Promise<unknown> | null {
+    return this.resuming;
+  }
+
   /** One resume per incarnation: a manager restart arriving meanwhile must not start another. */
   private resuming: Promise<{ session: string; epoch: number }> | null = null;
 
@@ -565,12 +589,17 @@ export class ClientSession {
     return h;
   }
 
-  /** @internal nothing delivered for a while with requests outstanding: re-sync. */
-  async resyncIfStalled(stallMs: number): Promise<void> {
+  /**
+   * @internal nothing delivered for a while with requests outstanding: re-sync. Also at once
+   * after a reconnect (`reconnected`): deliveries the manager sent meanwhile found nobody.
+   */
+  async resyncIfStalled(stallMs: number, reconnected = false): Promise<void> {
     if (this.closed || !this.attached || this.resuming) return;
     const outstanding = [...this.waiters.keys()].filter((n) => n > this.handed).length + (this.unclaimed > 0 ? this.orphanDemand.length : 0);
     if (outstanding === 0 || Date.now() - this.lastDelivery < stallMs) return;
-    this.log.warn({ outstanding, handed: this.handed, accepted: this.accepted, taken: this.taken, silentMs: Date.now() - this.lastDelivery }, "no delivery for a while with requests outstanding; re-syncing with the manager");
+    const state = { outstanding, handed: this.handed, accepted: this.accepted, taken: this.taken, silentMs: Date.now() - this.lastDelivery };
+    if (reconnected) this.log.info(state, "reconnected to NATS with requests outstanding; re-syncing with the manager");
+    else this.log.warn(state, "no delivery for a while with requests outstanding; re-syncing with the manager");
     this.lastDelivery = Date.now();
     this.attached = false;
     try {

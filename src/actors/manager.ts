@@ -103,6 +103,8 @@ export class ManagerNode {
   private log: Logger;
   private actor: Actor<typeof managerMachine> | undefined;
   private core: ManagerCore | null = null;
+  /** Between a NATS disconnect and the reconnect: no heartbeat can arrive, none is missed. */
+  private natsDown = false;
   /** The deployment's dispatch secret (runtime/dispatch-key.ts), read at the first rebuild. */
   private secret: Buffer | null = null;
   /** Hedging proxies of the current epoch. */
@@ -724,11 +726,13 @@ export class ManagerNode {
         this.log.warn({ pausedMs: Math.round(gap) }, "event loop was paused; verifying the lease");
         void this.verifyLease(epoch).then((ok) => {
           if (!ok) return;
-          const t2 = now();
-          for (const srv of core.servers.values()) srv.lastSeen = Math.max(srv.lastSeen, t2);
+          core.graceServers(now());
         });
         return;
       }
+      // Cut off from NATS nobody's heartbeat can arrive: a server is not dead for that (a
+      // nats-server restart once moved every session to "other" servers that were the same one).
+      if (this.natsDown) return;
       this.run(core.tick(t));
     }, tickMs);
     const snap = setInterval(() => {
@@ -742,7 +746,12 @@ export class ManagerNode {
     void (async () => {
       for await (const st of rt.nc.status()) {
         if (!serving || this.actingEpoch !== epoch) break;
-        if (st.type === "reconnect") void this.resumeConsumers(epoch, "reconnected to NATS");
+        if (st.type === "disconnect") this.natsDown = true;
+        if (st.type === "reconnect") {
+          this.natsDown = false;
+          core.graceServers(now());
+          void this.resumeConsumers(epoch, "reconnected to NATS");
+        }
       }
     })();
     // And if a queue moves while our cursor on it does not, resume too. Each queue on its own:

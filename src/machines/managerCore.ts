@@ -600,6 +600,14 @@ export class ManagerCore {
     return effects;
   }
 
+  /**
+   * A fresh heartbeat window for every live server: after a time in which no heartbeat could
+   * arrive (the event loop paused, or NATS unreachable), silence says nothing about them.
+   */
+  graceServers(now: number): void {
+    for (const srv of this.servers.values()) srv.lastSeen = Math.max(srv.lastSeen, now);
+  }
+
   /** Returns false when the server is unknown (it must register again). */
   heartbeat(id: string, now: number): boolean {
     const srv = this.servers.get(id);

@@ -63,7 +63,10 @@ export async function openCursor(js: JetStreamClient, jsm: JetStreamManager, str
     ...(startSeq > 1 ? { opt_start_seq: startSeq } : {}),
     max_waiting: 16,
     num_replicas: 1,
-    mem_storage: true,
+    // File-backed: a nats-server restarted on its store still has it, so the manager goes on
+    // from where it was (a memory consumer was gone, read as being fenced: a step-down and a
+    // takeover, 2-3 s without service).
+    mem_storage: false,
     // Long enough to outlive any NATS outage the manager rides through (it resumes on reconnect).
     inactive_threshold: 10 * 60_000 * 1_000_000,
   });

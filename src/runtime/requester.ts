@@ -18,6 +18,7 @@ interface Pending {
 /** Shared instances: a failed request is an outcome here, not an exception with a stack. */
 const TIMEOUT = new TandemError(ErrorCode.NoManager, "no reply in time");
 const NO_RESPONDERS = new TandemError(ErrorCode.NoManager, "nobody listens on the subject");
+const DISCONNECTED = new TandemError(ErrorCode.NoManager, "the connection to NATS was lost before the reply came");
 
 export class Requester {
   private readonly prefix: string;
@@ -51,6 +52,18 @@ export class Requester {
       }
     }, 20);
     this.sweep.unref();
+    // A reply due while the connection is down never comes (our inbox is gone with it), and a
+    // request buffered meanwhile may reach a nats-server still recovering its streams: fail
+    // them at the disconnect and again at the reconnect, so their callers retry at once (each
+    // with its message id) rather than at their timeout (a request queued as nats-server died
+    // once waited out its 3 s).
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type !== "disconnect" && s.type !== "reconnect") continue;
+        for (const p of this.pending.values()) p.reject(DISCONNECTED);
+        this.pending.clear();
+      }
+    })().catch(() => {});
   }
 
   request(subject: string, data: Uint8Array, opts: { timeout: number; headers?: MsgHdrs }): Promise<Msg> {
