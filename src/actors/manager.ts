@@ -3,7 +3,7 @@
  * subjects, streams and buckets of docs/design.md §2. Only the primary acts; every effect checks
  * that this node is still primary of the epoch it was decided in (I5).
  */
-import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg, type MsgRequest } from "@nats-io/jetstream";
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
 import { DEFAULT_HEDGE_BUDGET } from "../machines/hedgeBudget.js";
@@ -71,6 +71,8 @@ export interface ManagerStatus {
   heldBytes: number;
   /** The last stream sequences of TANDEM_REQ and TANDEM_RESP the table has applied. */
   applied: { req: number; resp: number };
+  /** Queue entries a cursor skipped that the manager read back from the stream and applied. */
+  healed: { req: number; resp: number };
   servers: Array<{ id: string; service: string; alive: boolean }>;
   services: Array<{ service: string; sessions: number; pending: number; servers: number; hedging?: HedgingStatus }>;
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
@@ -79,6 +81,9 @@ export interface ManagerStatus {
 }
 
 const now = () => performance.now();
+
+/** Queues are trimmed behind the bucket cut written this long ago (see trimQueues; tests shorten it). */
+const trimLagMs = () => Number(process.env.TANDEM_TRIM_LAG_MS ?? 10_000);
 
 /** Room in a work message for everything but its payload and restart data (ids, headers). */
 const WORK_OVERHEAD = 2048;
@@ -241,6 +246,7 @@ export class ManagerNode {
       sessions: core?.sessions.size ?? 0,
       heldBytes: core?.heldBytes() ?? 0,
       applied: { req: core?.reqSeq ?? 0, resp: core?.respSeq ?? 0 },
+      healed: { ...this.healed },
       servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
       services: [...services.values()],
       standbys: [...this.standbys].map(([node, a]) => ({ node, lastBackupAgeMs: Math.round(now() - a.at), seq: a.seq })),
@@ -472,8 +478,8 @@ export class ManagerNode {
     let attempt = 0;
     const reqConsumer = await js("open the request cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `e${epoch}_${this.node}_r${attempt++}`, reqFrom));
     const respConsumer = await js("open the response cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `e${epoch}_${this.node}_r${attempt++}`, respFrom));
-    await this.startConsuming(reqConsumer, "req", epoch);
-    await this.startConsuming(respConsumer, "resp", epoch);
+    await this.startConsuming(reqConsumer, "req", epoch, reqFrom);
+    await this.startConsuming(respConsumer, "resp", epoch, respFrom);
     await this.caughtUpTo(this.replayEnd.req, this.replayEnd.resp, 60_000);
     const rebuildMs = now() - t0;
     this.log.info(
@@ -511,9 +517,12 @@ export class ManagerNode {
     }
   }
 
-  private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number): Promise<void> {
+  private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number, fromSeq: number): Promise<void> {
     const gen = ++this.consumerGen[which];
     this.applied[which] = 0;
+    // The last stream sequence this cursor delivered: a jump past the next one is checked
+    // against the stream (healSkipped), never taken on trust.
+    let last = fromSeq - 1;
     const current = () => this.actingEpoch === epoch && this.consumerGen[which] === gen;
     // Callback mode: each message is applied in the subscription's own callback, with no
     // async iterator between the socket and the table (one queue hop less per message).
@@ -525,6 +534,8 @@ export class ManagerNode {
       abort_on_missing_resource: true,
       callback: (m) => {
         if (!current()) return;
+        if (m.seq > last + 1) this.healSkipped(which, epoch, last + 1, m.seq - 1);
+        if (m.seq > last) last = m.seq;
         try {
           if (which === "req") this.onRequestMsg(m);
           else this.onResponseMsg(m);
@@ -548,6 +559,47 @@ export class ManagerNode {
       this.fenced(epoch, `${which} consumer lost`);
     });
   }
+
+  private healing: Record<"req" | "resp", Promise<void>> = { req: Promise.resolve(), resp: Promise.resolve() };
+  private healWarnedAt = -Infinity;
+
+  /**
+   * A cursor jumped from one stream sequence past the next (issue 14): purged sessions leave
+   * such holes, and so did a nats-server bug that moved every consumer past a filtered purge,
+   * silently skipping other sessions' entries. Read the stream for what is there in the hole and
+   * apply it (every queue event is idempotent, so applying one late or twice is safe), one hole
+   * after another per stream, off the delivery path.
+   */
+  private healSkipped(which: "req" | "resp", epoch: number, from: number, to: number): void {
+    const { rt } = this;
+    const stream = which === "req" ? rt.names.streamReq : rt.names.streamResp;
+    const subjects = which === "req" ? rt.names.reqAll : rt.names.respAll;
+    this.healing[which] = this.healing[which].then(async () => {
+      const missed: JsMsg[] = [];
+      for (let seq = from; seq <= to && this.actingEpoch === epoch; ) {
+        // The first message at or after `seq` (STREAM.MSG.GET's next_by_subj; nats.js's type
+        // names it only for direct gets, the server takes it on both).
+        const next = { seq, next_by_subj: subjects } as unknown as MsgRequest;
+        const sm = await rt.jsm.streams.getMessage(stream, next).catch(() => null);
+        if (!sm || sm.seq > to) break;
+        missed.push({ seq: sm.seq, subject: sm.subject, data: sm.data, headers: sm.header } as unknown as JsMsg);
+        seq = sm.seq + 1;
+      }
+      if (missed.length === 0 || this.actingEpoch !== epoch) return;
+      if (now() - this.healWarnedAt > 10_000) {
+        this.healWarnedAt = now();
+        this.log.warn({ stream, from, to, missed: missed.length }, "the cursor skipped queue entries that are still there; applied them (further ones in the next 10 s are not logged)");
+      }
+      this.healed[which] += missed.length;
+      for (const m of missed) {
+        if (which === "req") this.onRequestMsg(m);
+        else this.onResponseMsg(m);
+      }
+    });
+  }
+
+  /** Queue entries a cursor skipped and healSkipped applied (status, tests). */
+  private healed = { req: 0, resp: 0 };
 
   /**
    * Start consuming again from what the table has applied (after a reconnect, or when the
@@ -574,8 +626,8 @@ export class ManagerNode {
       const req = await openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, tag, core.reqSeq + 1);
       const resp = await openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, tag, core.respSeq + 1);
       if (this.actingEpoch !== epoch) return;
-      await this.startConsuming(req, "req", epoch);
-      await this.startConsuming(resp, "resp", epoch);
+      await this.startConsuming(req, "req", epoch, core.reqSeq + 1);
+      await this.startConsuming(resp, "resp", epoch, core.respSeq + 1);
       void dropCursors(rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `${prefix}_mgr_req_${tag}`);
       void dropCursors(rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `${prefix}_mgr_resp_${tag}`);
       this.log.info({ why, reqFrom: core.reqSeq + 1, respFrom: core.respSeq + 1 }, "consumers resumed from the table's cursors");
@@ -822,6 +874,7 @@ export class ManagerNode {
       // The cursor is written last: every record of this cut is stored before it.
       if (this.actingEpoch === epoch) await kvCtl.write("cursor", cursor, byEpoch(epoch));
       this.kvWrittenAt = now();
+      this.trimQueues(epoch, cursor);
     } catch (err) {
       if (err instanceof FencedError) {
         this.fenced(epoch, err.message);
@@ -834,6 +887,33 @@ export class ManagerNode {
         this.snapshotWarnedAt = now();
         this.log.warn({ err: { message: (err as Error).message } }, "snapshot to the bucket failed; retrying (the standbys have it)");
       }
+    }
+  }
+
+  /** Cuts written to the bucket, oldest first, for trimming the queues behind them. */
+  private cuts: Array<{ at: number; reqFrom: number; respFrom: number }> = [];
+  private trimmed = { req: 0, resp: 0 };
+
+  /**
+   * Storage that does not grow (issue 14): entries below a cut's `reqFrom`/`respFrom` are never
+   * read again (every request below is answered, every response below taken, in every session),
+   * so the queues are purged up to the cut written 10 s ago. The lag leaves time for a
+   * cursor that skipped an entry to find it (healSkipped) before it could go. Before, a live
+   * session's queues grew by a message per request and per response for as long as it lived.
+   */
+  private trimQueues(epoch: number, cursor: CursorRecord): void {
+    const t = now();
+    this.cuts.push({ at: t, reqFrom: cursor.reqFrom, respFrom: cursor.respFrom });
+    let cut: (typeof this.cuts)[number] | undefined;
+    const lag = trimLagMs();
+    while (this.cuts.length > 0 && t - this.cuts[0]!.at >= lag) cut = this.cuts.shift();
+    if (!cut || this.actingEpoch !== epoch) return;
+    const { jsm, names } = this.rt;
+    for (const [which, stream, from] of [["req", names.streamReq, cut.reqFrom], ["resp", names.streamResp, cut.respFrom]] as const) {
+      if (from <= this.trimmed[which] + 1) continue;
+      this.trimmed[which] = from - 1;
+      // Purge by sequence: every message below `from` (a purge by subject would cost one per session).
+      jsm.streams.purge(stream, { seq: from }).catch((err: Error) => this.log.debug({ err: { message: err.message }, stream }, "trimming a queue failed; the next cut retries"));
     }
   }
 
@@ -1178,7 +1258,7 @@ export class ManagerNode {
     this.proxies?.close(session);
     // A snapshot taken before the close must not write the record back after the purge.
     await this.snapshotting;
-    const { names, jsm, kv } = this.rt;
+    const { names, jsm } = this.rt;
     // Purge the queues first, then the record: a crash in between leaves an empty record,
     // never queue entries without one.
     await Promise.all([
@@ -1190,10 +1270,11 @@ export class ManagerNode {
     this.kvSessions?.forget(session);
     this.kvRestart?.forget(`${session}.client`);
     this.kvRestart?.forget(`${session}.server`);
+    // Purged from the buckets' streams, not with kv.purge: that leaves a marker per key for good
+    // (6 MiB after 3,000 closed sessions with none live).
     await Promise.all([
-      kv.sessions.purge(session),
-      kv.restart.purge(`${session}.client`),
-      kv.restart.purge(`${session}.server`),
+      jsm.streams.purge(`KV_${names.bucketSessions}`, { filter: `$KV.${names.bucketSessions}.${session}` }),
+      jsm.streams.purge(`KV_${names.bucketRestart}`, { filter: `$KV.${names.bucketRestart}.${session}.*` }),
     ]).catch((err) => this.log.warn({ err, session }, "removing a closed session's records failed"));
     replyOk(m, { session, closed: true });
     this.log.debug({ session, client }, "session closed");
