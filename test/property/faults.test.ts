@@ -2,8 +2,10 @@
  * Property: for any schedule of process faults against a deployment with a primary and a
  * standby manager (SIGKILL of a client, a server, the primary, or the primary and a server
  * together; SIGSTOP/SIGCONT of the primary; SIGKILL of nats-server, started again on its store;
- * each back after a random downtime), once the schedule heals, the recorded history satisfies
- * I1, I2, I3 and I6.
+ * each back after a random downtime), with sessions opened, used and closed throughout (a short
+ * client of three sessions starts before each fault: closes purge queues while the cursors read
+ * them, the kind of churn that once made cursors skip entries), once the schedule heals, the
+ * recorded history of every client satisfies I1, I2, I3 and I6.
  *
  * Bounded: TANDEM_PROPERTY_RUNS runs (default 3; TANDEM_DEEP=1 makes it 30) within a time
  * budget; the seed is printed and TANDEM_SEED replays it. fast-check shrinks a failing schedule
@@ -54,7 +56,11 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
   try {
     const clients = [d.client("a", 120, 2), d.client("b", 120, 2)];
     for (const c of clients) c.start();
+    let churn = 0;
     for (const step of steps) {
+      const churner = d.client(`churn${++churn}`, 9, 3);
+      churner.start();
+      clients.push(churner);
       await new Promise((r) => setTimeout(r, step.afterMs));
       const f = step.fault;
       const restarts: Array<() => void | Promise<void>> = [];
