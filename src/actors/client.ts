@@ -446,7 +446,7 @@ export class ClientSession {
   }
 
   private async doResume(session: string): Promise<{ session: string; epoch: number }> {
-    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.lastReq });
+    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.lastReq, taken: this.taken });
     this.serviceName = rep.service;
     // Requests this process sent that the manager still lacks: send them again (same message
     // id: stored at most once). Says in the log whether JetStream already had them.

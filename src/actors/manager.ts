@@ -1027,7 +1027,8 @@ export class ManagerNode {
     ] as const) {
       try {
         const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
-        if (!info.state.subjects?.[subject]) continue;
+        // (The response filter is a wildcard: one subject per server that answered.)
+        if (Object.keys(info.state.subjects ?? {}).length === 0) continue;
         const name = `replay_${newId(6)}`;
         await rt.jsm.consumers.add(stream, { name, ack_policy: AckPolicy.None, filter_subject: subject, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
         const c = await rt.js.consumers.get(stream, name);
@@ -1163,11 +1164,13 @@ export class ManagerNode {
     let client: string;
     let session: string;
     let clientLastReq = 0;
+    let clientTaken = 0;
     try {
       const v = parse(V.resume, decode(m.data));
       client = this.callerOf("resume", m, v);
       session = v.session;
       clientLastReq = v.lastReq ?? 0;
+      clientTaken = v.taken ?? 0;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -1179,8 +1182,10 @@ export class ManagerNode {
       return this.reject(m, new TandemError(ErrorCode.NoManager, "manager is catching up with the queues; retry the resume", { cause: err }));
     }
     const known = core.sessions.get(session);
-    if (known && known.client === client && clientLastReq > known.lastReq) {
-      // The client has sent requests the table does not hold: read this session's queues again.
+    if (known && known.client === client && (clientLastReq > known.lastReq || clientTaken > known.taken)) {
+      // The client has sent requests, or committed receipts, that the table does not hold: its
+      // `taken` comes from the session's queue, not only from the table (a receipt the cursor
+      // skipped once made a resumed client get committed responses again). Read them again.
       await this.replaySession(client, session, known.lastReq, clientLastReq);
     }
     if (known && known.client === client && known.dispatched > 0 && now() - known.dispatchedAt > STUCK_DISPATCH_MS) {

@@ -77,7 +77,7 @@ export const OpenCall = Type.Object({
   restart: Type.Optional(Type.Unknown()),
   hedge: Type.Optional(Type.Unknown()),
 });
-export const ResumeCall = Type.Object({ client: Type.Optional(Token), session: Token, lastReq: Type.Optional(Count) });
+export const ResumeCall = Type.Object({ client: Type.Optional(Token), session: Token, lastReq: Type.Optional(Count), taken: Type.Optional(Count) });
 export const CloseCall = Type.Object({ client: Type.Optional(Token), session: Token });
 export const RegisterCall = Type.Object({
   server: Type.Optional(Token),
