@@ -1297,6 +1297,7 @@ export class ManagerNode {
     let server: string;
     let service: string;
     let capacity: number;
+    let incarnation: string | undefined;
     try {
       // Who registers for what is in the subject (NATS permissions enforce it when secured);
       // a body that says otherwise is refused.
@@ -1310,6 +1311,7 @@ export class ManagerNode {
       service = where.service!;
       if (server === MANAGER_WRITER) throw malformed(`register: "${MANAGER_WRITER}" is not a server id (the manager writes under it)`, { field: "server" });
       capacity = v.capacity ?? 1;
+      incarnation = v.incarnation;
     } catch (err) {
       return this.reject(m, err as TandemError);
     }
@@ -1328,7 +1330,7 @@ export class ManagerNode {
         if (problem) {
           return this.reject(m, new TandemError(ErrorCode.ServerUnverified, `registration of server ${server} for service ${service} refused: ${problem} (${rt.names.srv(server, "ping")})`, { context: { server, service } }));
         }
-        const effects = core.registerServer(server, service, capacity, now());
+        const effects = core.registerServer(server, service, capacity, now(), incarnation);
         replyOk(m, { epoch: this.actingEpoch });
         this.log.info({ server, service }, "server registered");
         this.run(effects);

@@ -83,6 +83,7 @@ export const RegisterCall = Type.Object({
   server: Type.Optional(Token),
   service: Type.Optional(Token),
   capacity: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  incarnation: Type.Optional(Token),
 });
 export const HeartbeatCall = Type.Object({
   server: Type.Optional(Token),

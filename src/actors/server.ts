@@ -91,6 +91,8 @@ class Running {
 
 export class TandemServer {
   readonly id: string;
+  /** This process's own id: a server started again under the same `id` is a new incarnation. */
+  readonly incarnation = newId(12);
   readonly service: string;
   private readonly log: Logger;
   private readonly capacity: number;
@@ -179,7 +181,7 @@ export class TandemServer {
       try {
         const r = await this.rt.nc.request(
           this.rt.names.register(this.id, this.service),
-          encode({ server: this.id, service: this.service, capacity: this.capacity }),
+          encode({ server: this.id, service: this.service, capacity: this.capacity, incarnation: this.incarnation }),
           { timeout: this.rt.config.ackTimeoutMs },
         );
         const { epoch } = unwrap<{ epoch: number }>(r.data);

@@ -114,6 +114,8 @@ export interface ServerEntry {
   restartRetryAt: number;
   restartAttempts: number;
   restartInFlight: boolean;
+  /** The process behind the id, as it said when it registered (unknown when presumed). */
+  incarnation?: string;
 }
 
 export interface ClientEntry {
@@ -574,15 +576,27 @@ export class ManagerCore {
 
   // ---- servers ---------------------------------------------------------------------------
 
-  registerServer(id: string, service: string, capacity: number, now: number): Effect[] {
+  /**
+   * `incarnation`: the registering process's own id. A server restarted under the same id (a
+   * supervisor, a container with a fixed id) within the heartbeat timeout is a new process that
+   * lost the old one's work: that work moves at once rather than after the stall watchdog.
+   */
+  registerServer(id: string, service: string, capacity: number, now: number, incarnation?: string): Effect[] {
     this.services.add(service);
-    const known = this.servers.get(id);
+    let known = this.servers.get(id);
     const effects: Effect[] = [];
+    if (known && known.alive && incarnation !== undefined && known.incarnation !== undefined && known.incarnation !== incarnation) {
+      this.serverDown(known, now, effects, "server restarted under the same id (a new incarnation); the old one's sessions and work move");
+      known = undefined;
+    }
     if (known && known.alive) {
       known.lastSeen = now;
       known.presumed = false;
+      if (incarnation !== undefined) known.incarnation = incarnation;
     } else {
-      this.servers.set(id, newServer(id, service, capacity, now, false));
+      const srv = newServer(id, service, capacity, now, false);
+      if (incarnation !== undefined) srv.incarnation = incarnation;
+      this.servers.set(id, srv);
     }
     // Sessions this server had (known from a backup) need a restart; waiting sessions get it.
     const mine: string[] = [];
@@ -754,7 +768,7 @@ export class ManagerCore {
     return this.byLoad(service)[0]?.id ?? null;
   }
 
-  private serverDown(srv: ServerEntry, now: number, effects: Effect[]): void {
+  private serverDown(srv: ServerEntry, now: number, effects: Effect[], why = "server session lost (no heartbeat); its sessions move to other servers of the service"): void {
     srv.alive = false;
     const moved = new Map<string, string[]>();
     let waiting = 0;
@@ -772,7 +786,7 @@ export class ManagerCore {
     effects.push({
       type: "report",
       level: "warn",
-      message: "server session lost (no heartbeat); its sessions move to other servers of the service",
+      message: why,
       context: { server: srv.id, service: srv.service, moved: [...moved.values()].reduce((a, b) => a + b.length, 0), waiting, at: now },
     });
     for (const [to, ids] of moved) this.requestServerRestart(to, ids, effects);

@@ -549,3 +549,20 @@ describe("manager core - restart data bounded as payloads are (issue 13)", () =>
     expect(core.sessions.get("A")!.serverRestart).toBeNull();
   });
 });
+
+describe("manager core - a server restarted under the same id (issue 15, item 7)", () => {
+  it("a new incarnation's registration moves the old one's work at once; the same incarnation again changes nothing", () => {
+    const core = new ManagerCore(LIMITS, 1);
+    core.registerServer("s1", "svc", 4, 0, "inc-a");
+    core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 5 }, 0);
+    expect(of(core.onRequest(req(1), 0, false), "dispatch")).toHaveLength(1);
+    core.dispatchAcked("A", 1);
+    // The same process registering again (after a manager restart, say): nothing moves.
+    expect(of(core.registerServer("s1", "svc", 4, 10, "inc-a"), "report")).toEqual([]);
+    // A new process under the same id: the old one's work is gone with it.
+    const fx = core.registerServer("s1", "svc", 4, 20, "inc-b");
+    expect(of(fx, "report")[0]?.message).toMatch(/new incarnation/);
+    expect(of(fx, "restartServer").map((e) => e.server)).toEqual(["s1"]);
+    expect(core.servers.get("s1")?.incarnation).toBe("inc-b");
+  });
+});
