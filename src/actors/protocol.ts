@@ -170,12 +170,6 @@ export function unwrap<T>(data: Uint8Array): T {
 /** Bytes of dead-letter copies being written at once, per process (README: Limits). */
 export const DLQ_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
 let dlqInFlight = 0;
-let dlqDropped = 0;
-
-/** Dead-letter copies written without their bytes because too many were in flight (for tests). */
-export function dlqCopiesDropped(): number {
-  return dlqDropped;
-}
 
 /**
  * Who wrote a message, from its subject: the client of `<p>.req|mgr.<op>.<client>…`, the
@@ -221,7 +215,6 @@ export async function publishDlq(
   // while the DLQ writes catch up. Past the bound an entry keeps everything but its bytes.
   const size = data?.length ?? 0;
   const keep = size > 0 && dlqInFlight + size <= DLQ_IN_FLIGHT_BYTES;
-  if (size > 0 && !keep) dlqDropped++;
   const body = {
     code: err.code,
     message: err.message,
