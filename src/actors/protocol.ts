@@ -34,8 +34,6 @@ export type ParsedRequest =
     }
   | { error: TandemError; client?: string; session?: string; n?: number };
 
-export { MAX_HEDGE_COPIES };
-
 /** Validate a session's hedge options (docs/design.md §5). */
 export function parseHedge(v: unknown): HedgeOptions {
   if (fits(V.hedge, v)) return v;

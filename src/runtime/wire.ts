@@ -38,15 +38,6 @@ export function isToken(s: unknown): s is string {
   return typeof s === "string" && TOKEN.test(s);
 }
 
-export function assertToken(what: string, s: unknown): string {
-  if (!isToken(s)) {
-    throw new TandemError(ErrorCode.Malformed, `${what} must be 1-64 letters, digits, _ or - (got ${JSON.stringify(s)})`, {
-      context: { field: what },
-    });
-  }
-  return s;
-}
-
 /** Subject and resource names of one deployment (one prefix). */
 export class Names {
   readonly streamReq: string;
@@ -281,14 +272,3 @@ export function isObject(v: unknown): v is Record<string, unknown> {
 export function malformed(message: string, context: Record<string, unknown> = {}): TandemError {
   return new TandemError(ErrorCode.Malformed, message, { context });
 }
-
-export function field<T>(o: Record<string, unknown>, key: string, check: (v: unknown) => v is T, what: string): T {
-  const v = o[key];
-  if (!check(v)) throw malformed(`field "${key}" must be ${what}`, { field: key });
-  return v;
-}
-
-export const isPositiveInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
-export const isNonNegInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
-export const isString = (v: unknown): v is string => typeof v === "string";
-export const isBool = (v: unknown): v is boolean => typeof v === "boolean";
