@@ -886,6 +886,18 @@ export class ManagerCore {
     }
     const byServer = new Map<string, string[]>();
     for (const s of this.sessions.values()) {
+      if (s.server === null) {
+        // Waiting for a server: one may be live now without having registered again (a takeover
+        // replays open records while every server is presumed, and a server that acknowledges
+        // the new epoch's restart is live without a registration). Waiting on the registration
+        // alone once left sessions opened after the last backup without a server for good.
+        const to = this.pickServer(s.service);
+        if (to) {
+          this.setServer(s, to);
+          s.serverSynced = false;
+          s.dirty = true;
+        }
+      }
       if (s.server && !s.serverSynced) {
         const srv = this.servers.get(s.server);
         if (srv && srv.alive && !srv.presumed && !srv.restartInFlight && now >= srv.restartRetryAt) {

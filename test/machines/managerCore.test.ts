@@ -566,3 +566,17 @@ describe("manager core - a server restarted under the same id (issue 15, item 7)
     expect(core.servers.get("s1")?.incarnation).toBe("inc-b");
   });
 });
+describe("manager core - sessions waiting for a server after a takeover", () => {
+  it("a session replayed from its open record while every server is presumed gets the server that acknowledges the restart, without a registration", () => {
+    const core = new ManagerCore(LIMITS, 2);
+    core.restore([], new Map(), { v: 1, epoch: 1, reqSeq: 0, respSeq: 0, reqFrom: 1, respFrom: 1, services: ["svc"], servers: [{ id: "s1", service: "svc", capacity: 4 }] }, 0);
+    // Opened after the last cut: only its open record says so, and s1 is still presumed.
+    core.onOpenRecord({ seq: 1, client: "c", session: "late", service: "svc", ordered: true, maxPending: 5 }, 0, true);
+    expect(core.sessions.get("late")!.server).toBeNull();
+    core.startEpoch(2, 0);
+    core.serverRestartAcked({ server: "s1", working: [] }, 10); // live now, and it never registers again
+    const fx = core.tick(20);
+    expect(core.sessions.get("late")!.server).toBe("s1");
+    expect(of(fx, "restartServer")).toEqual([{ type: "restartServer", server: "s1", sessions: ["late"] }]);
+  });
+});
