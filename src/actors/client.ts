@@ -15,6 +15,7 @@ import type {
   RequestKind,
   RestartMsg,
   ResumeReply,
+  RetryOptions,
   WireErr,
 } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
@@ -26,7 +27,7 @@ import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
-import { parse, V } from "./schemas.js";
+import { fits, parse, V } from "./schemas.js";
 import { epochProblem, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
@@ -41,6 +42,11 @@ export interface OpenOptions {
    * `kind: "update"` with a fenced store on the servers for requests that change a store.
    */
   hedge?: HedgeOptions;
+  /**
+   * How failed work of this session is retried (README: When work fails): attempts in all
+   * (default 3), back-off (200 ms doubling to 30 s, 20 % jitter). Each request may override it.
+   */
+  retry?: RetryOptions;
 }
 
 export interface RequestOptions {
@@ -50,7 +56,21 @@ export interface RequestOptions {
   kind?: RequestKind;
   /** The caller's W3C traceparent; without one the request gets a new trace id. */
   traceparent?: string;
+  /** Give up after this many ms: the request is answered TANDEM_DEADLINE and its handler's signal fires. */
+  timeoutMs?: number;
+  /** An absolute deadline (a Date or ms since the epoch), as timeoutMs. */
+  deadline?: Date | number;
+  /** Abort it: the request is answered TANDEM_CANCELLED and its handler's signal fires. */
+  signal?: AbortSignal;
+  /** This request's retry policy, over the session's. */
+  retry?: RetryOptions;
 }
+
+/**
+ * How long a caller who gave up waits for the manager to record it (the recorded answer is what
+ * it gets, so a resumed session sees the same) before it is told so locally.
+ */
+const GIVE_UP_GRACE_MS = 1000;
 
 export interface Response {
   n: number;
@@ -130,7 +150,7 @@ export class TandemClient {
     await rt.nc.flush();
     // Safety net: a session whose deliveries stop while it waits re-syncs (never expected;
     // logged when it happens). Longer than a takeover plus its restart round trips.
-    const stallMs = Math.max(5000, rt.config.leaseMs * 5);
+    const stallMs = Math.max(rt.config.stallMs, rt.config.leaseMs * 5);
     c.watchdog = setInterval(() => {
       for (const s of c.sessions.values()) void s.resyncIfStalled(stallMs);
     }, 1000);
@@ -303,6 +323,12 @@ export class ClientSession {
   private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind; tp: string }>();
   /** When the manager last delivered to this session, or it last started waiting (stall watchdog). */
   private lastDelivery = Date.now();
+  /** Requests whose caller gave up and was answered locally: their delivery is taken, not handed. */
+  private readonly abandoned = new Set<number>();
+  /** Deadline and abort watchers of requests waiting for their answer. */
+  private readonly giveUps = new Map<number, () => void>();
+  /** What the last resume said runs at a server (a long handler, not a stall). */
+  private runningAtResume: ResumeReply["running"] | undefined;
   private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
   private restartData: unknown;
@@ -421,6 +447,7 @@ export class ClientSession {
       ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
       ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
       ...(this.opts.hedge !== undefined ? { hedge: this.opts.hedge } : {}),
+      ...(this.opts.retry !== undefined ? { retry: this.opts.retry } : {}),
     });
     this.sessionId = rep.session;
     this.maxPending = rep.maxPending;
@@ -480,7 +507,10 @@ export class ClientSession {
     this.attached = true;
     this.client.seeEpoch(rep.epoch);
     this.actor?.send({ type: "EPOCH_SEEN", epoch: rep.epoch });
-    this.log.info({ lastReq: rep.lastReq, taken: rep.taken, pending: rep.requests.length, undelivered: rep.responses.length }, "session resumed");
+    this.runningAtResume = rep.running;
+    const summary = { lastReq: rep.lastReq, taken: rep.taken, pending: rep.requests.length, undelivered: rep.responses.length };
+    if (rep.running) this.log.debug({ ...summary, running: rep.running }, "session resumed; its request is still running at its server");
+    else this.log.info(summary, "session resumed");
     return { session, epoch: rep.epoch };
   }
 
@@ -526,6 +556,10 @@ export class ClientSession {
       throw new TandemError(ErrorCode.Config, `traceparent "${opts.traceparent}" is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)`);
     }
     const tp = opts.traceparent ?? newTraceParent();
+    const deadline = deadlineOf(opts);
+    if (opts.retry !== undefined && !fits(V.retry, opts.retry)) {
+      throw new TandemError(ErrorCode.Config, `retry options need maxAttempts 1-1000, initialMs and maxMs 0-86400000, factor 1-100, jitter 0-1; got ${JSON.stringify(opts.retry)}`);
+    }
     // Receipts handed over but not yet committed ride on this request (one write less).
     const carry = this.handed > this.taken && this.handed > this.carrying ? this.handed : 0;
     const body = {
@@ -535,6 +569,8 @@ export class ClientSession {
       ...(opts.restart !== undefined ? { restart: opts.restart } : {}),
       ...(carry ? { taken: carry } : {}),
       tp,
+      ...(deadline !== undefined ? { deadline } : {}),
+      ...(opts.retry !== undefined ? { retry: opts.retry } : {}),
     };
     const data = encode(body);
     // The body bounds the payload: measure the payload alone only when the body is over the limit.
@@ -559,7 +595,51 @@ export class ClientSession {
     await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (carry) this.committed(carry);
+    if (deadline !== undefined || opts.signal) this.watchGiveUp(n, deadline, opts.signal);
     return { n, response };
+  }
+
+  /**
+   * A caller's deadline or abort: the manager is told (a cancel record in the request queue) and
+   * records the answer, TANDEM_DEADLINE or TANDEM_CANCELLED unless the real one was stored first;
+   * that recorded answer is what the caller gets, as a resumed session would. Should the manager
+   * not answer within GIVE_UP_GRACE_MS, the caller is told locally and the delivery, when it
+   * comes, is taken without being handed to anyone.
+   */
+  private watchGiveUp(n: number, deadline: number | undefined, signal: AbortSignal | undefined): void {
+    let timer: NodeJS.Timeout | undefined;
+    let grace: NodeJS.Timeout | undefined;
+    const stop = () => {
+      clearTimeout(timer);
+      clearTimeout(grace);
+      signal?.removeEventListener("abort", onAbort);
+      this.giveUps.delete(n);
+    };
+    const giveUp = (reason: "cancelled" | "deadline") => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      if (!this.waiters.has(n) || this.closed) return stop();
+      void this.publishDurable(n, encode({ cancel: n, reason }), "control", undefined, `${this.id}.x${n}`);
+      grace = setTimeout(() => {
+        const w = this.waiters.get(n);
+        stop();
+        if (!w) return;
+        this.waiters.delete(n);
+        this.abandoned.add(n);
+        const code = reason === "deadline" ? ErrorCode.Deadline : ErrorCode.Cancelled;
+        const why = reason === "deadline" ? "passed its deadline" : "was cancelled by its caller";
+        w.resolve({ n, ok: false, error: new TandemError(code, `request ${n} of session ${this.id} ${why}; the manager has not confirmed it yet (it will record it)`, { context: { n } }), server: "" });
+      }, GIVE_UP_GRACE_MS);
+      grace.unref?.();
+    };
+    const onAbort = () => giveUp("cancelled");
+    this.giveUps.set(n, stop);
+    if (signal?.aborted) return giveUp("cancelled");
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (deadline !== undefined) {
+      timer = setTimeout(() => giveUp("deadline"), Math.max(0, deadline - Date.now()));
+      timer.unref?.();
+    }
   }
 
   private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", tp?: string, msgID = `${this.id}.${n}`): Promise<void> {
@@ -599,11 +679,13 @@ export class ClientSession {
     if (outstanding === 0 || Date.now() - this.lastDelivery < stallMs) return;
     const state = { outstanding, handed: this.handed, accepted: this.accepted, taken: this.taken, silentMs: Date.now() - this.lastDelivery };
     if (reconnected) this.log.info(state, "reconnected to NATS with requests outstanding; re-syncing with the manager");
-    else this.log.warn(state, "no delivery for a while with requests outstanding; re-syncing with the manager");
     this.lastDelivery = Date.now();
     this.attached = false;
     try {
       await this.resumeCall(this.id);
+      // A request its server says it is running is long work, not a stall: nothing to warn of.
+      if (this.runningAtResume) this.log.debug({ ...state, running: this.runningAtResume }, "waiting on a long request still running at its server");
+      else if (!reconnected) this.log.warn(state, "no delivery for a while with requests outstanding; re-synced with the manager");
     } catch (err) {
       this.attached = true;
       this.log.warn({ err }, "re-sync failed; will try again");
@@ -648,7 +730,7 @@ export class ClientSession {
         let orphans = 0;
         while (this.buffer.has(upTo + 1)) {
           const n = upTo + 1;
-          if (!this.waiters.has(n)) {
+          if (!this.waiters.has(n) && !this.abandoned.has(n)) {
             if (orphans >= this.orphanDemand.length) break;
             orphans++;
           }
@@ -659,6 +741,9 @@ export class ClientSession {
             const d = this.buffer.get(n)!;
             this.buffer.delete(n);
             this.handed = n;
+            this.giveUps.get(n)?.();
+            // Its caller was told already (it gave up): taken, handed to nobody.
+            if (this.abandoned.delete(n)) continue;
             const resp: Response = d.error
               ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
               : { n, ok: true, value: d.ok, server: d.server };
@@ -751,10 +836,22 @@ export class ClientSession {
 
   private finish(err: TandemError): void {
     this.closed = true;
+    for (const stop of [...this.giveUps.values()]) stop();
     for (const [n, w] of this.waiters) w.resolve({ n, ok: false, error: err, server: "" });
     this.waiters.clear();
     for (const d of this.orphanDemand) d({ value: undefined, done: true });
     this.orphanDemand = [];
     if (this.sessionId) this.client.forget(this.sessionId);
   }
+}
+
+/** The absolute deadline (ms since the epoch) a request's options give, if any. */
+function deadlineOf(opts: RequestOptions): number | undefined {
+  const at = opts.deadline instanceof Date ? opts.deadline.getTime() : opts.deadline;
+  const after = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
+  for (const [what, v] of [["deadline", at], ["timeoutMs", opts.timeoutMs]] as const) {
+    if (v !== undefined && (!Number.isFinite(v) || v < 0)) throw new TandemError(ErrorCode.Config, `${what} must be a non-negative number of ms (or a Date); got ${String(v)}`);
+  }
+  if (at === undefined) return after;
+  return after === undefined ? Math.round(at) : Math.round(Math.min(at, after));
 }

@@ -22,6 +22,7 @@ import type {
   RestartRecord,
   RestartSession,
   ResumeReply,
+  RetryOptions,
   ServerRestartAck,
   WorkMsg,
 } from "../machines/types.js";
@@ -43,7 +44,7 @@ import {
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
-import { asTandem, parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
+import { asTandem, MANAGER_WRITER, parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 import { parse, V } from "./schemas.js";
 
 export interface LeaseRecord {
@@ -91,8 +92,11 @@ const WORK_OVERHEAD = 2048;
 /** Bytes a cursor pulls at once (at least the largest message NATS carries). */
 const PULL_MAX_BYTES = 8 * 1024 * 1024;
 
-/** The writer token of the responses the manager stores itself (errors in a request's place). */
-const MANAGER_WRITER = "manager";
+/** Wall-clock ms (a deadline, a queue's timestamp) on the core's clock, and back. */
+const toCore = (wallMs: number) => now() - (Date.now() - wallMs);
+const toWall = (coreMs: number) => Date.now() + (coreMs - now());
+/** When JetStream stored a queue message, on the core's clock (now when not known). */
+const storedAt = (m: { time?: Date }) => (m.time instanceof Date ? toCore(m.time.getTime()) : now());
 
 /** A client that re-syncs while its request has been at a server this long gets it checked. */
 const STUCK_DISPATCH_MS = 4000;
@@ -582,7 +586,7 @@ export class ManagerNode {
         const next = { seq, next_by_subj: subjects } as unknown as MsgRequest;
         const sm = await rt.jsm.streams.getMessage(stream, next).catch(() => null);
         if (!sm || sm.seq > to) break;
-        missed.push({ seq: sm.seq, subject: sm.subject, data: sm.data, headers: sm.header } as unknown as JsMsg);
+        missed.push({ seq: sm.seq, subject: sm.subject, data: sm.data, headers: sm.header, time: sm.time } as unknown as JsMsg);
         seq = sm.seq + 1;
       }
       if (missed.length === 0 || this.actingEpoch !== epoch) return;
@@ -657,6 +661,9 @@ export class ManagerNode {
     }
     if (parsed.type === "taken") {
       this.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
+    } else if (parsed.type === "cancel") {
+      const { type: _t, ...cancel } = parsed;
+      this.run(core.onCancelRecord({ seq: m.seq, ...cancel }, now()));
     } else if (parsed.type === "open") {
       const { type: _t, ...open } = parsed;
       this.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying));
@@ -667,11 +674,16 @@ export class ManagerNode {
       trace("manager.request", parsed.request.session, parsed.request.n);
       // The parse gives an upper bound (the message's size): measure exactly only past the limit.
       const restartSize = parsed.restartSize > this.rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
-      const effects = core.onRequest({ seq: m.seq, ...parsed.request, size: parsed.size, restartSize }, now(), replaying);
+      const { deadline, ...request } = parsed.request;
+      const effects = core.onRequest(
+        { seq: m.seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), size: parsed.size, restartSize },
+        now(),
+        replaying,
+      );
       if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
-        void this.unknownSession(parsed.request.session, effects);
+        void this.unknownSession(parsed.request.session, effects, m);
       } else {
-        this.run(effects);
+        this.run(effects, m);
       }
     }
   }
@@ -682,7 +694,7 @@ export class ManagerNode {
    * restarting, say). Then nothing is answered: this manager steps down and the next takeover
    * rebuilds from the bucket.
    */
-  private async unknownSession(session: string, effects: Effect[]): Promise<void> {
+  private async unknownSession(session: string, effects: Effect[], m: JsMsg): Promise<void> {
     const epoch = this.actingEpoch;
     try {
       const e = await this.rt.kv.sessions.get(session);
@@ -693,7 +705,7 @@ export class ManagerNode {
     } catch {
       return; // cannot tell now; the client retries its request
     }
-    if (this.actingEpoch === epoch) this.run(effects);
+    if (this.actingEpoch === epoch) this.run(effects, m);
   }
 
   private onResponseMsg(m: JsMsg): void {
@@ -713,14 +725,23 @@ export class ManagerNode {
     // Also while the request queue's replay is behind: a response stored after the takeover
     // began may belong to a request the table has not read yet (refused, it would be lost).
     const replaying = m.seq <= this.replayEnd.resp || core.reqSeq < this.replayEnd.req;
-    // The parse gives an upper bound (the message's size): measure exactly only past the limit.
+    if (parsed.type === "attempt") {
+      const { at, ...attempt } = parsed.body;
+      this.run(core.onAttemptRecord({ seq: m.seq, client, ...attempt, at: at !== undefined ? toCore(at) : storedAt(m) }, now()));
+      return;
+    }
+    // The restart data's size is measured (see above) only for responses and checkpoints.
     if (parsed.body.restartSize > this.rt.config.maxPayload) parsed.body.restartSize = encodedSize(parsed.body.restart);
     else parsed.body.restartSize = 0;
     if (parsed.type === "checkpoint") {
       this.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying));
     } else {
       trace("manager.response", parsed.body.session, parsed.body.n);
-      this.run(core.onResponse({ seq: m.seq, client, ...parsed.body, size: m.data.length }, now(), replaying));
+      const body = parsed.body;
+      // When it was stored matters only to a failure or a request with a deadline (the time is
+      // read from the message's reply subject: not paid on the hot path).
+      const timed = body.error !== undefined || core.sessions.get(body.session)?.requests.get(body.n)?.deadline !== undefined;
+      this.run(core.onResponse({ seq: m.seq, client, ...body, size: m.data.length, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying));
     }
   }
 
@@ -1134,14 +1155,15 @@ export class ManagerNode {
     const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
     const ordered = (body.ordered as boolean | undefined) ?? true;
     const hedge = body.hedge as HedgeOptions | undefined;
-    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}) }, now());
+    const retry = body.retry as RetryOptions | undefined;
+    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
       await publishToQueue(
         this.rt.requester,
         this.rt.names.req(client, session),
-        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}) } }),
+        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
       );
       await this.kvSessions!.create(session, core.record(entry));
@@ -1188,7 +1210,9 @@ export class ManagerNode {
       // skipped once made a resumed client get committed responses again). Read them again.
       await this.replaySession(client, session, known.lastReq, clientLastReq);
     }
-    if (known && known.client === client && known.dispatched > 0 && now() - known.dispatchedAt > STUCK_DISPATCH_MS) {
+    // Running at its server, as the server's heartbeats say: long work, not lost (docs/design.md §9).
+    const running = known && known.client === client && known.dispatched > 0 && now() - known.runningAt < this.rt.config.serverTimeoutMs ? known : null;
+    if (known && known.client === client && !running && known.dispatched > 0 && now() - known.dispatchedAt > STUCK_DISPATCH_MS) {
       // A request at a server for long with its client waiting: its response may be in the queue
       // unseen (a cursor that skipped it in a NATS election), or the work lost. Re-read the
       // session's queues, and if it is still unanswered send it again (a server still running
@@ -1238,6 +1262,7 @@ export class ManagerNode {
       requests: info.requests,
       responses: info.responses,
       maxPending: entry.maxPending,
+      ...(running && running.server ? { running: { n: running.dispatched, server: running.server, forMs: Math.round(now() - running.dispatchedAt) } } : {}),
       maxPayload: this.rt.config.maxPayload,
     });
     this.log.info({ session, client, taken: entry.taken, lastReq: entry.lastReq }, "session resumed");
@@ -1356,7 +1381,7 @@ export class ManagerNode {
         this.checkEpochClaim(server, epoch, m);
         return;
       }
-      const known = core.heartbeat(server, now());
+      const known = core.heartbeat(server, now(), v.running);
       replyOk<HeartbeatReply>(m, known ? { epoch: this.actingEpoch } : { epoch: this.actingEpoch, reregister: true });
     } catch (err) {
       this.reject(m, err as TandemError);
@@ -1384,22 +1409,23 @@ export class ManagerNode {
   }
 
   /**
-   * An error response in a request's place must reach the queue, or the request is never
-   * answered: retry while this epoch acts (same message id, so it is stored once). Under a flood
-   * of refused requests the publishes once timed out and were given up.
+   * A record of the manager's own in a session's response queue (an error in a request's place,
+   * a failed attempt) must reach the queue, or the request is never answered: retry while this
+   * epoch acts (same message id, so it is stored once). Under a flood of refused requests the
+   * publishes once timed out and were given up.
    */
-  private async storeErrorResponse(epoch: number, session: string, n: number, data: Uint8Array, code: string): Promise<void> {
+  private async storeManagerRecord(epoch: number, session: string, n: number, data: Uint8Array, msgID: string, code: string): Promise<void> {
     const { rt } = this;
     for (let attempt = 0, delay = 50; this.actingEpoch === epoch; attempt++, delay = Math.min(delay * 2, 2000)) {
       try {
         await publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, {
-          msgID: `${session}.${n}`,
-          headers: makeHeaders({ session, request: n, epoch, kind: "response", code }),
+          msgID,
+          headers: makeHeaders({ session, request: n, epoch, kind: code === "attempt" ? "control" : "response", code }),
           timeout: JS_TIMEOUT_MS,
         });
         return;
       } catch (err) {
-        if (attempt === 5) this.log.warn({ err, session, n }, "storing an error response keeps failing; retrying");
+        if (attempt === 5) this.log.warn({ err, session, n, code }, "storing a record in a response queue keeps failing; retrying");
         await new Promise((r) => setTimeout(r, delay));
       }
     }
@@ -1433,6 +1459,8 @@ export class ManagerNode {
       k: dispatchKey(this.secret!, session, n, server),
       ...(copy !== undefined ? { copy } : {}),
       ...(req.tp !== undefined ? { tp: req.tp } : {}),
+      attempt: (s.attempts.get(n)?.failures ?? 0) + 1,
+      ...(req.deadline !== undefined ? { deadline: Math.round(toWall(req.deadline)) } : {}),
     };
     const headers = makeHeaders({ session, request: n, epoch, kind: req.kind, ...(req.tp !== undefined ? { traceparent: req.tp } : {}) });
     trace("manager.dispatch", session, n);
@@ -1506,13 +1534,14 @@ export class ManagerNode {
 
   // ---- effects ---------------------------------------------------------------------------
 
-  private run(effects: Effect[]): void {
+  /** `source`: the queue message the effects answer (a dead letter about it carries its bytes). */
+  private run(effects: Effect[], source?: JsMsg): void {
     const epoch = this.actingEpoch;
     if (!epoch) return;
-    for (const e of effects) this.exec(e, epoch);
+    for (const e of effects) this.exec(e, epoch, source);
   }
 
-  private exec(e: Effect, epoch: number): void {
+  private exec(e: Effect, epoch: number, source?: JsMsg): void {
     const { rt } = this;
     const core = this.core;
     if (!core || this.actingEpoch !== epoch) return;
@@ -1573,7 +1602,7 @@ export class ManagerNode {
       }
       case "storeError": {
         const body = { n: e.n, k: dispatchKey(this.secret!, e.session, e.n, MANAGER_WRITER), error: e.error };
-        void this.storeErrorResponse(epoch, e.session, e.n, encode(body), e.error.code);
+        void this.storeManagerRecord(epoch, e.session, e.n, encode(body), `${e.session}.${e.n}`, e.error.code);
         return;
       }
       case "notify": {
@@ -1582,7 +1611,25 @@ export class ManagerNode {
         return;
       }
       case "dlq": {
-        void publishDlq(rt, e, "", undefined, undefined, `${e.context.session ?? ""}.${e.context.n ?? ""}`);
+        const dedupe = `${e.context.session ?? ""}.${e.context.n ?? ""}`;
+        if (e.reqSeq !== undefined) {
+          // The request the entry is about, as it was queued: subject, headers and bytes.
+          void rt.jsm.streams
+            .getMessage(rt.names.streamReq, { seq: e.reqSeq })
+            .catch(() => null)
+            .then((sm) => publishDlq(rt, e, sm?.subject ?? "", sm?.header, sm?.data, dedupe));
+        } else if (source) {
+          void publishDlq(rt, e, source.subject, source.headers, source.data, dedupe);
+        } else {
+          void publishDlq(rt, e, "", undefined, undefined, dedupe);
+        }
+        return;
+      }
+      case "recordAttempt": {
+        const body = { n: e.n, k: dispatchKey(this.secret!, e.session, e.n, MANAGER_WRITER), attempt: { server: e.server, error: e.error, at: Math.round(toWall(e.at)) } };
+        // Numbered by the attempt it ends: stored once however often it is written.
+        const failures = core.sessions.get(e.session)?.attempts.get(e.n)?.failures ?? 0;
+        void this.storeManagerRecord(epoch, e.session, e.n, encode(body), `${e.session}.${e.n}.a${failures + 1}`, "attempt");
         return;
       }
       case "restartServer": {

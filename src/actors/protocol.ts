@@ -3,7 +3,7 @@
  * stable error codes, and copies of rejected input in the dead-letter stream.
  */
 import type { Msg, MsgHdrs } from "@nats-io/transport-node";
-import type { HedgeOptions, RequestKind, ResponseBody, Reply, WireErr } from "../machines/types.js";
+import type { HedgeOptions, RequestKind, ResponseBody, Reply, RetryOptions, WireErr } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { isTraceParent } from "../runtime/trace-context.js";
@@ -14,7 +14,7 @@ import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 export type ParsedRequest =
   | {
       type: "request";
-      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string };
+      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string; retry?: RetryOptions; deadline?: number };
       size: number;
       /** Bytes of the restart data riding on it: at most this (exact only when the message is large). */
       restartSize: number;
@@ -22,6 +22,7 @@ export type ParsedRequest =
       taken?: number;
     }
   | { type: "taken"; client: string; session: string; taken: number }
+  | { type: "cancel"; client: string; session: string; n: number; reason: "cancelled" | "deadline" }
   | {
       type: "open";
       client: string;
@@ -31,6 +32,7 @@ export type ParsedRequest =
       maxPending: number;
       restart?: unknown;
       hedge?: HedgeOptions;
+      retry?: RetryOptions;
     }
   | { error: TandemError; client?: string; session?: string; n?: number };
 
@@ -67,7 +69,12 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
           maxPending: o.maxPending ?? 1000,
           ...("restart" in o ? { restart: o.restart } : {}),
           ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),
+          ...(o.retry !== undefined ? { retry: o.retry } : {}),
         };
+      }
+      if ("cancel" in v) {
+        const c = parse(V.cancelRecord, v);
+        return { type: "cancel", ...ids, n: c.cancel, reason: c.reason };
       }
       return { type: "taken", ...ids, taken: parse(V.taken, v).taken };
     }
@@ -78,7 +85,16 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     const restartSize = "restart" in r ? m.data.length : 0;
     return {
       type: "request",
-      request: { ...ids, n: r.n, kind: r.kind ?? "request", payload: r.payload, ...("restart" in r ? { restart: r.restart } : {}), ...(isTraceParent(r.tp) ? { tp: r.tp } : {}) },
+      request: {
+        ...ids,
+        n: r.n,
+        kind: r.kind ?? "request",
+        payload: r.payload,
+        ...("restart" in r ? { restart: r.restart } : {}),
+        ...(isTraceParent(r.tp) ? { tp: r.tp } : {}),
+        ...(r.retry !== undefined ? { retry: r.retry } : {}),
+        ...(r.deadline !== undefined ? { deadline: r.deadline } : {}),
+      },
       size,
       restartSize,
       ...(r.taken !== undefined ? { taken: r.taken } : {}),
@@ -92,7 +108,11 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
 export type ParsedResponse =
   | { type: "response"; body: { session: string; restartSize: number } & ResponseBody }
   | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown; restartSize: number } }
+  | { type: "attempt"; body: { session: string; n: number; server: string; error: WireErr; at?: number } }
   | { error: TandemError };
+
+/** The response queue's writer token of the manager's own records (error answers, attempts). */
+export const MANAGER_WRITER = "manager";
 
 /**
  * A response or checkpoint from `<p>.resp.<server>.<session>`. The writer is the subject's server
@@ -106,6 +126,14 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
   try {
     const v = decode(m.data);
     if (!isObject(v)) throw malformed("response body must be a JSON object");
+    if ("attempt" in v) {
+      // Only the manager records attempts: under its own subject, with its own key.
+      const a = parse(V.attempt, v);
+      if (server !== MANAGER_WRITER || a.k !== dispatchKey(secret, session, a.n, MANAGER_WRITER)) {
+        throw new TandemError(ErrorCode.Forged, `attempt record for request ${a.n} of session ${session} not written by the manager: refused`, { context: { server, session, n: a.n } });
+      }
+      return { type: "attempt", body: { session, n: a.n, server: a.attempt.server, error: a.attempt.error, ...(a.attempt.at !== undefined ? { at: a.attempt.at } : {}) } };
+    }
     // A response has "ok" or "error"; a checkpoint has neither (the body says it: see above).
     const checkpoint = !("ok" in v) && !("error" in v);
     if (checkpoint && !("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);

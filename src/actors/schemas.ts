@@ -12,6 +12,7 @@
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
 import { TandemError, ErrorCode } from "../runtime/errors.js";
+import { RETRY_BOUNDS } from "../machines/retryPolicy.js";
 
 const Token = Type.String({ pattern: "^[A-Za-z0-9_-]{1,64}$" });
 const Seq = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER });
@@ -25,7 +26,29 @@ export const WireErrSchema = Type.Object({
   code: Type.String({ minLength: 1, maxLength: 128 }),
   message: Type.String({ maxLength: 8192 }),
   context: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  name: Type.Optional(Type.String({ maxLength: 128 })),
+  details: Type.Optional(Type.Unknown()),
+  retryable: Type.Optional(Type.Boolean()),
+  retryAfterMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000 })),
 });
+
+const bound = (k: keyof typeof RETRY_BOUNDS, integer: boolean) => {
+  const [minimum, maximum] = RETRY_BOUNDS[k];
+  return Type.Optional(integer ? Type.Integer({ minimum, maximum }) : Type.Number({ minimum, maximum }));
+};
+/** A retry policy, whole or in part (machines/retryPolicy.ts). */
+export const RetrySchema = Type.Object(
+  {
+    maxAttempts: bound("maxAttempts", true),
+    initialMs: bound("initialMs", true),
+    factor: bound("factor", false),
+    maxMs: bound("maxMs", true),
+    jitter: bound("jitter", false),
+  },
+  { additionalProperties: false },
+);
+/** An absolute deadline, ms since the epoch. */
+const Deadline = Type.Integer({ minimum: 0, maximum: 8_640_000_000_000_000 });
 
 export const MAX_HEDGE_COPIES = 8;
 export const HedgeSchema = Type.Object({
@@ -43,8 +66,12 @@ export const RequestRecord = Type.Object({
   tp: Type.Optional(Type.Unknown()),
   /** Receipts riding on the request: the client's `taken`. */
   taken: Type.Optional(Count),
+  deadline: Type.Optional(Deadline),
+  retry: Type.Optional(RetrySchema),
 });
 export const TakenRecord = Type.Object({ taken: Count });
+/** The caller gave up on request `cancel` (an abort, or its deadline passed). */
+export const CancelRecord = Type.Object({ cancel: Seq, reason: Type.Union([Type.Literal("cancelled"), Type.Literal("deadline")]) });
 export const OpenRecord = Type.Object({
   open: Type.Object({
     service: Token,
@@ -52,6 +79,7 @@ export const OpenRecord = Type.Object({
     maxPending: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
     restart: Type.Optional(Type.Unknown()),
     hedge: Type.Optional(Type.Unknown()),
+    retry: Type.Optional(RetrySchema),
   }),
 });
 
@@ -66,6 +94,8 @@ export const ResponseRecord = Type.Object({
   tp: Type.Optional(Type.Unknown()),
 });
 export const CheckpointRecord = Type.Object({ n: Seq, k: Key, restart: Type.Unknown() });
+/** The manager's record of a failed attempt: the server that held the request died. */
+export const AttemptRecord = Type.Object({ n: Seq, k: Key, attempt: Type.Object({ server: Token, error: WireErrSchema, at: Type.Optional(Deadline) }) });
 
 // ---- calls to the manager ------------------------------------------------------------------
 
@@ -76,6 +106,7 @@ export const OpenCall = Type.Object({
   maxPending: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
   restart: Type.Optional(Type.Unknown()),
   hedge: Type.Optional(Type.Unknown()),
+  retry: Type.Optional(RetrySchema),
 });
 export const ResumeCall = Type.Object({ client: Type.Optional(Token), session: Token, lastReq: Type.Optional(Count), taken: Type.Optional(Count) });
 export const CloseCall = Type.Object({ client: Type.Optional(Token), session: Token });
@@ -89,6 +120,8 @@ export const HeartbeatCall = Type.Object({
   server: Type.Optional(Token),
   epoch: Type.Optional(Epoch),
   working: Type.Optional(Count),
+  /** The requests it is running, [session, n]: long work is alive, not lost. */
+  running: Type.Optional(Type.Array(Type.Tuple([Token, Seq]), { maxItems: 100_000 })),
 });
 
 // ---- manager -> server and client ----------------------------------------------------------
@@ -105,6 +138,8 @@ export const WorkMessage = Type.Object({
   restart: Type.Union([Type.Null(), Type.Object({ data: Type.Unknown(), n: Count, seq: Count })]),
   copy: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_HEDGE_COPIES })),
   tp: Type.Optional(Type.Unknown()),
+  attempt: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+  deadline: Type.Optional(Deadline),
 });
 export const CancelMessage = Type.Object({ epoch: Epoch, session: Token, n: Seq });
 export const DeliverMessage = Type.Object({
@@ -131,6 +166,7 @@ const SessionRecordSchema = Type.Object({
   ordered: Type.Boolean(),
   maxPending: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
   hedge: Type.Optional(HedgeSchema),
+  retry: Type.Optional(RetrySchema),
   server: Type.Union([Type.Null(), Token]),
   status: Type.Literal("open"),
   lastReq: Count,
@@ -175,6 +211,8 @@ function compile<T extends TSchema>(what: string, schema: T): Validator<T> {
 export const V = {
   request: compile("request", RequestRecord),
   taken: compile("receipt", TakenRecord),
+  cancelRecord: compile("cancel record", CancelRecord),
+  attempt: compile("attempt record", AttemptRecord),
   openRecord: compile("open record", OpenRecord),
   response: compile("response", ResponseRecord),
   checkpoint: compile("checkpoint", CheckpointRecord),
@@ -189,6 +227,7 @@ export const V = {
   restart: compile("restart", RestartMessage),
   backup: compile("backup", BackupMessage),
   hedge: compile("hedge options", HedgeSchema),
+  retry: compile("retry options", RetrySchema),
   error: compile("error", WireErrSchema),
 };
 

@@ -7,7 +7,7 @@ import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromPromise, waitFor, type Actor } from "xstate";
 import { serverSessionMachine, type ServerSessionEvent } from "../machines/serverSessionMachine.js";
 import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord, ServerRestartAck, WorkMsg } from "../machines/types.js";
-import { ErrorCode, TandemError } from "../runtime/errors.js";
+import { ErrorCode, handlerErrorToWire, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { decode, encode, encodedSize, isToken, makeHeaders, malformed } from "../runtime/wire.js";
@@ -27,13 +27,23 @@ export interface WorkRequest {
   payload: unknown;
   /** The latest server restart data of this session (e.g. progress of work a dead server began). */
   restart: unknown;
+  /** Which execution of the request this is (1 = the first; more after failed attempts). */
+  attempt: number;
+  /** When the caller stops waiting (ms since the epoch), if it gave a deadline: `signal` fires then. */
+  deadline: number | undefined;
 }
 
 export interface WorkContext {
-  /** Fires when the work is cancelled (session closed, hedge lost, server stopping). */
+  /** Fires when the work is cancelled (the caller aborted, its deadline passed, session closed, hedge lost, server stopping). */
   signal: AbortSignal;
   /** Store server restart data now (durable before it resolves); it also goes with the response. */
   checkpoint(data: unknown): Promise<void>;
+  /**
+   * Long work says it is alive: the server reports its running requests in every heartbeat
+   * anyway (so long work is never sent again while this server lives); with data, this also
+   * stores it as restart data, as checkpoint() does, for whoever continues after a crash.
+   */
+  progress(data?: unknown): Promise<void>;
   /**
    * Change the server's external store exactly once for this request (I4): runs fn in the
    * store's transaction and commits unless another duplicate of the request committed first.
@@ -68,6 +78,8 @@ class Running {
   private controller: AbortController | null = null;
   aborted = false;
   reason: unknown = undefined;
+  /** Fires the signal at the request's deadline. */
+  timer: NodeJS.Timeout | undefined;
   constructor(
     readonly session: string,
     readonly n: number,
@@ -201,7 +213,8 @@ export class TandemServer {
     try {
       const r = await this.rt.nc.request(
         this.rt.names.heartbeat(this.id),
-        encode({ server: this.id, epoch: this.epoch, working: this.active }),
+        // The requests running here: long work is alive, not lost (bounded by capacity + queue).
+        encode({ server: this.id, epoch: this.epoch, working: this.active, running: [...this.running.values()].slice(0, 10_000).map((r) => [r.session, r.n]) }),
         { timeout: this.rt.config.serverHeartbeatMs * 2 },
       );
       const rep = unwrap<HeartbeatReply>(r.data);
@@ -326,6 +339,12 @@ export class TandemServer {
     }
     const run = new Running(w.session, w.n);
     this.running.set(key, run);
+    if (w.deadline !== undefined) {
+      const ms = w.deadline - Date.now();
+      const expire = () => run.abort(new TandemError(ErrorCode.Deadline, `request ${w.n} of session ${w.session} passed its deadline`));
+      if (ms <= 0) expire();
+      else run.timer = setTimeout(expire, ms);
+    }
     replyOk(m, { accepted: true });
     // After the acknowledgement is on its way (its write is queued first): a handler that
     // computes for a long time without yielding must not hold the acknowledgement back, or the
@@ -377,6 +396,8 @@ export class TandemServer {
       },
       store,
       traceparent: w.tp,
+      // Running requests go in every heartbeat; data, when given, is restart data as checkpoint's.
+      progress: (data?: unknown) => (data === undefined ? Promise.resolve() : ctx.checkpoint(data)),
       commit: async <R, Tx>(fn: (tx: Tx) => Promise<R>): Promise<R> => {
         if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
         const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.signal, fn as (tx: unknown) => Promise<R>);
@@ -416,7 +437,7 @@ export class TandemServer {
     let body: Record<string, unknown>;
     try {
       const result = await this.opts.handler(
-        { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart },
+        { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart, attempt: w.attempt ?? 1, deadline: w.deadline },
         ctx,
       );
       body = { n: w.n, k: w.k, ok: result ?? null };
@@ -437,10 +458,11 @@ export class TandemServer {
         this.finish(key);
         return;
       }
-      const te = err instanceof TandemError ? err : new TandemError(ErrorCode.HandlerFailed, err instanceof Error ? err.message : String(err));
-      body = { n: w.n, k: w.k, error: te.toWire() };
+      const error = handlerErrorToWire(err);
+      body = { n: w.n, k: w.k, error };
       this.stats.failed++;
-      log().warn({ err }, "handler failed; the client gets the error");
+      if (error.retryable) log().info({ err, attempt: w.attempt ?? 1 }, "handler failed with a retryable error; the manager retries it after its back-off");
+      else log().warn({ err }, "handler failed; the client gets the error");
     }
     if (hasRestart) body.restart = restart;
     if (run.aborted) {
@@ -454,6 +476,7 @@ export class TandemServer {
   }
 
   private finish(key: string): void {
+    clearTimeout(this.running.get(key)?.timer);
     this.running.delete(key);
     this.release();
     this.note(-1);
@@ -468,7 +491,8 @@ export class TandemServer {
       try {
         await publishToQueue(this.rt.requester, subject, data, {
           // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
-          msgID: `${w.session}.${w.n}.${w.k}`,
+          // Per attempt: a retry on the same server stores its own answer.
+          msgID: `${w.session}.${w.n}.${w.k}.${w.attempt ?? 1}`,
           headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
           timeout: JS_TIMEOUT_MS,
         });

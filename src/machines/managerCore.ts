@@ -11,12 +11,14 @@
  * incarnation accepted up to here; volatile).
  */
 import { DEFAULT_HEDGE_BUDGET, HedgeBudget, type HedgeBudgetJSON, type HedgeBudgetOptions } from "./hedgeBudget.js";
+import { countFailure, isRetryable, newAttempts, resolvePolicy, type AttemptState } from "./retryPolicy.js";
 import type {
   ClientRestartAck,
   HedgeOptions,
   RequestKind,
   RestartRecord,
   RestartSession,
+  RetryOptions,
   ServerRestartAck,
   WireErr,
 } from "./types.js";
@@ -58,6 +60,10 @@ export interface PendingRequest {
   bytes?: number;
   /** Read on replay past the byte bounds: the payload is not held; read it from the queue at `seq`. */
   evicted?: boolean;
+  /** The request's own retry policy (over the session's). */
+  retry?: RetryOptions;
+  /** Past this time (core clock) it is answered TANDEM_DEADLINE and never dispatched again. */
+  deadline?: number;
 }
 
 export interface StoredResponse {
@@ -101,6 +107,17 @@ export interface SessionEntry {
   /** Bytes of `requests` and `responses` (counted against CoreLimits' byte bounds). */
   bytes: number;
   dirty: boolean;
+  /** The session's retry policy (given at open). */
+  retry: RetryOptions | null;
+  /** Failed attempts of unanswered requests, from the attempt records in the response queue. */
+  attempts: Map<number, AttemptState>;
+  /**
+   * A request whose server died holding it: not dispatched again until the record of that
+   * failed attempt is read back from the queue (so a failover cannot forget the attempt).
+   */
+  awaitingAttempt: number;
+  /** When the server last said (in its heartbeat) it is running the dispatched request. */
+  runningAt: number;
 }
 
 export interface ServerEntry {
@@ -136,6 +153,7 @@ export interface SessionRecord {
   ordered: boolean;
   maxPending: number;
   hedge?: HedgeOptions;
+  retry?: RetryOptions;
   server: string | null;
   status: "open";
   lastReq: number;
@@ -171,12 +189,19 @@ export type Effect =
   | { type: "putRestart"; session: string; side: "client" | "server"; record: RestartRecord }
   | { type: "storeError"; client: string; session: string; n: number; error: WireErr }
   | { type: "notify"; client: string; session: string; n: number; error: WireErr }
-  | { type: "dlq"; code: string; message: string; context: Record<string, unknown> }
+  /** `reqSeq`: the request queue's message the entry is about (its bytes go with the entry). */
+  | { type: "dlq"; code: string; message: string; context: Record<string, unknown>; reqSeq?: number }
+  /** Write the record of a failed attempt (its server died holding it) to the session's response queue. */
+  | { type: "recordAttempt"; session: string; n: number; server: string; error: WireErr; at: number }
   | { type: "restartServer"; server: string; sessions: string[] }
   | { type: "restartClient"; client: string; sessions: string[] }
   | { type: "report"; level: "info" | "warn"; message: string; context: Record<string, unknown> };
 
 const MANAGER = "manager";
+
+function failureFields(m: { retry?: RetryOptions; deadline?: number }): Pick<PendingRequest, "retry" | "deadline"> {
+  return { ...(m.retry !== undefined ? { retry: m.retry } : {}), ...(m.deadline !== undefined ? { deadline: m.deadline } : {}) };
+}
 
 function newer(a: RestartRecord | null, b: RestartRecord): boolean {
   if (!a) return true;
@@ -235,10 +260,10 @@ export class ManagerCore {
 
   /** Open a session; the caller checked the service is known. */
   open(
-    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions },
+    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
   ): { entry: SessionEntry; effects: Effect[] } {
-    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending, args.hedge);
+    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending, args.hedge, args.retry);
     entry.server = this.pickServer(args.service);
     entry.serverSynced = true;
     if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
@@ -258,7 +283,7 @@ export class ManagerCore {
    * for services nobody serves, by writing open records into their own queues).
    */
   onOpenRecord(
-    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions },
+    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -269,7 +294,7 @@ export class ManagerCore {
       return [{ type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: m.client, session: m.session, seq: m.seq } }];
     }
     const maxPending = Math.min(m.maxPending, this.limits.maxPending);
-    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, maxPending, m.hedge);
+    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, maxPending, m.hedge, m.retry);
     entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
@@ -334,7 +359,21 @@ export class ManagerCore {
   // ---- queue events (from the streams, in stream order) -------------------------------
 
   onRequest(
-    m: { seq: number; client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; size: number; restartSize?: number; tp?: string },
+    m: {
+      seq: number;
+      client: string;
+      session: string;
+      n: number;
+      kind: RequestKind;
+      payload: unknown;
+      restart?: unknown;
+      size: number;
+      restartSize?: number;
+      tp?: string;
+      retry?: RetryOptions;
+      /** Core clock. */
+      deadline?: number;
+    },
     now: number,
     replaying: boolean,
   ): Effect[] {
@@ -376,8 +415,8 @@ export class ManagerCore {
       // Replay keeps what the live primary decided (refusing now could refuse a request already
       // at a server), but not its bytes past the bounds: the request stays in the table without
       // its payload, which the actor reads back from the queue by sequence when it dispatches.
-      s.requests.set(m.n, { kind: m.kind, payload: undefined, seq: m.seq, rejected: false, evicted: true, ...(m.tp !== undefined ? { tp: m.tp } : {}) });
-      this.pump(s, now, effects);
+      s.requests.set(m.n, { kind: m.kind, payload: undefined, seq: m.seq, rejected: false, evicted: true, ...(m.tp !== undefined ? { tp: m.tp } : {}), ...failureFields(m) });
+      this.afterRequest(s, m.n, now, effects);
       return effects;
     }
     if (reject) {
@@ -388,12 +427,22 @@ export class ManagerCore {
       effects.push({ type: "dlq", code: reject.code, message: reject.message, context: { client: s.client, session: s.id, n: m.n, seq: m.seq } });
       return effects;
     }
-    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false, bytes: m.size };
+    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false, bytes: m.size, ...failureFields(m) };
     if (m.tp !== undefined) req.tp = m.tp;
     s.requests.set(m.n, req);
     this.hold(s, m.size);
-    this.pump(s, now, effects);
+    this.afterRequest(s, m.n, now, effects);
     return effects;
+  }
+
+  /**
+   * A request just taken into the table: on replay its attempts may have been read first (the
+   * queues are read independently) and used up already; otherwise on to the pump.
+   */
+  private afterRequest(s: SessionEntry, n: number, now: number, effects: Effect[]): void {
+    const a = s.attempts.get(n);
+    if (a && a.failures >= this.policy(s, n).maxAttempts) this.quarantine(s, n, effects);
+    this.pump(s, now, effects);
   }
 
   /**
@@ -423,6 +472,7 @@ export class ManagerCore {
     if (s.answered < s.taken) s.answered = s.taken;
     for (const n of s.responses.keys()) if (n <= s.taken) this.dropResponse(s, n);
     for (const n of s.requests.keys()) if (n <= s.answered) this.dropRequest(s, n);
+    for (const n of s.attempts.keys()) if (n <= s.answered) s.attempts.delete(n);
     if (s.delivered < s.taken) s.delivered = s.taken;
     s.dirty = true;
     const effects: Effect[] = [];
@@ -431,7 +481,21 @@ export class ManagerCore {
   }
 
   onResponse(
-    m: { seq: number; client: string; session: string; n: number; server: string; ok?: unknown; error?: WireErr; restart?: unknown; restartSize?: number; tp?: string; size?: number },
+    m: {
+      seq: number;
+      client: string;
+      session: string;
+      n: number;
+      server: string;
+      ok?: unknown;
+      error?: WireErr;
+      restart?: unknown;
+      restartSize?: number;
+      tp?: string;
+      size?: number;
+      /** When the queue stored it (core clock); `now` when unknown. */
+      at?: number;
+    },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -451,12 +515,28 @@ export class ManagerCore {
       }
     }
     if (m.n <= s.taken || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
+    if (m.server !== MANAGER) {
+      const req = s.requests.get(m.n);
+      // Stored after the request's deadline: too late to be its answer, on replay as live (the
+      // queue's own time decides), so the caller and a resumed session see the same outcome.
+      if (req && req.deadline !== undefined && (m.at ?? now) > req.deadline) {
+        this.giveUp(s, m.n, "deadline", effects);
+        this.pump(s, now, effects);
+        return effects;
+      }
+      // A retryable failure is one attempt, not the answer (hedged sessions: the answer).
+      if (m.error && !s.hedge && isRetryable(m.error)) {
+        this.attemptFailed(s, { seq: m.seq, n: m.n, server: m.server, error: m.error, at: m.at ?? now }, now, effects);
+        return effects;
+      }
+    }
     if (m.n > s.lastReq) s.lastReq = m.n; // response replayed before its request: trust the queue
     const resp: StoredResponse = { ok: m.ok, error: m.error, server: m.server, seq: m.seq, bytes: m.size ?? 0 };
     if (m.tp !== undefined) resp.tp = m.tp;
     s.responses.set(m.n, resp);
     this.hold(s, resp.bytes!);
     this.dropRequest(s, m.n);
+    s.attempts.delete(m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {
       this.budget(s.service).observe(now - s.dispatchedAt);
@@ -479,6 +559,102 @@ export class ManagerCore {
     if (!newer(s.serverRestart, rec)) return [];
     s.serverRestart = rec;
     return [{ type: "putRestart", session: s.id, side: "server", record: rec }];
+  }
+
+  // ---- failed work: attempts, quarantine, deadlines, cancellation (docs/design.md §9) ------
+
+  /**
+   * The manager's record of a failed attempt (`<p>.resp.manager.<session>`): the server died
+   * holding the request. Counted when read back from the queue, live and on replay alike.
+   */
+  onAttemptRecord(m: { seq: number; client: string; session: string; n: number; server: string; error: WireErr; at?: number }, now: number): Effect[] {
+    this.respSeq = Math.max(this.respSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client) return [];
+    if (s.awaitingAttempt === m.n) s.awaitingAttempt = 0;
+    const effects: Effect[] = [];
+    this.attemptFailed(s, { seq: m.seq, n: m.n, server: m.server, error: m.error, at: m.at ?? now }, now, effects);
+    return effects;
+  }
+
+  /** The caller gave up on a request (`{cancel: n}` in its request queue): answer it so, once. */
+  onCancelRecord(m: { seq: number; client: string; session: string; n: number; reason: "cancelled" | "deadline" }, now: number): Effect[] {
+    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    const s = this.sessions.get(m.session);
+    if (!s || s.client !== m.client) return [];
+    const effects: Effect[] = [];
+    this.giveUp(s, m.n, m.reason, effects);
+    this.pump(s, now, effects);
+    return effects;
+  }
+
+  /** The retry policy of request n of a session: the request's over the session's over the defaults. */
+  policy(s: SessionEntry, n: number) {
+    return resolvePolicy(s.retry, s.requests.get(n)?.retry);
+  }
+
+  private attemptFailed(s: SessionEntry, f: { seq: number; n: number; server: string; error: WireErr; at: number }, now: number, effects: Effect[]): void {
+    if (f.n <= s.answered || s.responses.has(f.n)) return;
+    const req = s.requests.get(f.n);
+    if (req?.rejected) return;
+    let a = s.attempts.get(f.n);
+    if (!a) {
+      a = newAttempts();
+      s.attempts.set(f.n, a);
+    }
+    const out = countFailure(a, this.policy(s, f.n), { ...f, seed: `${s.id}.${f.n}` });
+    if (!out) return;
+    if (s.dispatched === f.n) {
+      s.dispatched = 0;
+      s.dispatchAcked = false;
+      s.dispatchAttempts = 0;
+    }
+    s.dirty = true;
+    if (out.action === "quarantine") {
+      // On replay the request may come later in its queue: afterRequest quarantines it then.
+      if (req) this.quarantine(s, f.n, effects);
+    } else {
+      const context = { client: s.client, session: s.id, n: f.n, server: f.server, attempt: a.failures, code: f.error.code, retryInMs: Math.max(0, Math.round(out.at - now)) };
+      effects.push({ type: "report", level: "info", message: "an attempt failed; the request is retried after its back-off", context });
+    }
+    this.pump(s, now, effects);
+  }
+
+  /**
+   * Attempts used up: the request is answered TANDEM_POISON in its place in order (I3), its
+   * bytes go to the dead-letter stream, and the session goes on with its next request.
+   */
+  private quarantine(s: SessionEntry, n: number, effects: Effect[]): void {
+    const req = s.requests.get(n);
+    const a = s.attempts.get(n);
+    if (!req || req.rejected || !a) return;
+    req.rejected = true;
+    const last = a.lastError ? `${a.lastError.code}: ${a.lastError.message}` : "unknown";
+    const error: WireErr = {
+      code: "TANDEM_POISON",
+      message: `request ${n} of session ${s.id} failed ${a.failures} attempt(s) (last: ${last}); quarantined: see \`tandem dlq list --reason poison\`, replay it with \`tandem dlq replay <id>\` once fixed`,
+      context: { attempts: a.failures, servers: [...a.servers], lastError: a.lastError },
+    };
+    effects.push({ type: "storeError", client: s.client, session: s.id, n, error });
+    effects.push({ type: "dlq", code: error.code, message: error.message, context: { client: s.client, session: s.id, service: s.service, n, ...error.context }, reqSeq: req.seq });
+  }
+
+  /** Answer a request TANDEM_DEADLINE or TANDEM_CANCELLED, unless it has its answer; stop it where it runs. */
+  private giveUp(s: SessionEntry, n: number, reason: "deadline" | "cancelled", effects: Effect[]): void {
+    const req = s.requests.get(n);
+    if (!req || req.rejected || n <= s.answered || s.responses.has(n)) return;
+    req.rejected = true;
+    if (s.dispatched === n) {
+      if (s.server) effects.push({ type: "cancel", server: s.server, session: s.id, n });
+      s.dispatched = 0;
+      s.dispatchAcked = false;
+    }
+    if (s.awaitingAttempt === n) s.awaitingAttempt = 0;
+    const error: WireErr =
+      reason === "deadline"
+        ? { code: "TANDEM_DEADLINE", message: `request ${n} of session ${s.id} was not answered before its deadline`, context: { n } }
+        : { code: "TANDEM_CANCELLED", message: `request ${n} of session ${s.id} was cancelled by its caller`, context: { n } };
+    effects.push({ type: "storeError", client: s.client, session: s.id, n, error });
   }
 
   // ---- acknowledgements of what the actor sent ----------------------------------------
@@ -510,7 +686,11 @@ export class ManagerCore {
                   ? srv.restartInFlight
                     ? "server restart in flight"
                     : "server not restarted yet"
-                  : now < s.dispatchRetryAt
+                  : s.awaitingAttempt === s.answered + 1
+                    ? "recording a failed attempt (its server died holding it)"
+                    : now < (s.attempts.get(s.answered + 1)?.retryAt ?? 0)
+                    ? "waiting out the retry back-off of a failed attempt"
+                    : now < s.dispatchRetryAt
                     ? "dispatch backing off"
                     : c && !c.synced
                       ? "client not restarted yet"
@@ -622,11 +802,24 @@ export class ManagerCore {
     for (const srv of this.servers.values()) srv.lastSeen = Math.max(srv.lastSeen, now);
   }
 
-  /** Returns false when the server is unknown (it must register again). */
-  heartbeat(id: string, now: number): boolean {
+  /**
+   * Returns false when the server is unknown (it must register again). `running`: the requests
+   * it says it is running ([session, n]); a long one is then known to be alive there, neither
+   * sent again nor reported (docs/design.md §9).
+   */
+  heartbeat(id: string, now: number, running?: ReadonlyArray<readonly [string, number]>): boolean {
     const srv = this.servers.get(id);
     if (!srv || !srv.alive) return false;
     srv.lastSeen = now;
+    if (running) {
+      for (const [session, n] of running) {
+        const s = this.sessions.get(session);
+        if (s && s.server === id && s.dispatched === n) {
+          s.dispatchAcked = true;
+          s.runningAt = now;
+        }
+      }
+    }
     if (srv.presumed) return false; // known only from a backup: make it register so it is restarted
     return true;
   }
@@ -774,6 +967,15 @@ export class ManagerCore {
     let waiting = 0;
     for (const s of this.sessions.values()) {
       if (s.server !== srv.id) continue;
+      if (s.dispatched !== 0 && !s.hedge) {
+        // The server died holding it: one attempt used (docs/design.md §9). Not sent again
+        // until that is on record, so a failover meanwhile cannot hand out a free execution.
+        const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${s.dispatched} (${why.split(";")[0]})`, context: { server: srv.id } };
+        // Its back-off runs from when the server was last heard of (about when it died): the
+        // time it took to notice is waited out already, so the moved work is not held longer.
+        effects.push({ type: "recordAttempt", session: s.id, n: s.dispatched, server: srv.id, error, at: srv.lastSeen });
+        s.awaitingAttempt = s.dispatched;
+      }
       s.dispatched = 0;
       s.dispatchAcked = false;
       this.setServer(s, this.pickServer(s.service));
@@ -964,12 +1166,16 @@ export class ManagerCore {
   // ---- the two pumps: dispatch the next request, deliver the next response ---------------
 
   private pump(s: SessionEntry, now: number, effects: Effect[]): void {
+    const head = s.requests.get(s.answered + 1);
+    // Past its deadline, wherever it is (queued, backing off, at a server): answered so.
+    if (head && !head.rejected && head.deadline !== undefined && now >= head.deadline) this.giveUp(s, s.answered + 1, "deadline", effects);
     // Dispatch: one request at a time per session keeps the session's order (I3).
     if (s.dispatched === 0 && s.server && s.serverSynced && now >= s.dispatchRetryAt) {
       const n = s.answered + 1;
       const req = s.requests.get(n);
       const srv = this.servers.get(s.server);
-      if (req && !req.rejected && srv && srv.alive && !srv.presumed) {
+      const waiting = s.awaitingAttempt === n || now < (s.attempts.get(n)?.retryAt ?? 0);
+      if (req && !req.rejected && !waiting && srv && srv.alive && !srv.presumed) {
         if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
         s.dispatched = n;
         s.dispatchedAt = now;
@@ -990,7 +1196,7 @@ export class ManagerCore {
 
   // ---- persistence -----------------------------------------------------------------------
 
-  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number, hedge?: HedgeOptions): SessionEntry {
+  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions): SessionEntry {
     return {
       id,
       client,
@@ -1018,6 +1224,10 @@ export class ManagerCore {
       responses: new Map(),
       bytes: 0,
       dirty: true,
+      retry: retry ?? null,
+      attempts: new Map(),
+      awaitingAttempt: 0,
+      runningAt: 0,
     };
   }
 
@@ -1030,6 +1240,7 @@ export class ManagerCore {
       ordered: s.ordered,
       maxPending: s.maxPending,
       ...(s.hedge ? { hedge: s.hedge } : {}),
+      ...(s.retry ? { retry: s.retry } : {}),
       server: s.server,
       status: "open",
       lastReq: s.lastReq,
@@ -1056,6 +1267,8 @@ export class ManagerCore {
       }
       for (const r of s.requests.values()) if (r.seq > 0 && r.seq < reqFrom) reqFrom = r.seq;
       for (const r of s.responses.values()) if (r.seq > 0 && r.seq < respFrom) respFrom = r.seq;
+      // A failed attempt's record is what a new primary counts it from: kept until answered.
+      for (const a of s.attempts.values()) for (const q of a.seqs) if (q > 0 && q < respFrom) respFrom = q;
     }
     const removed = this.removed;
     this.removed = [];
@@ -1084,7 +1297,7 @@ export class ManagerCore {
     now: number,
   ): void {
     for (const r of records) {
-      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending, r.hedge);
+      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending, r.hedge, r.retry);
       s.server = r.server;
       s.lastReq = r.lastReq;
       s.answered = r.answered;

@@ -17,6 +17,23 @@ export interface WireErr {
   code: string;
   message: string;
   context?: Record<string, unknown>;
+  /** The handler's error class name (e.g. "ValidationError"), kept across the wire. */
+  name?: string;
+  /** The handler's own data about the error (TerminalError / RetryableError `details`). */
+  details?: unknown;
+  /** The handler asked for another attempt (RetryableError): not the answer, unless attempts are used up. */
+  retryable?: boolean;
+  /** With `retryable`: wait at least this long before the next attempt, in ms. */
+  retryAfterMs?: number;
+}
+
+/** Per session (at open) and per request: how failed work is retried (machines/retryPolicy.ts). */
+export interface RetryOptions {
+  maxAttempts?: number;
+  initialMs?: number;
+  factor?: number;
+  maxMs?: number;
+  jitter?: number;
 }
 
 /** Restart data with the queue position (request number and stream sequence) it belongs to. */
@@ -39,6 +56,16 @@ export interface RequestBody {
   taken?: number;
   /** W3C traceparent linking this request's hops. */
   tp?: string;
+  /** Absolute deadline (ms since the epoch): past it the request is answered TANDEM_DEADLINE. */
+  deadline?: number;
+  /** This request's retry policy (over the session's). */
+  retry?: RetryOptions;
+}
+
+/** Control message in the request queue: the caller gave up on request `cancel`. */
+export interface CancelBody {
+  cancel: number;
+  reason: "cancelled" | "deadline";
 }
 
 /** Control message in the request queue: the application has taken responses up to `taken`. */
@@ -82,6 +109,10 @@ export interface WorkMsg {
   copy?: number;
   /** The request's traceparent, for the handler's context and the response. */
   tp?: string;
+  /** Which execution this is (1 = the first); failed attempts before it were counted. */
+  attempt?: number;
+  /** Absolute deadline (ms since the epoch): the handler's signal fires then. */
+  deadline?: number;
 }
 
 export interface CancelMsg {
@@ -140,6 +171,7 @@ export interface OpenMsg {
   ordered?: boolean;
   maxPending?: number;
   hedge?: HedgeOptions;
+  retry?: RetryOptions;
 }
 
 export interface OpenReply {
@@ -165,6 +197,8 @@ export interface ResumeReply {
   responses: number[];
   maxPending: number;
   maxPayload: number;
+  /** The request the session waits on is running at a live server that reported it lately. */
+  running?: { n: number; server: string; forMs: number };
 }
 
 export interface RegisterMsg {

@@ -30,6 +30,11 @@ export interface Config {
   maxPending: number;
   /** How long the manager waits for a session to acknowledge a message before retrying. */
   ackTimeoutMs: number;
+  /**
+   * A client with requests outstanding and no delivery for this long (at least 5 leases)
+   * re-syncs with the manager. Long work its server reports running is not a stall.
+   */
+  stallMs: number;
   /** JetStream de-duplication window; longer than any retry or failover horizon. */
   duplicateWindowMs: number;
   /** Hedging budget: extra copies at most this percent of requests per service (plus the reserve). */
@@ -71,6 +76,7 @@ export const DEFAULTS: Omit<Config, "node"> = {
   maxPayload: 256 * 1024,
   maxPending: 1000,
   ackTimeoutMs: 1000,
+  stallMs: 5000,
   duplicateWindowMs: 10 * 60 * 1000,
   natsUser: "",
   natsPass: "",
@@ -109,6 +115,7 @@ const ENV: Record<string, keyof Config> = {
   TANDEM_MAX_PAYLOAD: "maxPayload",
   TANDEM_MAX_PENDING: "maxPending",
   TANDEM_ACK_TIMEOUT_MS: "ackTimeoutMs",
+  TANDEM_STALL_MS: "stallMs",
   NATS_USER: "natsUser",
   NATS_PASSWORD: "natsPass",
   NATS_CA: "natsCa",
@@ -148,6 +155,7 @@ const NUMERIC: Array<[keyof Config, number, number]> = [
   ["maxPayload", 1, 64 * 1024 * 1024],
   ["maxPending", 1, 1_000_000],
   ["ackTimeoutMs", 10, 600_000],
+  ["stallMs", 100, 3_600_000],
   ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
   ["hedgeBudgetPct", 0, 100],
   ["maxSessionsPerClient", 1, 1_000_000],

@@ -45,42 +45,73 @@ export const ErrorCode = {
   ServerUnverified: "TANDEM_SERVER_UNVERIFIED",
   /** A response or checkpoint from a server that was not given its request (no valid dispatch key). */
   Forged: "TANDEM_FORGED",
+  /** A request failed all its attempts (maxAttempts); it is quarantined in the dead-letter stream. */
+  Poison: "TANDEM_POISON",
+  /** A request was not answered before its deadline (`timeoutMs` / `deadline`). */
+  Deadline: "TANDEM_DEADLINE",
+  /** The server holding a request died (an attempt failed; it is retried). */
+  ServerLost: "TANDEM_SERVER_LOST",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+const RETRYABLE: ReadonlySet<string> = new Set<string>([
   ErrorCode.Backpressure,
   ErrorCode.NoManager,
   ErrorCode.NotLeader,
   ErrorCode.Store,
+  ErrorCode.ServerLost,
 ]);
 
 export interface TandemErrorOptions {
   cause?: unknown;
   context?: Record<string, unknown>;
+  /** The handler's error class name, when the error came from a handler. */
+  handlerName?: string;
+  /** The handler's own data about the error. */
+  details?: unknown;
 }
 
+/**
+ * `code` is one of ErrorCode, or a handler's own code (a TerminalError's or RetryableError's),
+ * kept as the handler gave it.
+ */
 export class TandemError extends Error {
   override readonly name = "TandemError";
-  readonly code: ErrorCode;
+  readonly code: ErrorCode | (string & {});
   readonly retryable: boolean;
   readonly context: Record<string, unknown>;
+  /** The handler's error class name (e.g. "ValidationError"), when a handler threw it. */
+  readonly handlerName: string | undefined;
+  /** The handler's `details`, when a handler threw a TerminalError or RetryableError with some. */
+  readonly details: unknown;
 
-  constructor(code: ErrorCode, message: string, opts: TandemErrorOptions = {}) {
+  constructor(code: ErrorCode | (string & {}), message: string, opts: TandemErrorOptions = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     this.retryable = RETRYABLE.has(code);
     this.context = opts.context ?? {};
+    this.handlerName = opts.handlerName;
+    this.details = opts.details;
   }
 
   /** The form errors take on the wire: enough to rebuild the error on the other side. */
   toWire(): WireError {
-    return { code: this.code, message: this.message, context: this.context };
+    return {
+      code: this.code,
+      message: this.message,
+      context: this.context,
+      ...(this.handlerName !== undefined ? { name: this.handlerName } : {}),
+      ...(this.details !== undefined ? { details: this.details } : {}),
+    };
   }
 
   static fromWire(w: WireError): TandemError {
-    const code = isErrorCode(w.code) ? w.code : ErrorCode.HandlerFailed;
-    return new TandemError(code, w.message, { context: w.context ?? {} });
+    const code = typeof w.code === "string" && w.code.length > 0 ? w.code : ErrorCode.HandlerFailed;
+    return new TandemError(code, w.message, {
+      context: w.context ?? {},
+      ...(w.name !== undefined ? { handlerName: w.name } : {}),
+      ...(w.details !== undefined ? { details: w.details } : {}),
+    });
   }
 }
 
@@ -88,6 +119,74 @@ export interface WireError {
   code: string;
   message: string;
   context?: Record<string, unknown>;
+  name?: string;
+  details?: unknown;
+  retryable?: boolean;
+  retryAfterMs?: number;
+}
+
+export interface HandlerErrorOptions {
+  /** A stable code of your own for the caller to branch on (default TANDEM_HANDLER_FAILED). */
+  code?: string;
+  /** Data about the error, sent to the caller as `err.details`. */
+  details?: unknown;
+  cause?: unknown;
+}
+
+/**
+ * Thrown by a handler: this request's answer is this error, do not try again (as Restate's
+ * TerminalError, Temporal's non-retryable failure). A plain throw is terminal too; this one
+ * carries a code and details the caller gets as they were.
+ */
+export class TerminalError extends Error {
+  override name = "TerminalError";
+  readonly code: string;
+  readonly details: unknown;
+  constructor(message: string, opts: HandlerErrorOptions = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = opts.code ?? ErrorCode.HandlerFailed;
+    this.details = opts.details;
+  }
+}
+
+/**
+ * Thrown by a handler: this attempt failed, try the request again after the retry policy's
+ * back-off (at least `delayMs`). When the attempts are used up the caller gets TANDEM_POISON
+ * with this error as its last.
+ */
+export class RetryableError extends Error {
+  override name = "RetryableError";
+  readonly code: string;
+  readonly details: unknown;
+  readonly delayMs: number | undefined;
+  constructor(message: string, opts: HandlerErrorOptions & { delayMs?: number } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = opts.code ?? ErrorCode.HandlerFailed;
+    this.details = opts.details;
+    this.delayMs = opts.delayMs;
+  }
+}
+
+/**
+ * What a handler's throw says on the wire: its name, code and details kept; retryable only when
+ * it is a RetryableError (or a Tandem error of a retryable kind, e.g. TANDEM_STORE).
+ */
+export function handlerErrorToWire(err: unknown): WireError {
+  if (err instanceof RetryableError) {
+    const delay = err.delayMs !== undefined && Number.isFinite(err.delayMs) ? Math.max(0, Math.min(86_400_000, Math.round(err.delayMs))) : undefined;
+    return {
+      code: err.code,
+      message: err.message,
+      name: err.name,
+      retryable: true,
+      ...(err.details !== undefined ? { details: err.details } : {}),
+      ...(delay !== undefined ? { retryAfterMs: delay } : {}),
+    };
+  }
+  if (err instanceof TerminalError) return { code: err.code, message: err.message, name: err.name, ...(err.details !== undefined ? { details: err.details } : {}) };
+  if (err instanceof TandemError) return { ...err.toWire(), ...(err.retryable ? { retryable: true } : {}) };
+  if (err instanceof Error) return { code: ErrorCode.HandlerFailed, message: err.message, name: err.name };
+  return { code: ErrorCode.HandlerFailed, message: String(err) };
 }
 
 export function isErrorCode(s: unknown): s is ErrorCode {

@@ -1,10 +1,11 @@
 /**
  * Built-in server handlers for the CLI and the demo: echo, hash (CPU work that records its
- * progress as server restart data) and sleep (abortable waiting).
+ * progress as server restart data), sleep (abortable waiting) and chaos (fails as the payload
+ * says: for trying out and testing what happens when work fails).
  */
 import { createHash } from "node:crypto";
 import type { Handler } from "../actors/server.js";
-import { ErrorCode, TandemError } from "./errors.js";
+import { ErrorCode, RetryableError, TandemError, TerminalError } from "./errors.js";
 
 export interface WorkOptions {
   /** sleep: milliseconds per request (a payload {ms} overrides). */
@@ -50,8 +51,51 @@ export function straggle(handler: Handler, pct: number, ms: number, random: () =
   };
 }
 
-export function builtinHandlers(opts: WorkOptions = {}): Record<"echo" | "hash" | "sleep", Handler> {
+/**
+ * What the chaos handler does with a request, from its payload `{ do, ... }`:
+ *  - "ok" (or no `do`): answers `{ ok: value }` after `ms` (default 0);
+ *  - "throw": throws a TerminalError (code CHAOS_TERMINAL, details = the payload);
+ *  - "retry": throws a RetryableError (code CHAOS_RETRY, delayMs = `delayMs`) while the attempt
+ *    is at most `failTimes` (default: always), then answers as "ok";
+ *  - "exit": ends the server process at once (exit code 1), as an out-of-memory crash or a
+ *    native fault would: a poison request; `untilAttempt` makes it pass from that attempt on;
+ *  - "hang": waits until its signal fires (cancel, deadline), then throws.
+ */
+export const chaosHandler: Handler = async (req, ctx) => {
+  const p = (typeof req.payload === "object" && req.payload !== null ? req.payload : {}) as Record<string, unknown>;
+  const what = typeof p.do === "string" ? p.do : "ok";
+  const ms = num(p, "ms") ?? 0;
+  const ok = async () => {
+    if (ms > 0) await abortable(ms, ctx.signal);
+    return { ok: p.value ?? null, attempt: req.attempt };
+  };
+  switch (what) {
+    case "throw":
+      throw new TerminalError("the chaos handler was asked to fail", { code: "CHAOS_TERMINAL", details: p });
+    case "retry": {
+      const failTimes = num(p, "failTimes") ?? Infinity;
+      if (req.attempt <= failTimes) throw new RetryableError(`the chaos handler fails attempt ${req.attempt}`, { code: "CHAOS_RETRY", delayMs: num(p, "delayMs") ?? 0, details: { attempt: req.attempt } });
+      return ok();
+    }
+    case "exit": {
+      const until = num(p, "untilAttempt") ?? Infinity;
+      if (req.attempt < until) {
+        ctx.log.warn({ attempt: req.attempt }, "the chaos handler ends this process (a poison request)");
+        process.exit(1);
+      }
+      return ok();
+    }
+    case "hang":
+      await abortable(2 ** 31 - 1, ctx.signal);
+      return ok();
+    default:
+      return ok();
+  }
+};
+
+export function builtinHandlers(opts: WorkOptions = {}): Record<"echo" | "hash" | "sleep" | "chaos", Handler> {
   return {
+    chaos: chaosHandler,
     echo: (req) => req.payload,
     sleep: async (req, ctx) => {
       const ms = num(req.payload, "ms") ?? opts.sleepMs ?? 10;

@@ -159,7 +159,10 @@ describe("manager core - servers", () => {
     expect(entry.server).toBe("s2");
     expect(of(fx, "restartServer")).toEqual([{ type: "restartServer", server: "s2", sessions: ["A"] }]);
     expect(of(fx, "dispatch")).toEqual([]); // not before s2 acknowledged the restart
-    const after = core.serverRestartAcked({ server: "s2", working: [] }, 1500);
+    const lost = of(fx, "recordAttempt")[0]!;
+    expect(lost).toEqual(expect.objectContaining({ session: "A", n: 1, server: "s1" }));
+    expect(of(core.serverRestartAcked({ server: "s2", working: [] }, 1500), "dispatch")).toEqual([]); // nor before its failed attempt is on record
+    const after = core.onAttemptRecord({ seq: ++seq, client: "c", session: "A", n: 1, server: "s1", error: lost.error, at: 1000 }, 1500);
     expect(of(after, "dispatch").map((d) => [d.server, d.n])).toEqual([["s2", 1]]);
   });
 
@@ -566,6 +569,7 @@ describe("manager core - a server restarted under the same id (issue 15, item 7)
     expect(core.servers.get("s1")?.incarnation).toBe("inc-b");
   });
 });
+
 describe("manager core - sessions waiting for a server after a takeover", () => {
   it("a session replayed from its open record while every server is presumed gets the server that acknowledges the restart, without a registration", () => {
     const core = new ManagerCore(LIMITS, 2);
