@@ -77,6 +77,7 @@ Commands:
   client     send requests to a service and report the responses
   status     show the primary manager, services, sessions and servers
   trace      what happened to a session's requests, from its queues and records
+  dlq        the dead-letter stream: list, show, replay and purge entries
   auth       write per-role NATS users and permissions (for \`tandem nats --secure\`)
 
 Run \`tandem <command> --help\` for its options.`,
@@ -115,12 +116,14 @@ find it without NATS_URL.
 
 Runs a manager node. Without a lease holder it becomes primary; otherwise it waits as standby
 and takes over when the primary's lease runs out.`,
-  server: `Usage: tandem server --service S --work echo|hash|sleep|ledger [options]
+  server: `Usage: tandem server --service S --work echo|hash|sleep|chaos|ledger [options]
 
   --service S        service name (letters, digits, _ or -)
   --work W           echo: return the payload; hash: CPU work that records its progress as
-                     server restart data; sleep: wait --sleep-ms per request; ledger:
-                     transfers between accounts A-D in --store, each applied exactly once
+                     server restart data; sleep: wait --sleep-ms per request; chaos: fail as
+                     the payload says ({"do":"throw"|"retry"|"exit"|"hang"}, README: When
+                     work fails); ledger: transfers between accounts A-D in --store, each
+                     applied exactly once
   --store S          ledger: kv (JetStream KV, the default) or a postgres://user@host/db URL
   --sleep-ms N       sleep: milliseconds per request (default 20)
   --rounds N         hash: sha256 rounds per request (default 20000)
@@ -695,6 +698,16 @@ async function main(): Promise<void> {
       return cmdAuth(rest);
     case "trace":
       return cmdTrace(rest);
+    case "dlq": {
+      const { cmdDlq } = await import("./cli-dlq.js");
+      return cmdDlq(rest, {
+        common: COMMON,
+        commonHelp: COMMON_HELP,
+        configFrom,
+        fail,
+        runtime: (cfg, name) => runtime(cfg, createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel }), name),
+      });
+    }
     case "demo": {
       const { cmdDemo } = await import("./demo.js");
       return cmdDemo(rest);
@@ -711,7 +724,7 @@ async function main(): Promise<void> {
 }
 
 main().then(
-  () => process.exit(0),
+  () => process.exit(typeof process.exitCode === "number" ? process.exitCode : 0),
   (err) => {
     process.stderr.write(`tandem: ${err instanceof TandemError ? `${err.code}: ` : ""}${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);
