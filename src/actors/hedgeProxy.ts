@@ -111,9 +111,23 @@ export class HedgeProxies {
     });
   }
 
-  /** A stored response of a hedged session: the first one wins. */
-  answered(session: string, n: number, server: string): void {
-    this.proxies.get(`${session}.${n}`)?.send({ type: "RESPONSE", server });
+  /**
+   * A stored response of a hedged session: the first one wins. With no proxy for the request
+   * (this primary took over while its copies ran: the old primary's proxies died with it), the
+   * copies are cancelled on `others`, every other live server of the service; a server not
+   * running one says so and nothing happens there (docs/design.md §5).
+   */
+  answered(session: string, n: number, server: string, others: string[] = []): void {
+    const proxy = this.proxies.get(`${session}.${n}`);
+    if (proxy) {
+      proxy.send({ type: "RESPONSE", server });
+      return;
+    }
+    for (const other of others) {
+      void this.fx.cancel(other, session, n).then((ok) => {
+        if (!ok) this.log.debug({ session, n, server: other }, "a hedged copy left from before the takeover could not be cancelled; its response is de-duplicated");
+      });
+    }
   }
 
   /** The session closed: cancel every copy of its requests. */

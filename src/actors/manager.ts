@@ -1558,7 +1558,7 @@ export class ManagerNode {
         return;
       }
       case "answered": {
-        this.proxies?.answered(e.session, e.n, e.server);
+        this.proxies?.answered(e.session, e.n, e.server, e.replaying ? [] : e.others);
         return;
       }
       case "cancel": {

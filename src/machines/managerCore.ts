@@ -184,8 +184,12 @@ export type Effect =
   | { type: "dispatch"; server: string; session: string; n: number }
   | { type: "cancel"; server: string; session: string; n: number }
   | { type: "deliver"; client: string; session: string; n: number }
-  /** A hedged session's request got its (first, winning) stored response. */
-  | { type: "answered"; session: string; n: number; server: string }
+  /**
+   * A hedged session's request got its (first, winning) stored response. `others`: live servers
+   * of the service besides the winner (where copies a proxy does not know of may run: after a
+   * takeover); `replaying`: read while rebuilding (answered before this epoch).
+   */
+  | { type: "answered"; session: string; n: number; server: string; others: string[]; replaying: boolean }
   | { type: "putRestart"; session: string; side: "client" | "server"; record: RestartRecord }
   | { type: "storeError"; client: string; session: string; n: number; error: WireErr }
   | { type: "notify"; client: string; session: string; n: number; error: WireErr }
@@ -543,7 +547,10 @@ export class ManagerCore {
       s.dispatched = 0;
       s.dispatchAttempts = 0;
     }
-    if (s.hedge) effects.push({ type: "answered", session: s.id, n: m.n, server: m.server });
+    if (s.hedge) {
+      const others = replaying ? [] : this.byLoad(s.service, [m.server]).map((v) => v.id);
+      effects.push({ type: "answered", session: s.id, n: m.n, server: m.server, others, replaying });
+    }
     s.dirty = true;
     this.pump(s, now, effects);
     return effects;

@@ -64,3 +64,46 @@ describe("hedging across a failover", () => {
     await client.close();
   });
 });
+
+describe("hedged copies across a failover", () => {
+  it("the new primary cancels the copies still running from before the takeover once one answers (issue 15, item 6)", async () => {
+    const rtC = await runtimeFor(ns, { node: "mC" }, "c");
+    const c = new ManagerNode(rtC);
+    c.start(); // the standby of b, the primary now
+    await eventually(() => b.status().standbys.some((x) => x.node === "mC"), "mC to stand by");
+    const runs = new Map<string, { started: number; finished: number; aborted: number }>();
+    // hc1 answers after 1.5 s; hc2 would take 6 s.
+    const slow = (id: string, ms: number): Handler => async (_req, ctx) => {
+      const r = runs.get(id) ?? { started: 0, finished: 0, aborted: 0 };
+      runs.set(id, r);
+      r.started++;
+      await new Promise<void>((resolve, reject) => {
+        const t = setTimeout(resolve, ms);
+        ctx.signal.addEventListener("abort", () => {
+          clearTimeout(t);
+          r.aborted++;
+          reject(ctx.signal.reason);
+        });
+      });
+      r.finished++;
+      return id;
+    };
+    const hc = [await TandemServer.start(rtC, { service: "hc", id: "hc1", handler: slow("hc1", 1500) }), await TandemServer.start(rtC, { service: "hc", id: "hc2", handler: slow("hc2", 6000) })];
+    servers.push(...hc);
+    const client = await TandemClient.connect(rtC);
+    const s = await client.open("hc", { hedge: { copies: 2, after: 0 } });
+    const answer = s.request("both copies at once");
+    await eventually(() => runs.get("hc1")?.started === 1 && runs.get("hc2")?.started === 1, "both copies running");
+    await b.stop(); // its proxies die with it: nothing of it cancels the loser
+    await c.waitPrimary();
+    const winner = await answer;
+    expect(winner).toBe("hc1");
+    await eventually(() => runs.get("hc2")!.aborted === 1, "the copy on hc2 cancelled", 3000);
+    expect(runs.get("hc1")).toEqual({ started: 1, finished: 1, aborted: 0 });
+    expect(runs.get("hc2")).toEqual({ started: 1, finished: 0, aborted: 1 });
+    await client.close();
+    await c.stop();
+    await rtC.close();
+  }, 60_000);
+});
+
