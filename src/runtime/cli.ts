@@ -24,6 +24,7 @@ import { NatsCluster } from "./nats-cluster.js";
 import { buildAuth, type AuthUser } from "./auth.js";
 import { startRuntime, type Runtime } from "./runtime.js";
 import { builtinHandlers, straggle } from "./work.js";
+import { CHAOS_SESSION_RETRY, chaosBehaviour } from "./chaos-mix.js";
 import { encode } from "./wire.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
@@ -143,6 +144,9 @@ Opens C sessions and sends N requests over them (each session one at a time, in 
                      same FILE resumes its sessions and gets every response it had not taken
   --id ID            client id (default: random, or the one in --state)
   --payload JSON     request payload (default {"i": <index>})
+  --mix SEED         for a --work chaos service: send a reproducible mix of succeeding,
+                     failing, retried, server-killing, hanging and cancelled requests, each
+                     response line saying the outcomes its behaviour allows ("expect")
   --transfers        send ledger transfers (update requests) instead of a payload
   --hedge K          hedged sessions: up to K copies of each request on different servers
   --hedge-after A    milliseconds before hedging (0 = at once, default 50) or p95
@@ -446,7 +450,9 @@ async function cmdClient(argv: string[]): Promise<void> {
     hedge: { type: "string" },
     "hedge-after": { type: "string" },
     trace: { type: "string" },
+    mix: { type: "string" },
   });
+  const mix = v.mix === undefined ? undefined : int(v.mix, "mix", 0);
   let hedge: HedgeOptions | undefined;
   if (v.hedge !== undefined) {
     const after = v["hedge-after"] === "p95" ? "p95" : int(v["hedge-after"], "hedge-after", 50);
@@ -508,7 +514,7 @@ async function cmdClient(argv: string[]): Promise<void> {
       }
       log.info({ sessions: sessions.length }, "resumed sessions from the state file");
     } else {
-      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, hedge ? { hedge } : {}));
+      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, { ...(hedge ? { hedge } : {}), ...(mix !== undefined ? { retry: CHAOS_SESSION_RETRY } : {}) }));
       state = { client: client.id, service, requests: total, sessions: sessions.map((s) => s.snapshot()) };
       if (stateFile) writeAtomic(stateFile, JSON.stringify(state));
     }
@@ -532,7 +538,9 @@ async function cmdClient(argv: string[]): Promise<void> {
     if (ok) answered++;
     else errors++;
     if (latency !== null) latencies.push(latency);
-    out({ type: "response", request: `${s.id}.${n}`, session: s.id, n, ok, ...(ok ? { response: value } : { error: error?.code }), latencyMs: latency, server });
+    // Under --mix, the outcomes the request's behaviour allows (for the history checker).
+    const b = mix !== undefined ? chaosBehaviour(mix, sessions.indexOf(s), n) : undefined;
+    out({ type: "response", request: `${s.id}.${n}`, session: s.id, n, ok, ...(ok ? { response: value } : { error: error?.code }), latencyMs: latency, server, ...(b ? { behaviour: b.kind, expect: b.expect } : {}) });
   };
 
   await Promise.all(
@@ -550,12 +558,25 @@ async function cmdClient(argv: string[]): Promise<void> {
       const quota = quotas[i]!;
       while (!stopping && s.lastRequest < quota) {
         const n = s.lastRequest + 1;
-        const payload = transfers ? transferFor(n * 7 + i) : (payloadTemplate ?? { i: n, session: i });
+        const b = mix !== undefined ? chaosBehaviour(mix, i, n) : null;
+        const payload = b ? b.payload : transfers ? transferFor(n * 7 + i) : (payloadTemplate ?? { i: n, session: i });
         const t0 = performance.now();
         sent++;
         try {
+          let signal: AbortSignal | undefined;
+          if (b?.abortAfterMs !== undefined) {
+            const ac = new AbortController();
+            setTimeout(() => ac.abort(), b.abortAfterMs);
+            signal = ac.signal;
+          }
           // Client restart data: how far this session has sent (a resumed client continues there).
-          const { response } = await s.send(payload, { restart: { sent: n }, ...(transfers ? { kind: "update" as const } : {}) });
+          const { response } = await s.send(payload, {
+            restart: { sent: n },
+            ...(transfers ? { kind: "update" as const } : {}),
+            ...(b?.timeoutMs !== undefined ? { timeoutMs: b.timeoutMs } : {}),
+            ...(b?.retry ? { retry: b.retry } : {}),
+            ...(signal ? { signal } : {}),
+          });
           const r = await response;
           if (!r.ok && r.error?.code === "TANDEM_CLOSED") break;
           record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);

@@ -77,6 +77,8 @@ export interface DeploymentOptions {
   managers?: number;
   work?: string[];
   service?: string;
+  /** Start a server again 100 ms after it exits on its own (as a supervisor would); not after killServer. */
+  supervise?: boolean;
 }
 
 export class Deployment {
@@ -87,6 +89,9 @@ export class Deployment {
   readonly names = new Names("tandem");
   managers: TandemProc[] = [];
   servers: Array<TandemProc | null> = [];
+  /** Every server process started, in order (a supervised slot has many). */
+  readonly serverProcs: TandemProc[] = [];
+  private readonly killed = new Set<TandemProc>();
   clients: ClientRunner[] = [];
   private managerCount = 0;
 
@@ -110,6 +115,7 @@ export class Deployment {
       work: opts.work ?? ["--work", "sleep", "--sleep-ms", "5"],
       service: opts.service ?? "svc",
       cluster: opts.cluster ?? 0,
+      supervise: opts.supervise ?? false,
     });
     Deployment.live.add(d);
     try {
@@ -164,11 +170,22 @@ export class Deployment {
     this.alive();
     const p = tandem(`server-${i}`, ["server", "--service", this.opts.service, ...this.opts.work, "--id", `srv${i}-${Date.now() % 100000}`], this.env);
     this.servers[i] = p;
+    this.serverProcs.push(p);
+    if (this.opts.supervise) {
+      void p.exited.then(() => {
+        if (this.stopped || this.killed.has(p) || this.servers[i] !== p) return;
+        setTimeout(() => {
+          if (!this.stopped && this.servers[i] === p) this.startServer(i);
+        }, 100);
+      });
+    }
     return p;
   }
 
   async killServer(i: number): Promise<void> {
-    await this.servers[i]?.kill("SIGKILL");
+    const p = this.servers[i];
+    if (p) this.killed.add(p);
+    await p?.kill("SIGKILL");
   }
 
   client(name: string, requests: number, concurrency: number, extra: string[] = []): ClientRunner {

@@ -9,6 +9,8 @@
  *               watermark were never committed and are set aside. The watermark itself is
  *               checked: it may never be below a commit an earlier incarnation printed.
  *   I3 order:   within a session, responses reached the application in request order.
+ *   Outcome: a line saying which outcomes its request's behaviour allows (`expect`, under
+ *               `client --mix`) must end with one of them; any other must succeed.
  *   I6 restart data never goes back: a resumed session's restart data is at least as new as
  *               the newest request the earlier incarnations saw answered (whose publish, and so
  *               its restart data, was acknowledged before).
@@ -50,7 +52,10 @@ export function checkHistory(clients: ClientHistory[]): Verdict {
         const n = Number(l.n);
         seen.set(id, (seen.get(id) ?? 0) + 1);
         if (seen.get(id) === 2) problems.push(`I2 ${c.name}: ${id} reached the application twice`);
-        if (l.ok !== true) problems.push(`${c.name}: ${id} failed with ${String(l.error)}`);
+        const outcome = l.ok === true ? "ok" : String(l.error);
+        if (Array.isArray(l.expect)) {
+          if (!(l.expect as unknown[]).includes(outcome)) problems.push(`outcome ${c.name}: ${id} ended ${outcome}, its behaviour implies ${(l.expect as string[]).join(" or ")}`);
+        } else if (l.ok !== true) problems.push(`${c.name}: ${id} failed with ${String(l.error)}`);
         const prev = lastN.get(session) ?? 0;
         if (n <= prev) problems.push(`I3 ${c.name}: session ${session} got ${n} after ${prev}`);
         lastN.set(session, Math.max(prev, n));

@@ -1,0 +1,129 @@
+/**
+ * Property (issue 15): random handler behaviour per request (succeed, throw terminal, throw
+ * retryable, end its server process, hang past its deadline, be cancelled by its caller) under
+ * the fault schedules of faults.test.ts (SIGKILL of a client, a server, the primary, the primary
+ * and a server; SIGSTOP of the primary; nats-server killed and started again). Servers run the
+ * chaos handler under a supervisor that restarts them when they end themselves. Once the schedule
+ * heals, every request has ended exactly once with an outcome its behaviour implies, order, I1,
+ * I2 and I6 hold (the history checker), and no request ended its server more often than the
+ * stated bound: its attempts' worth (poison: maxAttempts = 2; "exit": once), plus one for each
+ * manager failover in the schedule.
+ *
+ * Bounded as the other fault properties: TANDEM_PROPERTY_RUNS (default 2; TANDEM_DEEP=1: 20),
+ * a time budget, the seed printed, TANDEM_SEED to replay.
+ */
+import { describe } from "vitest";
+import fc from "fast-check";
+import { Deployment, until } from "../helpers/deployment.js";
+import { faultProperty } from "../helpers/property.js";
+import { checkHistory, type Line } from "../helpers/history.js";
+import { logLines } from "../helpers/procs.js";
+import { CHAOS_POISON_ATTEMPTS } from "../../src/runtime/chaos-mix.js";
+
+type Fault = { kind: "client"; i: number } | { kind: "server"; i: number } | { kind: "primary" } | { kind: "primary+server"; i: number } | { kind: "pause-primary" } | { kind: "nats" };
+
+interface Run {
+  mix: number;
+  steps: Array<{ fault: Fault; afterMs: number; downMs: number }>;
+}
+
+const fault: fc.Arbitrary<Fault> = fc.oneof(
+  fc.record({ kind: fc.constant("client" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.record({ kind: fc.constant("server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.constant({ kind: "primary" as const }),
+  fc.record({ kind: fc.constant("primary+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
+  fc.constant({ kind: "pause-primary" as const }),
+  fc.constant({ kind: "nats" as const }),
+);
+
+const run: fc.Arbitrary<Run> = fc.record({
+  mix: fc.integer({ min: 0, max: 2 ** 30 }),
+  steps: fc.array(fc.record({ fault, afterMs: fc.integer({ min: 100, max: 1500 }), downMs: fc.integer({ min: 0, max: 800 }) }), { minLength: 1, maxLength: 3 }),
+});
+
+const describeRun = (r: Run) => `mix ${r.mix}: ${r.steps.map((s) => `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} ms, down ${s.downMs} ms`).join("; ")}`;
+
+const EXIT_LINE = "the chaos handler ends this process (a poison request)";
+
+async function runOnce(r: Run): Promise<string[]> {
+  const d = await Deployment.start({ servers: 2, managers: 2, work: ["--work", "chaos"], supervise: true });
+  try {
+    const clients = [d.client("a", 60, 2, ["--mix", String(r.mix)]), d.client("b", 60, 2, ["--mix", String(r.mix + 1)])];
+    for (const c of clients) c.start();
+    let failovers = 0;
+    for (const step of r.steps) {
+      await new Promise((res) => setTimeout(res, step.afterMs));
+      const f = step.fault;
+      const restarts: Array<() => void | Promise<void>> = [];
+      if (f.kind === "client") {
+        const c = clients[f.i]!;
+        if (c.running()) {
+          await c.kill();
+          restarts.push(() => c.start());
+        }
+      }
+      if (f.kind === "server" || f.kind === "primary+server") {
+        await d.killServer(f.i);
+        restarts.push(() => void d.startServer(f.i));
+      }
+      if (f.kind === "primary" || f.kind === "primary+server") {
+        const p = await d.primary();
+        if (p) {
+          failovers++;
+          await p.kill("SIGKILL");
+          restarts.push(() => void d.startManager());
+        }
+      }
+      if (f.kind === "pause-primary") {
+        const p = await d.primary();
+        if (p?.running()) {
+          failovers++;
+          p.child.kill("SIGSTOP");
+          restarts.push(() => void p.child.kill("SIGCONT"));
+        }
+      }
+      if (f.kind === "nats") {
+        await d.ns.stop();
+        restarts.push(() => d.ns.restart());
+      }
+      await new Promise((res) => setTimeout(res, step.downMs));
+      for (const x of restarts) await x();
+    }
+    for (const m of d.managers) if (m.running()) m.child.kill("SIGCONT");
+    await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 180_000);
+    const histories = clients.map((c) => c.history());
+    const problems = checkHistory(histories).problems;
+    // Executions that ended their server, per request, against the bound.
+    const exits = new Map<string, number>();
+    for (const p of d.serverProcs) {
+      for (const l of logLines(p)) if (l.msg === EXIT_LINE) exits.set(`${String(l.session)}.${String(l.n)}`, (exits.get(`${String(l.session)}.${String(l.n)}`) ?? 0) + 1);
+    }
+    const kinds = new Map<string, string>();
+    for (const h of histories) for (const l of h.lines as Line[]) if (l.type === "response") kinds.set(String(l.request), String(l.behaviour));
+    for (const [id, count] of exits) {
+      const kind = kinds.get(id);
+      const bound = (kind === "poison" ? CHAOS_POISON_ATTEMPTS : kind === "exit" ? 1 : 0) + failovers;
+      if (count > bound) problems.push(`bound: ${id} (${kind ?? "unknown"}) ended its server ${count} times; the bound is ${bound} (${failovers} failover(s))`);
+    }
+    const tally = [...kinds.values()].reduce<Record<string, number>>((t, k) => ({ ...t, [k]: (t[k] ?? 0) + 1 }), {});
+    console.log(`    behaviours ${JSON.stringify(tally)}; server exits ${[...exits.values()].reduce((a, b) => a + b, 0)}; failovers ${failovers}`);
+    if (problems.length) console.error(`${describeRun(r)}\n${problems.slice(0, 10).join("\n")}\n${d.logs(15)}`);
+    return problems;
+  } catch (err) {
+    console.error(`${describeRun(r)}\n${String(err)}\n${d.logs(15)}`);
+    return [String(err)];
+  } finally {
+    await d.stop();
+  }
+}
+
+describe("failing work under fault schedules (fast-check)", () => {
+  faultProperty(
+    "every request ends once with the outcome its behaviour implies, within the execution bound, through kills and restarts (I1, I2, I3, I6)",
+    "work-failure property",
+    run,
+    runOnce,
+    describeRun,
+    { runs: 2, deepRuns: 20, budgetMs: 150_000, deepBudgetMs: 60 * 60_000 },
+  );
+});
