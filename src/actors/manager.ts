@@ -666,7 +666,7 @@ export class ManagerNode {
       this.run(core.onCancelRecord({ seq: m.seq, ...cancel }, now()));
     } else if (parsed.type === "open") {
       const { type: _t, ...open } = parsed;
-      this.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying));
+      this.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying), m);
     } else {
       if (parsed.taken !== undefined) {
         this.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
@@ -734,14 +734,14 @@ export class ManagerNode {
     if (parsed.body.restartSize > this.rt.config.maxPayload) parsed.body.restartSize = encodedSize(parsed.body.restart);
     else parsed.body.restartSize = 0;
     if (parsed.type === "checkpoint") {
-      this.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying));
+      this.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying), m);
     } else {
       trace("manager.response", parsed.body.session, parsed.body.n);
       const body = parsed.body;
       // When it was stored matters only to a failure or a request with a deadline (the time is
       // read from the message's reply subject: not paid on the hot path).
       const timed = body.error !== undefined || core.sessions.get(body.session)?.requests.get(body.n)?.deadline !== undefined;
-      this.run(core.onResponse({ seq: m.seq, client, ...body, size: m.data.length, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying));
+      this.run(core.onResponse({ seq: m.seq, client, ...body, size: m.data.length, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying), m);
     }
   }
 

@@ -502,6 +502,7 @@ async function cmdClient(argv: string[]): Promise<void> {
   const latencies: number[] = [];
   let answered = 0;
   let errors = 0;
+  const errorCodes: Record<string, number> = {};
   let sent = 0;
   const sessions: ClientSession[] = [];
   const quotas: number[] = [];
@@ -536,7 +537,11 @@ async function cmdClient(argv: string[]): Promise<void> {
 
   const record = (s: ClientSession, n: number, ok: boolean, value: unknown, error: TandemError | undefined, latency: number | null, server: string) => {
     if (ok) answered++;
-    else errors++;
+    else {
+      errors++;
+      const code = error?.code ?? "unknown";
+      errorCodes[code] = (errorCodes[code] ?? 0) + 1;
+    }
     if (latency !== null) latencies.push(latency);
     // Under --mix, the outcomes the request's behaviour allows (for the history checker).
     const b = mix !== undefined ? chaosBehaviour(mix, sessions.indexOf(s), n) : undefined;
@@ -608,6 +613,7 @@ async function cmdClient(argv: string[]): Promise<void> {
     sent,
     answered,
     errors,
+    ...(errors > 0 ? { errorCodes } : {}),
     complete: done,
     p50Ms: percentile(latencies, 50),
     p99Ms: percentile(latencies, 99),

@@ -90,7 +90,10 @@ describe("bad input is rejected, not lost (I7)", () => {
     });
     await eventually(() => notices.length > 0, "notice to the client");
     expect(notices[0]?.error?.code).toBe("TANDEM_UNKNOWN_SESSION");
-    await dlq("unknown_session", (b) => (b.context as Record<string, unknown>)?.session === "nosuch");
+    const entry = await dlq("unknown_session", (b) => (b.context as Record<string, unknown>)?.session === "nosuch");
+    // With the message as it came: its subject and bytes (issue 15: entries without them).
+    expect(entry.subject).toBe(rt.names.req("lost-client", "nosuch"));
+    expect(JSON.parse(Buffer.from(String(entry.data), "base64").toString())).toEqual({ n: 1, kind: "request", payload: 1 });
     sub.unsubscribe();
     await stillServing();
   });
@@ -213,7 +216,9 @@ describe("bad input is rejected, not lost (I7)", () => {
       rt.js.publish(rt.names.req("mallory", session), encode({ open: { service, ordered: true, maxPending: 1_000_000 } }), { msgID: `${session}.open` });
     // (The helper reads the newest entry of a reason: check each forgery before the next.)
     await forge("forged1", "madeup");
-    await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.session === "forged1");
+    const first = await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.session === "forged1");
+    expect(first.subject).toBe(rt.names.req("mallory", "forged1"));
+    expect(first.data).toBeTruthy();
     await forge("forged2", "svc");
     await dlq("malformed", (b) => (b.context as Record<string, unknown>)?.session === "forged2");
     await forge("forged3", "x".repeat(200)); // longer than any token can be
