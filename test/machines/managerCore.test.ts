@@ -391,9 +391,12 @@ describe("manager core - hedging", () => {
     expect(core.hedgeDelay("H")).toBe(40); // fallback before enough samples
     core.onRequest(hreq(1), 0, false);
     const fx = core.onResponse({ seq: ++seq, client: "c", session: "H", n: 1, server: "s2", ok: 1 }, 10);
-    expect(of(fx, "answered")).toEqual([{ type: "answered", session: "H", n: 1, server: "s2" }]);
+    // Read on replay: answered before this epoch, so no copies to cancel on other servers.
+    expect(of(fx, "answered")).toEqual([{ type: "answered", session: "H", n: 1, server: "s2", others: [], replaying: true }]);
     core.onRequest(hreq(2), 10, false);
-    core.onResponse({ seq: ++seq, client: "c", session: "H", n: 2, server: "s1", ok: 2 }, 40);
+    // Live: the other live servers of the service, where copies no proxy knows of may run.
+    const live = core.onResponse({ seq: ++seq, client: "c", session: "H", n: 2, server: "s1", ok: 2 }, 40, false);
+    expect(of(live, "answered").map((e) => [e.server, [...e.others].sort(), e.replaying])).toEqual([["s1", ["s2", "s3"], false]]);
     expect(core.hedgeDelay("H")).toBe(30);
     const { core: plain } = setup();
     plain.onRequest(req(1), 0, false);
