@@ -21,7 +21,7 @@ import type {
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
-import { readSessionInfo, type SessionInfo } from "../runtime/session-info.js";
+import { readSessionInfo, type SessionInfo } from "./sessionInfo.js";
 import { decode, encode, Header, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";

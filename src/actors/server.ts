@@ -15,7 +15,7 @@ import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
-import { FenceLost, type FencedStore } from "../runtime/store.js";
+import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
 import { parse, V } from "./schemas.js";
 import { epochProblem, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 

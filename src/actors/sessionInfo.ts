@@ -3,10 +3,10 @@
  * server took which copy and which one won (docs/design.md §5). For the API and `tandem status
  * --session ID`.
  */
-import type { HedgeRecord } from "../actors/hedgeProxy.js";
+import type { HedgeRecord } from "./hedgeProxy.js";
 import type { SessionRecord } from "../machines/managerCore.js";
-import type { Runtime } from "./runtime.js";
-import { decode } from "./wire.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { decode } from "../runtime/wire.js";
 
 export interface TookRecord {
   server: string;

@@ -21,13 +21,13 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { TandemClient, type ClientSession } from "../actors/client.js";
 import { unwrap } from "../actors/protocol.js";
 import type { ManagerStatus } from "../actors/manager.js";
-import { resolveConfig } from "./config.js";
-import { createLogger } from "./logger.js";
-import { NatsServer, serverConfig } from "./nats-server.js";
-import { natsCliBin } from "./nats-bin.js";
-import { startRuntime, type Runtime } from "./runtime.js";
-import { setTraceDir } from "./trace.js";
-import { encode } from "./wire.js";
+import { resolveConfig } from "../runtime/config.js";
+import { createLogger } from "../runtime/logger.js";
+import { NatsServer, serverConfig } from "../runtime/dev/nats-server.js";
+import { natsCliBin } from "../runtime/dev/nats-bin.js";
+import { startRuntime, type Runtime } from "../runtime/runtime.js";
+import { setTraceDir } from "../runtime/trace.js";
+import { encode } from "../runtime/wire.js";
 
 const CLI = fileURLToPath(new URL("./cli.js", import.meta.url));
 

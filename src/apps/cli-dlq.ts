@@ -5,9 +5,9 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { bodyOf, getDeadLetter, listDeadLetters, purgeDeadLetters, replayDeadLetter, replayRecord, type DeadLetter } from "../actors/deadLetters.js";
-import type { Config } from "./config.js";
-import { TandemError } from "./errors.js";
-import type { Runtime } from "./runtime.js";
+import type { Config } from "../runtime/config.js";
+import { TandemError } from "../runtime/errors.js";
+import type { Runtime } from "../runtime/runtime.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 

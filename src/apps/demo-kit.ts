@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { NatsServer } from "./nats-server.js";
+import { NatsServer } from "../runtime/dev/nats-server.js";
 
 const CLI = fileURLToPath(new URL("./cli.js", import.meta.url));
 

@@ -8,10 +8,10 @@
  */
 import type pg from "pg";
 import type { Handler, WorkContext } from "../actors/server.js";
-import { ErrorCode, TandemError } from "./errors.js";
-import type { FencedStore } from "./store.js";
-import type { KvStore, KvTx } from "./store-kv.js";
-import type { PgStore } from "./store-pg.js";
+import { ErrorCode, TandemError } from "../runtime/errors.js";
+import type { FencedStore } from "../runtime/stores/store.js";
+import type { KvStore, KvTx } from "../runtime/stores/store-kv.js";
+import type { PgStore } from "../runtime/stores/store-pg.js";
 
 export interface Transfer {
   from: string;

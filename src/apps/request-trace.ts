@@ -8,9 +8,9 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { HedgeRecord } from "../actors/hedgeProxy.js";
-import type { Runtime } from "./runtime.js";
-import { readSessionInfo, type SessionInfo, type TookRecord } from "./session-info.js";
-import { decode, isObject } from "./wire.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { readSessionInfo, type SessionInfo, type TookRecord } from "../actors/sessionInfo.js";
+import { decode, isObject } from "../runtime/wire.js";
 
 /** Entries read from one queue at most (a trace is for looking at, not for bulk export). */
 export const TRACE_MAX_ENTRIES = 20_000;

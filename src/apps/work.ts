@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Handler } from "../actors/server.js";
-import { ErrorCode, RetryableError, TandemError, TerminalError } from "./errors.js";
+import { ErrorCode, RetryableError, TandemError, TerminalError } from "../runtime/errors.js";
 
 export interface WorkOptions {
   /** sleep: milliseconds per request (a payload {ms} overrides). */

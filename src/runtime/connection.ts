@@ -4,9 +4,9 @@
  * restart must not end a session, so we reconnect forever and notice dead peers in seconds.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { inboxPrefixFor } from "./auth.js";
+import { inboxPrefixFor } from "./dev/auth.js";
 import { ErrorCode, TandemError } from "./errors.js";
-import { atLeast, NATS_SERVER_FLOOR, parseVersion } from "./nats-bin.js";
+import { atLeast, NATS_SERVER_FLOOR, parseVersion } from "./dev/nats-bin.js";
 
 export interface ConnectOptions {
   servers: string[];

@@ -7,12 +7,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { existsSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "./config.js";
-import { inboxPrefixFor } from "./auth.js";
+import { inboxPrefixFor } from "./dev/auth.js";
 import { connectNats } from "./connection.js";
 import type { Logger } from "./logger.js";
-import { NatsServer } from "./nats-server.js";
+import { NatsServer } from "./dev/nats-server.js";
 import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js";
-import { ensureStoreBucket } from "./store-kv.js";
+import { ensureStoreBucket } from "./stores/store-kv.js";
 import { Requester } from "./requester.js";
 import { Names } from "./wire.js";
 

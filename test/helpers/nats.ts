@@ -2,7 +2,7 @@
  * Test helper like nats.js's `nst`: a real nats-server on a free loopback port with a temporary
  * store, SIGKILLed by PID, restartable on the same store, removed by cleanup().
  */
-import { NatsServer } from "../../src/runtime/nats-server.js";
+import { NatsServer } from "../../src/runtime/dev/nats-server.js";
 import { resolveConfig, type Config } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";

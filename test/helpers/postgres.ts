@@ -9,7 +9,7 @@ import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { freePort } from "../../src/runtime/nats-server.js";
+import { freePort } from "../../src/runtime/dev/nats-server.js";
 
 function binDir(): string {
   const base = "/usr/lib/postgresql";

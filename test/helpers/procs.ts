@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 
-export const CLI = fileURLToPath(new URL("../../dist/runtime/cli.js", import.meta.url));
+export const CLI = fileURLToPath(new URL("../../dist/apps/cli.js", import.meta.url));
 
 export interface TandemProc {
   name: string;

@@ -12,12 +12,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
-import { buildAuth, type AuthUser } from "../../src/runtime/auth.js";
+import { buildAuth, type AuthUser } from "../../src/runtime/dev/auth.js";
 import { resolveConfig } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
-import { NatsServer } from "../../src/runtime/nats-server.js";
+import { NatsServer } from "../../src/runtime/dev/nats-server.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
-import { KvStore } from "../../src/runtime/store-kv.js";
+import { KvStore } from "../../src/runtime/stores/store-kv.js";
 import { encode } from "../../src/runtime/wire.js";
 import { FAST } from "../helpers/nats.js";
 

@@ -8,7 +8,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest";
 import type { ClientSession } from "../../src/actors/client.js";
-import { NatsServer } from "../../src/runtime/nats-server.js";
+import { NatsServer } from "../../src/runtime/dev/nats-server.js";
 import { eventually } from "../helpers/nats.js";
 import { primaryAndStandby } from "../helpers/standby.js";
 

@@ -46,7 +46,7 @@ async function leaderOf(dep: Deployment, stream: string): Promise<number> {
 
 describe("a three-server NATS cluster", () => {
   it("the broker's floor - a bare JetStream client's publishes through a SIGKILL of the stream leader (no Tandem)", { timeout: 120_000 }, async () => {
-    const { NatsCluster } = await import("../../src/runtime/nats-cluster.js");
+    const { NatsCluster } = await import("../../src/runtime/dev/nats-cluster.js");
     const { connect } = await import("@nats-io/transport-node");
     const { jetstream, jetstreamManager } = await import("@nats-io/jetstream");
     const cluster = await NatsCluster.start({ size: 3 });

@@ -11,11 +11,11 @@ import { CLI } from "../helpers/procs.js";
 import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
-import { ledgerHandler, readLedger, seedLedger, pgDoubleApplied } from "../../src/runtime/ledger.js";
+import { ledgerHandler, readLedger, seedLedger, pgDoubleApplied } from "../../src/apps/ledger.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
-import type { FencedStore } from "../../src/runtime/store.js";
-import { KvStore } from "../../src/runtime/store-kv.js";
-import { PgStore } from "../../src/runtime/store-pg.js";
+import type { FencedStore } from "../../src/runtime/stores/store.js";
+import { KvStore } from "../../src/runtime/stores/store-kv.js";
+import { PgStore } from "../../src/runtime/stores/store-pg.js";
 import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { PgServer } from "../helpers/postgres.js";
 

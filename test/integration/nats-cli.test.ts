@@ -9,8 +9,8 @@ import { promisify } from "node:util";
 import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
-import { natsCliBin } from "../../src/runtime/nats-bin.js";
-import { NatsServer, serverConfig } from "../../src/runtime/nats-server.js";
+import { natsCliBin } from "../../src/runtime/dev/nats-bin.js";
+import { NatsServer, serverConfig } from "../../src/runtime/dev/nats-server.js";
 import { serverVersionProblem } from "../../src/runtime/connection.js";
 import { CLI } from "../helpers/procs.js";
 import { eventually, primaryManager, runtimeFor, startNats } from "../helpers/nats.js";
@@ -171,7 +171,7 @@ describe("the NATS CLI", () => {
 
 describe("nats-server as Tandem runs it", () => {
   it("--sync always turns on fsync per write (read back from the server's own /varz)", async () => {
-    const mon = await (await import("../../src/runtime/nats-server.js")).freePort();
+    const mon = await (await import("../../src/runtime/dev/nats-server.js")).freePort();
     const s = await NatsServer.start({ config: serverConfig({ sync: "always" }), args: ["-m", String(mon)] });
     try {
       const varz = (await (await fetch(`http://127.0.0.1:${mon}/varz`)).json()) as { version: string; jetstream: { config: { sync_always?: boolean } } };

@@ -4,11 +4,11 @@
  * a holder that died leaves behind (KV), forced rather than hoped for.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseTransfer, readLedger, seedLedger, ensurePgLedger, pgDoubleApplied, type KvLedger } from "../../src/runtime/ledger.js";
+import { parseTransfer, readLedger, seedLedger, ensurePgLedger, pgDoubleApplied, type KvLedger } from "../../src/apps/ledger.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
-import type { FenceOutcome } from "../../src/runtime/store.js";
-import { KvStore, type KvTx } from "../../src/runtime/store-kv.js";
-import { PgStore } from "../../src/runtime/store-pg.js";
+import type { FenceOutcome } from "../../src/runtime/stores/store.js";
+import { KvStore, type KvTx } from "../../src/runtime/stores/store-kv.js";
+import { PgStore } from "../../src/runtime/stores/store-pg.js";
 import { encode } from "../../src/runtime/wire.js";
 import { runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { PgServer } from "../helpers/postgres.js";

@@ -12,7 +12,7 @@ import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { resolveConfig } from "../../src/runtime/config.js";
 import { memoryLogger } from "../../src/runtime/logger.js";
-import { NatsServer } from "../../src/runtime/nats-server.js";
+import { NatsServer } from "../../src/runtime/dev/nats-server.js";
 import { startRuntime, type Runtime } from "../../src/runtime/runtime.js";
 import { FAST, primaryManager } from "../helpers/nats.js";
 

@@ -18,7 +18,7 @@ import { Deployment, until } from "../helpers/deployment.js";
 import { faultProperty } from "../helpers/property.js";
 import { checkHistory, type Line } from "../helpers/history.js";
 import { logLines } from "../helpers/procs.js";
-import { CHAOS_POISON_ATTEMPTS } from "../../src/runtime/chaos-mix.js";
+import { CHAOS_POISON_ATTEMPTS } from "../../src/apps/chaos-mix.js";
 
 type Fault = { kind: "client"; i: number } | { kind: "server"; i: number } | { kind: "primary" } | { kind: "primary+server"; i: number } | { kind: "pause-primary" } | { kind: "nats" };
 

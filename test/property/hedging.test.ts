@@ -17,8 +17,8 @@ import { Kvm } from "@nats-io/kv";
 import { Deployment, until } from "../helpers/deployment.js";
 import { faultProperty } from "../helpers/property.js";
 import { checkHistory, type Line } from "../helpers/history.js";
-import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, pgDoubleApplied, readLedger, seedLedger, type KvLedger } from "../../src/runtime/ledger.js";
-import { PgStore } from "../../src/runtime/store-pg.js";
+import { LEDGER_ACCOUNTS, LEDGER_KEY, LEDGER_OPENING, pgDoubleApplied, readLedger, seedLedger, type KvLedger } from "../../src/apps/ledger.js";
+import { PgStore } from "../../src/runtime/stores/store-pg.js";
 import { PgServer } from "../helpers/postgres.js";
 import type { HedgeRecord } from "../../src/actors/hedgeProxy.js";
 

@@ -15,8 +15,8 @@
  * `tandem auth` writes the config and the passwords; `tandem nats --secure` runs with them.
  */
 import { randomBytes } from "node:crypto";
-import { ErrorCode, TandemError } from "./errors.js";
-import { Names, isToken } from "./wire.js";
+import { ErrorCode, TandemError } from "../errors.js";
+import { Names, isToken } from "../wire.js";
 
 export interface AuthUser {
   user: string;

@@ -8,8 +8,8 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** `src/runtime/` and `dist/runtime/` are both two levels below the package root. */
-export const TOOLS_BIN = join(resolve(dirname(fileURLToPath(import.meta.url)), "..", ".."), ".tools", "bin");
+/** `src/runtime/dev/` and `dist/runtime/dev/` are both three levels below the package root. */
+export const TOOLS_BIN = join(resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", ".."), ".tools", "bin");
 
 /** The oldest nats-server Tandem runs on (message tracing, TTLs, atomic batches: 2.12). */
 export const NATS_SERVER_FLOOR = [2, 12, 0] as const;

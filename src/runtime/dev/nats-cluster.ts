@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { ErrorCode, TandemError } from "./errors.js";
+import { ErrorCode, TandemError } from "../errors.js";
 import { freePorts, NatsServer } from "./nats-server.js";
 
 export interface NatsClusterOptions {

@@ -7,7 +7,7 @@ import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ErrorCode, TandemError } from "./errors.js";
+import { ErrorCode, TandemError } from "../errors.js";
 import { natsServerBin } from "./nats-bin.js";
 
 export async function freePort(): Promise<number> {

@@ -19,10 +19,10 @@ import type { KV, KvEntry } from "@nats-io/kv";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, type JetStreamClient } from "@nats-io/jetstream";
-import { ErrorCode, TandemError } from "./errors.js";
-import { isWrongLastSequence } from "./jetstream.js";
+import { ErrorCode, TandemError } from "../errors.js";
+import { isWrongLastSequence } from "../jetstream.js";
 import { fenceKey, type FenceId, type FenceOutcome, type FencedStore } from "./store.js";
-import { decode, encode } from "./wire.js";
+import { decode, encode } from "../wire.js";
 
 export const RECENT = 64;
 

@@ -7,7 +7,7 @@
  * a redo after the winner crashed between commit and response answers the same.
  */
 import pg from "pg";
-import { ErrorCode, TandemError } from "./errors.js";
+import { ErrorCode, TandemError } from "../errors.js";
 import type { FenceId, FenceOutcome, FencedStore } from "./store.js";
 
 export interface PgStoreOptions {
