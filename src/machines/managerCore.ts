@@ -118,6 +118,12 @@ export interface SessionEntry {
   awaitingAttempt: number;
   /** When the server last said (in its heartbeat) it is running the dispatched request. */
   runningAt: number;
+  /**
+   * The server the unanswered head request was last sent to, acknowledged or not: a server may
+   * run work whose acknowledgement never came back (a process that ends right after taking it),
+   * so its death costs that request an attempt even when the table has no dispatch open.
+   */
+  sentTo: string | null;
 }
 
 export interface ServerEntry {
@@ -541,6 +547,7 @@ export class ManagerCore {
     this.hold(s, resp.bytes!);
     this.dropRequest(s, m.n);
     s.attempts.delete(m.n);
+    s.sentTo = null;
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {
       this.budget(s.service).observe(now - s.dispatchedAt);
@@ -611,6 +618,7 @@ export class ManagerCore {
     }
     const out = countFailure(a, this.policy(s, f.n), { ...f, seed: `${s.id}.${f.n}` });
     if (!out) return;
+    s.sentTo = null; // this execution is accounted for
     if (s.dispatched === f.n) {
       s.dispatched = 0;
       s.dispatchAcked = false;
@@ -974,15 +982,17 @@ export class ManagerCore {
     let waiting = 0;
     for (const s of this.sessions.values()) {
       if (s.server !== srv.id) continue;
-      if (s.dispatched !== 0 && !s.hedge) {
+      const held = s.dispatched !== 0 ? s.dispatched : s.sentTo === srv.id && s.requests.has(s.answered + 1) ? s.answered + 1 : 0;
+      if (held !== 0 && !s.hedge) {
         // The server died holding it: one attempt used (docs/design.md §9). Not sent again
         // until that is on record, so a failover meanwhile cannot hand out a free execution.
-        const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${s.dispatched} (${why.split(";")[0]})`, context: { server: srv.id } };
+        const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${held} (${why.split(";")[0]})`, context: { server: srv.id } };
         // Its back-off runs from when the server was last heard of (about when it died): the
         // time it took to notice is waited out already, so the moved work is not held longer.
-        effects.push({ type: "recordAttempt", session: s.id, n: s.dispatched, server: srv.id, error, at: srv.lastSeen });
-        s.awaitingAttempt = s.dispatched;
+        effects.push({ type: "recordAttempt", session: s.id, n: held, server: srv.id, error, at: srv.lastSeen });
+        s.awaitingAttempt = held;
       }
+      s.sentTo = null;
       s.dispatched = 0;
       s.dispatchAcked = false;
       this.setServer(s, this.pickServer(s.service));
@@ -1187,6 +1197,7 @@ export class ManagerCore {
         s.dispatched = n;
         s.dispatchedAt = now;
         s.dispatchAcked = false;
+        s.sentTo = s.server;
         effects.push({ type: "dispatch", server: s.server, session: s.id, n });
       }
     }
@@ -1235,6 +1246,7 @@ export class ManagerCore {
       attempts: new Map(),
       awaitingAttempt: 0,
       runningAt: 0,
+      sentTo: null,
     };
   }
 

@@ -85,6 +85,18 @@ describe("manager core: attempts and quarantine", () => {
     expect(of(core.tick(1651), "dispatch").map((d) => [d.server, d.n])).toEqual([["s2", 1]]);
   });
 
+  it("a server that dies after taking work whose acknowledgement never came back still costs that request an attempt", () => {
+    // Found by the work-failure property: a handler that ends its process right after taking the
+    // work loses the acknowledgement on the way; the dispatch failed, and the death counted nothing.
+    const core = setup({ jitter: 0, initialMs: 10 });
+    core.onRequest(req(1), 0, false);
+    core.dispatchFailed("A", 1, 100); // no acknowledgement: the table has no dispatch open
+    expect(core.sessions.get("A")!.dispatched).toBe(0);
+    core.heartbeat("s2", 1000);
+    const fx = core.tick(1500); // s1 silent past the timeout
+    expect(of(fx, "recordAttempt")).toEqual([expect.objectContaining({ session: "A", n: 1, server: "s1" })]);
+  });
+
   it("after maxAttempts failures the request is answered TANDEM_POISON, dead-lettered with its queue position, and the next request goes on", () => {
     const core = setup({ maxAttempts: 2, jitter: 0, initialMs: 10 });
     const r1 = req(1);
