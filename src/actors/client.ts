@@ -25,6 +25,7 @@ import { readSessionInfo, type SessionInfo } from "./sessionInfo.js";
 import { decode, encode, Header, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
+import { withBackoff } from "../runtime/backoff.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { fits, parse, V } from "./schemas.js";
@@ -249,11 +250,11 @@ export class TandemClient {
       if (resumed) {
         resumed.then(
           () => this.deliverTo(s, m, d),
-          () => replyError(m, new TandemError(ErrorCode.NoManager, `session ${d.session} is resuming`)),
+          () => replyError(m, new TandemError(ErrorCode.Unavailable, `session ${d.session} is resuming`)),
         );
         return;
       }
-      replyError(m, new TandemError(ErrorCode.NoManager, `session ${d.session} is resuming`));
+      replyError(m, new TandemError(ErrorCode.Unavailable, `session ${d.session} is resuming`));
       return;
     }
     this.deliverTo(s, m, d);
@@ -423,21 +424,14 @@ export class ClientSession {
 
   private async call<T>(op: "open" | "resume" | "close", body: unknown, timeoutMs = 30_000): Promise<T> {
     const rt = this.client.rt;
-    const deadline = Date.now() + timeoutMs;
-    let delay = 100;
-    for (;;) {
-      try {
-        const r = await rt.nc.request(rt.names.clientCall(op, this.client.id), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) });
-        return unwrap<T>(r.data);
-      } catch (err) {
-        if (err instanceof TandemError && !err.retryable) throw err;
-        if (Date.now() > deadline) {
-          throw new TandemError(ErrorCode.NoManager, `no manager answered ${op} within ${timeoutMs} ms; is \`tandem manager\` running?`, { cause: err });
-        }
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 1000);
-      }
-    }
+    const fatal = (err: unknown) => err instanceof TandemError && !err.retryable;
+    return withBackoff(
+      () => rt.nc.request(rt.names.clientCall(op, this.client.id), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) }).then((r) => unwrap<T>(r.data)),
+      { initialMs: 100, maxMs: 1000, forMs: timeoutMs, fatal },
+    ).catch((err: unknown) => {
+      if (fatal(err)) throw err;
+      throw new TandemError(ErrorCode.NoManager, `no manager answered ${op} within ${timeoutMs} ms; is \`tandem manager\` running?`, { cause: err });
+    });
   }
 
   private async openCall(service: string): Promise<{ session: string; epoch: number }> {
@@ -644,23 +638,11 @@ export class ClientSession {
 
   private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", tp?: string, msgID = `${this.id}.${n}`): Promise<void> {
     const rt = this.client.rt;
-    let delay = 50;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, {
-          msgID,
-          headers: this.requestHeaders(n, this.epoch, kind, tp),
-          timeout: JS_TIMEOUT_MS,
-        });
-        return;
-      } catch (err) {
-        // A number once taken must reach the queue, or the session would wait for it forever:
-        // retry with the same message id (JetStream keeps one copy).
-        if (attempt === 5) this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying");
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 1000);
-      }
-    }
+    // A number once taken must reach the queue, or the session would wait for it forever: retry
+    // with the same message id (JetStream keeps one copy).
+    await withBackoff(() => publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, { msgID, headers: this.requestHeaders(n, this.epoch, kind, tp), timeout: JS_TIMEOUT_MS }), {
+      onFailure: (err, attempt) => attempt === 6 && this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying"),
+    });
   }
 
   private requestHeaders(n: number, epoch: number, kind: RequestKind | "control", tp: string | undefined, session = this.id) {

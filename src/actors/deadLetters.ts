@@ -181,7 +181,7 @@ export async function replayDeadLetter(rt: Runtime, id: number, opts: { timeoutM
     revision = await kv.create(replayKey(id), encode(rec));
   } catch {
     const before = await replayRecord(rt, id);
-    if (!before) throw new TandemError(ErrorCode.NoManager, `could not record the replay of dead letter ${id}; try again`);
+    if (!before) throw new TandemError(ErrorCode.Unavailable, `could not record the replay of dead letter ${id}; try again`);
     if (before.state === "done" || !before.session) return { record: before, ran: false };
     // Cut short after its request was sent: its session has the answer.
     return { record: await finishInSession(rt, kv, before, opts.timeoutMs), ran: false };

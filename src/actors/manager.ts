@@ -43,6 +43,7 @@ import {
   malformed,
 } from "../runtime/wire.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
+import { pollUntil, withBackoff } from "../runtime/backoff.js";
 import { HedgeProxies, type HedgeRecord } from "./hedgeProxy.js";
 import { asTandem, MANAGER_WRITER, parseHedge, parseRequestMsg, parseResponseMsg, publishDlq, replyError, replyOk } from "./protocol.js";
 import { parse, V } from "./schemas.js";
@@ -355,32 +356,34 @@ export class ManagerNode {
     const value: LeaseRecord = { epoch: lease.epoch, node: this.node, since: new Date().toISOString() };
     const started = now();
     let warned = false;
-    for (;;) {
-      try {
-        const revision = await this.rt.kv.ctl.update("leader", encode(value), lease.revision, this.rt.config.heartbeatMs * 2);
-        if (warned) this.log.info({ outageMs: Math.round(now() - started) }, "lease renewed again after NATS came back");
-        return { ...lease, revision };
-      } catch (err) {
-        // Someone changed the lease: we are fenced. Anything else means NATS is out of reach,
-        // for the standbys as much as for us (or, in a cluster, our first renewal after it
-        // comes back fails the compare-and-set). Whatever we send meanwhile carries our epoch
-        // and is refused by anyone who has seen a newer one; our bucket writes are fenced.
-        if (isWrongLastSequence(err)) {
-          // Our own renewal may be what moved it: one whose answer timed out under load was
-          // stored all the same, and this retry then found its revision (a flood of 125 MB once
-          // made a lone primary step down from itself this way).
-          const cur = await this.rt.kv.ctl.get("leader").catch(() => null);
-          const held = cur && cur.operation === "PUT" ? (decode(cur.value) as Partial<LeaseRecord>) : null;
-          if (cur && held && held.epoch === value.epoch && held.node === value.node && held.since === value.since) return { ...lease, revision: cur.revision };
-          this.actingEpoch = 0;
-          throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; another manager holds it`, { cause: err });
-        }
-        if (!warned && now() - started > this.rt.config.leaseMs) {
+    try {
+      // At a steady 50 ms (a lease must not wait out a back-off). Anything but a failed
+      // compare-and-set means NATS is out of reach, for the standbys as much as for us (or, in a
+      // cluster, our first renewal after it comes back fails the compare-and-set). Whatever we
+      // send meanwhile carries our epoch and is refused by anyone who has seen a newer one; our
+      // bucket writes are fenced.
+      const revision = await withBackoff(() => this.rt.kv.ctl.update("leader", encode(value), lease.revision, this.rt.config.heartbeatMs * 2), {
+        initialMs: 50,
+        factor: 1,
+        maxMs: 50,
+        fatal: isWrongLastSequence,
+        onFailure: (err) => {
+          if (warned || isWrongLastSequence(err) || now() - started <= this.rt.config.leaseMs) return;
           warned = true;
           this.log.warn({ err }, "cannot renew the lease (NATS unreachable?); still trying");
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
+        },
+      });
+      if (warned) this.log.info({ outageMs: Math.round(now() - started) }, "lease renewed again after NATS came back");
+      return { ...lease, revision };
+    } catch (err) {
+      // Someone changed the lease: we are fenced, unless our own renewal is what moved it: one
+      // whose answer timed out under load was stored all the same, and a retry then found its
+      // revision (a flood of 125 MB once made a lone primary step down from itself this way).
+      const cur = await this.rt.kv.ctl.get("leader").catch(() => null);
+      const held = cur && cur.operation === "PUT" ? (decode(cur.value) as Partial<LeaseRecord>) : null;
+      if (cur && held && held.epoch === value.epoch && held.node === value.node && held.since === value.since) return { ...lease, revision: cur.revision };
+      this.actingEpoch = 0;
+      throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; another manager holds it`, { cause: err });
     }
   }
 
@@ -514,11 +517,9 @@ export class ManagerNode {
       else core.respSeq = Math.max(core.respSeq, target);
       return true;
     };
-    for (;;) {
-      if ((await done("req", req)) && (await done("resp", resp))) return;
-      if (now() > deadline) throw new TandemError(ErrorCode.NoManager, `manager did not catch up with the queues in ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await pollUntil(async () => (await done("req", req)) && (await done("resp", resp)), "the table to catch up with the queues", Math.max(0, deadline - now()), 10).catch((err: unknown) => {
+      throw new TandemError(ErrorCode.Unavailable, `manager did not catch up with the queues in ${timeoutMs} ms`, { cause: err });
+    });
   }
 
   private async startConsuming(consumer: Consumer, which: "req" | "resp", epoch: number, fromSeq: number): Promise<void> {
@@ -1122,7 +1123,7 @@ export class ManagerNode {
     const service = body.service as string;
     if (!core.isKnownService(service) && now() - this.primaryAt < this.rt.config.serverTimeoutMs) {
       // Just took over: servers of this service may not have registered again yet. Retryable.
-      replyError(m, new TandemError(ErrorCode.NoManager, `manager is starting; service "${service}" not seen yet, retry`, { context: { service } }));
+      replyError(m, new TandemError(ErrorCode.Unavailable, `manager is starting; service "${service}" not seen yet, retry`, { context: { service } }));
       return;
     }
     if (!core.isKnownService(service)) {
@@ -1169,7 +1170,7 @@ export class ManagerNode {
       await this.kvSessions!.create(session, core.record(entry));
     } catch (err) {
       core.close(client, session);
-      return this.reject(m, new TandemError(ErrorCode.NoManager, "could not store the session; try again", { cause: err }));
+      return this.reject(m, new TandemError(ErrorCode.Unavailable, "could not store the session; try again", { cause: err }));
     }
     // A primary that was paused must not hand out a session a newer primary will not know.
     if (this.actingEpoch !== epoch || !(await this.verifyLease(epoch))) {
@@ -1201,7 +1202,7 @@ export class ManagerNode {
       const info = await this.rt.jsm.streams.info(this.rt.names.streamReq);
       await this.caughtUpTo(info.state.last_seq, 0, 5000);
     } catch (err) {
-      return this.reject(m, new TandemError(ErrorCode.NoManager, "manager is catching up with the queues; retry the resume", { cause: err }));
+      return this.reject(m, new TandemError(ErrorCode.Unavailable, "manager is catching up with the queues; retry the resume", { cause: err }));
     }
     const known = core.sessions.get(session);
     if (known && known.client === client && (clientLastReq > known.lastReq || clientTaken > known.taken)) {
@@ -1241,7 +1242,7 @@ export class ManagerNode {
       const rec = await this.rt.kv.sessions.get(session).catch(() => null);
       if (rec && rec.operation === "PUT" && rec.json<SessionRecord>().client === client) {
         this.rebuildFromBucket(this.actingEpoch, session);
-        replyError(m, new TandemError(ErrorCode.NoManager, "manager is rebuilding; retry the resume"));
+        replyError(m, new TandemError(ErrorCode.Unavailable, "manager is rebuilding; retry the resume"));
         return;
       }
       return this.reject(
@@ -1416,19 +1417,12 @@ export class ManagerNode {
    */
   private async storeManagerRecord(epoch: number, session: string, n: number, data: Uint8Array, msgID: string, code: string): Promise<void> {
     const { rt } = this;
-    for (let attempt = 0, delay = 50; this.actingEpoch === epoch; attempt++, delay = Math.min(delay * 2, 2000)) {
-      try {
-        await publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, {
-          msgID,
-          headers: makeHeaders({ session, request: n, epoch, kind: code === "attempt" ? "control" : "response", code }),
-          timeout: JS_TIMEOUT_MS,
-        });
-        return;
-      } catch (err) {
-        if (attempt === 5) this.log.warn({ err, session, n, code }, "storing a record in a response queue keeps failing; retrying");
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
+    const headers = makeHeaders({ session, request: n, epoch, kind: code === "attempt" ? "control" : "response", code });
+    await withBackoff(() => publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
+      maxMs: 2000,
+      while: () => this.actingEpoch === epoch,
+      onFailure: (err, attempt) => attempt === 6 && this.log.warn({ err, session, n, code }, "storing a record in a response queue keeps failing; retrying"),
+    }).catch(() => {}); // this epoch ended: the next primary answers the request
   }
 
   /** Send request n of a session to a server; true when the server acknowledged it. */

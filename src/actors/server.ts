@@ -13,6 +13,7 @@ import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { decode, encode, encodedSize, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
+import { pollUntil, withBackoff } from "../runtime/backoff.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
@@ -187,25 +188,19 @@ export class TandemServer {
   }
 
   private async register(): Promise<{ epoch: number }> {
-    let delay = 100;
-    for (;;) {
-      if (this.stopping) throw new Error("stopping");
-      try {
-        const r = await this.rt.nc.request(
+    if (this.stopping) throw new Error("stopping");
+    const r = await withBackoff(
+      () =>
+        this.rt.nc.request(
           this.rt.names.register(this.id, this.service),
           encode({ server: this.id, service: this.service, capacity: this.capacity, incarnation: this.incarnation }),
           { timeout: this.rt.config.ackTimeoutMs },
-        );
-        const { epoch } = unwrap<{ epoch: number }>(r.data);
-        this.epoch = Math.max(this.epoch, epoch);
-        this.log.info({ epoch }, "registered with the manager");
-        return { epoch };
-      } catch (err) {
-        this.log.debug({ err }, "no manager answered the registration yet; retrying");
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 2000);
-      }
-    }
+        ).then((m) => unwrap<{ epoch: number }>(m.data)),
+      { initialMs: 100, maxMs: 2000, while: () => !this.stopping, onFailure: (err) => this.log.debug({ err }, "no manager answered the registration yet; retrying") },
+    );
+    this.epoch = Math.max(this.epoch, r.epoch);
+    this.log.info({ epoch: r.epoch }, "registered with the manager");
+    return { epoch: r.epoch };
   }
 
   private async heartbeat(): Promise<void> {
@@ -327,7 +322,7 @@ export class TandemServer {
     }
     if (this.stale(m, w.epoch)) return;
     if (this.stopping) {
-      replyError(m, new TandemError(ErrorCode.NoManager, "server is stopping"));
+      replyError(m, new TandemError(ErrorCode.Unavailable, "server is stopping"));
       return;
     }
     const key = `${w.session}.${w.n}`;
@@ -418,20 +413,13 @@ export class TandemServer {
         const msgID = `${w.session}.${w.n}.c${checkpoints}.${w.k}`;
         const body = encode({ n: w.n, k: w.k, restart: data });
         // A slow ack is no reason to fail the work: retry with the same id (stored once).
-        for (let attempt = 0; ; attempt++) {
-          try {
-            await publishToQueue(this.rt.requester, subject, body, {
-              msgID,
-              headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id }),
-              timeout: JS_TIMEOUT_MS,
-            });
-            return;
-          } catch (err) {
-            if (run.aborted) throw run.reason;
-            if (attempt === 3) log().warn({ err }, "storing a checkpoint keeps failing; retrying");
-            await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 1000)));
-          }
-        }
+        const headers = makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id });
+        await withBackoff(() => publishToQueue(this.rt.requester, subject, body, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
+          while: () => !run.aborted,
+          onFailure: (err, attempt) => attempt === 4 && log().warn({ err }, "storing a checkpoint keeps failing; retrying"),
+        }).catch((err: unknown) => {
+          throw run.aborted ? run.reason : err;
+        });
       },
     };
     let body: Record<string, unknown>;
@@ -486,33 +474,24 @@ export class TandemServer {
   private async storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
     if (w.tp !== undefined) body.tp = w.tp;
     const data = encode(body);
-    let delay = 50;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await publishToQueue(this.rt.requester, subject, data, {
-          // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
-          // Per attempt: a retry on the same server stores its own answer.
-          msgID: `${w.session}.${w.n}.${w.k}.${w.attempt ?? 1}`,
-          headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
-          timeout: JS_TIMEOUT_MS,
-        });
-        return;
-      } catch (err) {
-        if (this.stopping && attempt > 20) {
-          this.log.error({ err, session: w.session, n: w.n }, "could not store a response before stopping; another server will redo it");
-          return;
-        }
-        if (attempt === 5) this.log.warn({ err, session: w.session, n: w.n }, "storing a response keeps failing; retrying");
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 1000);
-      }
-    }
+    const opts = {
+      // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
+      // Per attempt: a retry on the same server stores its own answer.
+      msgID: `${w.session}.${w.n}.${w.k}.${w.attempt ?? 1}`,
+      headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
+      timeout: JS_TIMEOUT_MS,
+    };
+    let failures = 0;
+    await withBackoff(() => publishToQueue(this.rt.requester, subject, data, opts), {
+      // Stopping, it gives up after 20 more tries: another server redoes the work.
+      while: () => !this.stopping || failures <= 21,
+      onFailure: (err) => ++failures === 6 && this.log.warn({ err, session: w.session, n: w.n }, "storing a response keeps failing; retrying"),
+    }).catch((err: unknown) => this.log.error({ err, session: w.session, n: w.n }, "could not store a response before stopping; another server will redo it"));
   }
 
   /** Drain: finish the work in hand (bounded), then stop. */
   private async drain(): Promise<void> {
-    const deadline = Date.now() + 10_000;
-    while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await pollUntil(() => this.running.size === 0, "the work in hand to finish", 10_000).catch(() => {});
     for (const r of this.running.values()) r.abort(new TandemError(ErrorCode.Cancelled, "server stopping"));
   }
 }

@@ -3,6 +3,7 @@
  * whose pino logs go to files there, the primary manager's status read through the CLI, and
  * terminal styling.
  */
+import { pollUntil } from "../runtime/backoff.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -74,13 +75,12 @@ export class DemoStage {
 
   /** Wait (30 s at most) until the status satisfies `ok`. */
   async waitFor<T>(ok: (st: T) => boolean): Promise<void> {
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline) {
+    await pollUntil(async () => {
       const st = await this.status<T>();
-      if (st && ok(st)) return;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    throw new Error(`the deployment did not come up within 30 s; see ${this.logs}`);
+      return st !== null && st !== undefined && ok(st);
+    }, "the deployment", 30_000, 200).catch(() => {
+      throw new Error(`the deployment did not come up within 30 s; see ${this.logs}`);
+    });
   }
 
   /** Drain: servers and clients first (SIGTERM), managers after, then whatever is left. */

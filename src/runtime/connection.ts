@@ -3,7 +3,8 @@
  * of outage (10 attempts x 2 s) and ping every 2 min; a manager failover or a nats-server
  * restart must not end a session, so we reconnect forever and notice dead peers in seconds.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { AuthorizationError, connect, UserAuthenticationExpiredError, type NatsConnection } from "@nats-io/transport-node";
+import { withBackoff } from "./backoff.js";
 import { inboxPrefixFor } from "./dev/auth.js";
 import { ErrorCode, TandemError } from "./errors.js";
 import { atLeast, NATS_SERVER_FLOOR, parseVersion } from "./dev/nats-bin.js";
@@ -35,13 +36,12 @@ export const RECONNECT = {
 export const FIRST_CONNECT_MS = 60_000;
 
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
-  // Our own first-connect loop rather than nats.js's waitOnFirstConnect, which would also retry
+  // Our own first-connect retries rather than nats.js's waitOnFirstConnect, which would also retry
   // bad credentials and TLS failures forever: those stop at once, with what to fix.
-  const deadline = Date.now() + (opts.firstConnectMs ?? FIRST_CONNECT_MS);
-  for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
-    let nc: NatsConnection;
-    try {
-      nc = await connect({
+  const firstConnectMs = opts.firstConnectMs ?? FIRST_CONNECT_MS;
+  const nc = await withBackoff(
+    () =>
+      connect({
         servers: opts.servers,
         name: opts.name,
         ...RECONNECT,
@@ -52,33 +52,46 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
         // A secured deployment gives each user its own inbox prefix, so its replies are its own.
         ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? "", inboxPrefix: inboxPrefixFor(opts.user) } : {}),
         ...(opts.tls ? { tls: opts.tls } : {}),
-      });
-    } catch (err) {
-      const e = err as Error;
-      const text = `${e?.name} ${e?.message} ${String((e as { cause?: unknown })?.cause ?? "")}`;
-      if (/authorization|authentication/i.test(text)) {
-        throw new TandemError(
-          ErrorCode.Auth,
-          `NATS refused the credentials of user "${opts.user ?? "(none)"}": ${e.message}. Check NATS_USER and NATS_PASSWORD (or --user/--password); \`tandem auth\` writes them`,
-          { cause: err, context: { user: opts.user ?? null } },
-        );
-      }
-      if (/certificate|tls|ssl|self.signed|altnames/i.test(text)) {
-        throw new TandemError(
-          ErrorCode.Config,
-          `TLS with the NATS server failed: ${e.message}. Give the CA that signed its certificate with NATS_CA (or --ca), and a client certificate with NATS_CERT/NATS_KEY if it asks for one`,
-          { cause: err },
-        );
-      }
-      if (Date.now() > deadline) {
-        throw new TandemError(ErrorCode.NoManager, `no NATS server answered at ${opts.servers.join(", ")} within ${Math.round((opts.firstConnectMs ?? FIRST_CONNECT_MS) / 1000)} s: ${e.message}. Is nats-server running? (\`tandem nats\` starts one)`, { cause: err });
-      }
-      await new Promise((r) => setTimeout(r, delay));
-      continue;
-    }
-    checkServerVersion(nc, opts.servers);
-    return nc;
+      }),
+    { initialMs: 100, maxMs: 1000, forMs: firstConnectMs, fatal: (err) => connectRefusal(err, opts) !== null },
+  ).catch((err: unknown) => {
+    throw (
+      connectRefusal(err, opts) ??
+      new TandemError(ErrorCode.NatsUnreachable, `no NATS server answered at ${opts.servers.join(", ")} within ${Math.round(firstConnectMs / 1000)} s: ${(err as Error).message}. Is nats-server running? (\`tandem nats\` starts one)`, {
+        cause: err,
+        context: { servers: opts.servers },
+      })
+    );
+  });
+  checkServerVersion(nc, opts.servers);
+  return nc;
+}
+
+/**
+ * A first connect that trying again will not mend: bad credentials (nats.js's AuthorizationError,
+ * or a server's authentication refusal) or a TLS failure (a Node TLS error, which nats.js passes
+ * on as the cause). Null for anything else (nothing listening yet, a timeout).
+ */
+function connectRefusal(err: unknown, opts: ConnectOptions): TandemError | null {
+  const e = err as Error & { cause?: unknown; code?: string };
+  const cause = e?.cause as { code?: string; message?: string } | undefined;
+  if (err instanceof AuthorizationError || err instanceof UserAuthenticationExpiredError || /authorization|authentication/i.test(e?.message ?? "")) {
+    return new TandemError(
+      ErrorCode.Auth,
+      `NATS refused the credentials of user "${opts.user ?? "(none)"}": ${e.message}. Check NATS_USER and NATS_PASSWORD (or --user/--password); \`tandem auth\` writes them`,
+      { cause: err, context: { user: opts.user ?? null } },
+    );
   }
+  // Node's TLS errors have codes (ERR_TLS_*, DEPTH_ZERO_SELF_SIGNED_CERT, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...).
+  const tlsCode = [e?.code, cause?.code].find((c) => typeof c === "string" && /TLS|CERT|SSL|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(c));
+  if (tlsCode || /certificate|tls|ssl|self.signed|altnames/i.test(`${e?.message ?? ""} ${cause?.message ?? ""}`)) {
+    return new TandemError(
+      ErrorCode.Config,
+      `TLS with the NATS server failed: ${e.message}. Give the CA that signed its certificate with NATS_CA (or --ca), and a client certificate with NATS_CERT/NATS_KEY if it asks for one`,
+      { cause: err, ...(tlsCode ? { context: { tlsCode } } : {}) },
+    );
+  }
+  return null;
 }
 
 /**

@@ -17,6 +17,14 @@ export const ErrorCode = {
   Backpressure: "TANDEM_BACKPRESSURE",
   /** No manager answered in time; the request is durable and will be answered later. */
   NoManager: "TANDEM_NO_MANAGER",
+  /** No NATS server answered (at start, within the first-connect time), or the connection was lost mid-request. */
+  NatsUnreachable: "TANDEM_NATS_UNREACHABLE",
+  /** A request got no reply in time, or nobody listens on its subject (the peer may be down). */
+  NoReply: "TANDEM_NO_REPLY",
+  /** The peer is busy with something that passes (starting, rebuilding, catching up, resuming, stopping): retry. */
+  Unavailable: "TANDEM_UNAVAILABLE",
+  /** JetStream refused or did not confirm a publish into a queue (its API code is in the context). */
+  QueueRefused: "TANDEM_QUEUE_REFUSED",
   /** The session was closed. */
   Closed: "TANDEM_CLOSED",
   /** The server's handler threw; the message is the handler's. */
@@ -57,6 +65,10 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 const RETRYABLE: ReadonlySet<string> = new Set<string>([
   ErrorCode.Backpressure,
   ErrorCode.NoManager,
+  ErrorCode.NatsUnreachable,
+  ErrorCode.NoReply,
+  ErrorCode.Unavailable,
+  ErrorCode.QueueRefused,
   ErrorCode.NotLeader,
   ErrorCode.Store,
   ErrorCode.ServerLost,

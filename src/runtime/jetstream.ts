@@ -3,6 +3,7 @@
  * and take over a durable consumer at a given sequence (delete and re-create, so the previous
  * owner's pulls fail: docs/design.md §3, I5).
  */
+import { withBackoff } from "./backoff.js";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -120,18 +121,10 @@ export function isUnavailable(err: unknown): boolean {
 
 /** Retry `fn` while JetStream is unavailable, up to `timeoutMs`; other errors throw at once. */
 export async function untilJetStream<T>(what: string, fn: () => Promise<T>, timeoutMs: number, log?: { warn(o: object, m: string): void }): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let warned = false;
-  for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (!isUnavailable(err) || Date.now() > deadline) throw err;
-      if (!warned) {
-        warned = true;
-        log?.warn({ err: { message: (err as Error).message } }, `JetStream unavailable (a NATS election?); waiting to ${what}`);
-      }
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
+  return withBackoff(fn, {
+    initialMs: 100,
+    forMs: timeoutMs,
+    fatal: (err) => !isUnavailable(err),
+    onFailure: (err, attempt) => attempt === 1 && isUnavailable(err) && log?.warn({ err: { message: (err as Error).message } }, `JetStream unavailable (a NATS election?); waiting to ${what}`),
+  });
 }

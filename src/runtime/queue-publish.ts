@@ -4,7 +4,7 @@
  * PubAck back), over the shared wildcard-inbox Requester: nats.js's publish goes through
  * `request()`, which settles every call by rejecting a fresh RequestError (a stack capture),
  * two per round trip that the server's profile showed. Errors keep their meaning: JetStream's
- * API errors come back as TANDEM_NO_MANAGER with its code, and callers retry with the same id.
+ * API errors come back as TANDEM_QUEUE_REFUSED with its code, and callers retry with the same id.
  */
 import type { MsgHdrs } from "@nats-io/transport-node";
 import { ErrorCode, TandemError } from "./errors.js";
@@ -28,7 +28,7 @@ export async function publishToQueue(
   const v = decode(m.data) as { stream?: string; seq?: number; duplicate?: boolean; error?: { code?: number; err_code?: number; description?: string } };
   if (v.error || typeof v.seq !== "number") {
     const e = v.error ?? {};
-    throw new TandemError(ErrorCode.NoManager, `JetStream refused the publish on ${subject}: ${e.description ?? "no sequence in its answer"}`, {
+    throw new TandemError(ErrorCode.QueueRefused, `JetStream refused the publish on ${subject}: ${e.description ?? "no sequence in its answer"}`, {
       context: { subject, code: e.code ?? null, errCode: e.err_code ?? null },
     });
   }

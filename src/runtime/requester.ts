@@ -16,9 +16,9 @@ interface Pending {
 }
 
 /** Shared instances: a failed request is an outcome here, not an exception with a stack. */
-const TIMEOUT = new TandemError(ErrorCode.NoManager, "no reply in time");
-const NO_RESPONDERS = new TandemError(ErrorCode.NoManager, "nobody listens on the subject");
-const DISCONNECTED = new TandemError(ErrorCode.NoManager, "the connection to NATS was lost before the reply came");
+const TIMEOUT = new TandemError(ErrorCode.NoReply, "no reply in time");
+const NO_RESPONDERS = new TandemError(ErrorCode.NoReply, "nobody listens on the subject");
+const DISCONNECTED = new TandemError(ErrorCode.NatsUnreachable, "the connection to NATS was lost before the reply came");
 
 export class Requester {
   private readonly prefix: string;

@@ -2,6 +2,7 @@
  * The process-level runtime: a NATS connection (to NATS_URL, or to an embedded nats-server),
  * JetStream handles, provisioned streams and buckets, names and the root logger.
  */
+import { withBackoff } from "./backoff.js";
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { existsSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
@@ -124,24 +125,18 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   const replicas = config.replicas > 0 ? config.replicas : clusterSize >= 3 ? 3 : 1;
   const popts = { replicas, duplicateWindowMs: config.duplicateWindowMs, dlqMaxBytes: config.dlqMaxBytes };
   // NATS may go away while we start (a restart, a failover): keep trying for a minute.
-  const deadline = Date.now() + 60_000;
-  let jsm: JetStreamManager;
-  let kv: Buckets;
-  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
-    try {
-      jsm = await jetstreamManager(nc);
+  const { jsm, kv } = await withBackoff(
+    async () => {
+      const jsm = await jetstreamManager(nc);
       if (opts.provision !== false) await provisionStreams(jsm, names, popts);
       // A user without rights to create streams (a secured client or server) binds to them.
-      kv = await provisionBuckets(nc, names, { ...popts, bindOnly: opts.provision === false });
+      const kv = await provisionBuckets(nc, names, { ...popts, bindOnly: opts.provision === false });
       // The KV ledger's bucket too: a secured server may write its keys but not create it.
       if (opts.provision !== false) await ensureStoreBucket(nc, names.bucketLedger, replicas);
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      logger.warn({ err }, "JetStream not reachable while starting; retrying");
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
+      return { jsm, kv };
+    },
+    { initialMs: 100, maxMs: 2000, forMs: 60_000, onFailure: (err) => logger.warn({ err }, "JetStream not reachable while starting; retrying") },
+  );
   const requester = new Requester(nc, config.natsUser ? inboxPrefixFor(config.natsUser) : undefined);
   let closed = false;
   return {

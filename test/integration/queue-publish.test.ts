@@ -43,7 +43,7 @@ describe("publishToQueue", () => {
   it("a subject no stream stores is an error with a code, not a hang", async () => {
     const err = await publishToQueue(rt.requester, "nobody.stores.this", encode({}), opts("x.1")).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TandemError);
-    expect((err as TandemError).code).toBe(ErrorCode.NoManager);
+    expect((err as TandemError).code).toBe(ErrorCode.QueueRefused);
   });
 
   it("a message JetStream refuses comes back as an error carrying JetStream's code", async () => {

@@ -4,6 +4,7 @@
  * --cluster 3`, local use and the cluster tests; each server can be SIGKILLed and restarted on
  * its own store. Tandem runs no consensus of its own: JetStream's Raft is the engine.
  */
+import { withBackoff } from "../backoff.js";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -76,19 +77,11 @@ export class NatsCluster {
 
   /** Resolves once JetStream answers (the cluster elected its meta leader). */
   async waitReady(timeoutMs = 30_000, auth: { user?: string; pass?: string } = {}): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     const nc = await connect({ servers: this.urls, ...auth });
     try {
-      for (;;) {
-        try {
-          const jsm = await jetstreamManager(nc, { timeout: 2000 });
-          await jsm.getAccountInfo();
-          return;
-        } catch (err) {
-          if (Date.now() > deadline) throw new TandemError(ErrorCode.NatsServer, `the NATS cluster's JetStream is not ready after ${timeoutMs} ms`, { cause: err });
-          await new Promise((r) => setTimeout(r, 250));
-        }
-      }
+      await withBackoff(async () => (await jetstreamManager(nc, { timeout: 2000 })).getAccountInfo(), { initialMs: 250, factor: 1, maxMs: 250, forMs: timeoutMs }).catch((err: unknown) => {
+        throw new TandemError(ErrorCode.NatsServer, `the NATS cluster's JetStream is not ready after ${timeoutMs} ms`, { cause: err });
+      });
     } finally {
       await nc.close();
     }

@@ -2,6 +2,7 @@
  * A nats-server child process: free loopback port, store directory, killed by its own PID.
  * Used for the embedded default, `tandem nats`, and by the tests as their server helper.
  */
+import { pollUntil } from "../backoff.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
@@ -160,13 +161,23 @@ export class NatsServer {
     });
     const spawnError = new Promise<never>((_, reject) => child.once("error", (e) => reject(missing(e))));
     spawnError.catch(() => {});
-    const deadline = Date.now() + this.startTimeoutMs;
-    while (Date.now() < deadline) {
-      if (child.exitCode !== null || child.signalCode !== null) break;
-      const ok = await Promise.race([canConnect(this.port), spawnError]);
-      if (ok) return;
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const exited = () => child.exitCode !== null || child.signalCode !== null;
+    const up = await pollUntil(
+      async () => {
+        if (exited()) throw new Error("nats-server exited");
+        return Promise.race([canConnect(this.port), spawnError]);
+      },
+      `nats-server on port ${this.port}`,
+      this.startTimeoutMs,
+      25,
+    ).then(
+      () => true,
+      (err: unknown) => {
+        if (err instanceof TandemError) throw err; // not installed
+        return false;
+      },
+    );
+    if (up) return;
     this.kill();
     throw new TandemError(
       ErrorCode.NatsServer,
