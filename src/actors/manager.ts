@@ -1154,17 +1154,16 @@ export class ManagerNode {
     }
     const session = newId();
     const maxPending = Math.min((body.maxPending as number | undefined) ?? this.rt.config.maxPending, this.rt.config.maxPending);
-    const ordered = (body.ordered as boolean | undefined) ?? true;
     const hedge = body.hedge as HedgeOptions | undefined;
     const retry = body.retry as RetryOptions | undefined;
-    const { entry, effects } = core.open({ session, client, service, ordered, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
+    const { entry, effects } = core.open({ session, client, service, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
       await publishToQueue(
         this.rt.requester,
         this.rt.names.req(client, session),
-        encode({ open: { service, ordered, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
+        encode({ open: { service, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
       );
       await this.kvSessions!.create(session, core.record(entry));

@@ -28,7 +28,6 @@ export type ParsedRequest =
       client: string;
       session: string;
       service: string;
-      ordered: boolean;
       maxPending: number;
       restart?: unknown;
       hedge?: HedgeOptions;
@@ -65,7 +64,6 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
           type: "open",
           ...ids,
           service: o.service,
-          ordered: o.ordered !== false,
           maxPending: o.maxPending ?? 1000,
           ...("restart" in o ? { restart: o.restart } : {}),
           ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),

@@ -163,7 +163,8 @@ const SessionRecordSchema = Type.Object({
   session: Token,
   client: Token,
   service: Token,
-  ordered: Type.Boolean(),
+  /** Written by earlier managers and never acted on: read and ignored. */
+  ordered: Type.Optional(Type.Boolean()),
   maxPending: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
   hedge: Type.Optional(HedgeSchema),
   retry: Type.Optional(RetrySchema),

@@ -168,7 +168,7 @@ export class TandemServer {
     const machine = serverSessionMachine.provide({
       actors: {
         register: fromPromise(() => this.register()),
-        reconcile: fromPromise(async () => {}),
+        reconcile: fromPromise(async ({ input }) => this.reconcile(input.id)),
         drain: fromPromise(() => this.drain()),
       },
     });
@@ -257,12 +257,26 @@ export class TandemServer {
       return;
     }
     if (this.stale(m, msg.epoch)) return;
-    this.send({ type: "RESTART", epoch: msg.epoch });
-    // Reconcile: report the work of these sessions still running here, so it is not sent twice.
-    const mine = new Set(msg.sessions.map((s) => s.session));
+    const id = ++this.restartSeq;
+    this.pendingRestarts.set(id, { m, msg });
+    this.send({ type: "RESTART", epoch: msg.epoch, id });
+    // Not serving (still registering, or stopping): the restart is answered all the same.
+    if (this.pendingRestarts.has(id)) this.reconcile(id);
+  }
+
+  private restartSeq = 0;
+  /** Restarts sent into the machine, by id, until `reconcile` answers them. */
+  private readonly pendingRestarts = new Map<number, { m: Msg; msg: RestartMsg }>();
+
+  /** The machine's `restarting`: report the restarted sessions' work still running here, so it is not sent twice. */
+  private reconcile(id: number): void {
+    const p = this.pendingRestarts.get(id);
+    if (!p) return;
+    this.pendingRestarts.delete(id);
+    const mine = new Set(p.msg.sessions.map((s) => s.session));
     const working = [...this.running.values()].filter((r) => mine.has(r.session)).map((r) => ({ session: r.session, n: r.n }));
-    this.log.info({ epoch: msg.epoch, sessions: msg.sessions.length, working: working.length }, "restart from the manager");
-    replyOk<ServerRestartAck>(m, { server: this.id, working });
+    this.log.info({ epoch: p.msg.epoch, sessions: p.msg.sessions.length, working: working.length }, "restart from the manager");
+    replyOk<ServerRestartAck>(p.m, { server: this.id, working });
   }
 
   private onCancel(m: Msg): void {

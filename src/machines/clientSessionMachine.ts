@@ -10,7 +10,6 @@ export interface ClientSessionContext {
   service: string;
   session: string | null;
   epoch: number;
-  restarts: number;
   error: string | null;
 }
 
@@ -43,7 +42,7 @@ export const clientSessionMachine = setup({
   },
 }).createMachine({
   id: "clientSession",
-  context: ({ input }) => ({ service: input.service, session: input.session ?? null, epoch: 0, restarts: 0, error: null }),
+  context: ({ input }) => ({ service: input.service, session: input.session ?? null, epoch: 0, error: null }),
   initial: "opening",
   states: {
     opening: {
@@ -65,7 +64,7 @@ export const clientSessionMachine = setup({
         RESTART: {
           guard: "notStale",
           target: "restarting",
-          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+          actions: assign(({ event }) => ({ epoch: event.epoch })),
         },
         EPOCH_SEEN: { guard: "notStale", actions: assign(({ event }) => ({ epoch: event.epoch })) },
         CLOSE: "closing",
@@ -84,7 +83,7 @@ export const clientSessionMachine = setup({
           guard: ({ context, event }) => event.epoch > context.epoch,
           target: "restarting",
           reenter: true,
-          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+          actions: assign(({ event }) => ({ epoch: event.epoch })),
         },
         CLOSE: "closing",
       },

@@ -81,7 +81,6 @@ export interface SessionEntry {
   id: string;
   client: string;
   service: string;
-  ordered: boolean;
   maxPending: number;
   hedge: HedgeOptions | null;
   server: string | null;
@@ -156,7 +155,6 @@ export interface SessionRecord {
   session: string;
   client: string;
   service: string;
-  ordered: boolean;
   maxPending: number;
   hedge?: HedgeOptions;
   retry?: RetryOptions;
@@ -270,10 +268,10 @@ export class ManagerCore {
 
   /** Open a session; the caller checked the service is known. */
   open(
-    args: { session: string; client: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    args: { session: string; client: string; service: string; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
   ): { entry: SessionEntry; effects: Effect[] } {
-    const entry = this.newEntry(args.session, args.client, args.service, args.ordered, args.maxPending, args.hedge, args.retry);
+    const entry = this.newEntry(args.session, args.client, args.service, args.maxPending, args.hedge, args.retry);
     entry.server = this.pickServer(args.service);
     entry.serverSynced = true;
     if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
@@ -293,7 +291,7 @@ export class ManagerCore {
    * for services nobody serves, by writing open records into their own queues).
    */
   onOpenRecord(
-    m: { seq: number; client: string; session: string; service: string; ordered: boolean; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    m: { seq: number; client: string; session: string; service: string; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -304,7 +302,7 @@ export class ManagerCore {
       return [{ type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: m.client, session: m.session, seq: m.seq } }];
     }
     const maxPending = Math.min(m.maxPending, this.limits.maxPending);
-    const entry = this.newEntry(m.session, m.client, m.service, m.ordered, maxPending, m.hedge, m.retry);
+    const entry = this.newEntry(m.session, m.client, m.service, maxPending, m.hedge, m.retry);
     entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
@@ -1214,12 +1212,11 @@ export class ManagerCore {
 
   // ---- persistence -----------------------------------------------------------------------
 
-  private newEntry(id: string, client: string, service: string, ordered: boolean, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions): SessionEntry {
+  private newEntry(id: string, client: string, service: string, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions): SessionEntry {
     return {
       id,
       client,
       service,
-      ordered,
       maxPending,
       hedge: hedge ?? null,
       server: null,
@@ -1256,7 +1253,6 @@ export class ManagerCore {
       session: s.id,
       client: s.client,
       service: s.service,
-      ordered: s.ordered,
       maxPending: s.maxPending,
       ...(s.hedge ? { hedge: s.hedge } : {}),
       ...(s.retry ? { retry: s.retry } : {}),
@@ -1316,7 +1312,7 @@ export class ManagerCore {
     now: number,
   ): void {
     for (const r of records) {
-      const s = this.newEntry(r.session, r.client, r.service, r.ordered, r.maxPending, r.hedge, r.retry);
+      const s = this.newEntry(r.session, r.client, r.service, r.maxPending, r.hedge, r.retry);
       s.server = r.server;
       s.lastReq = r.lastReq;
       s.answered = r.answered;

@@ -27,7 +27,6 @@ export interface ManagerContext {
   /** Revision of the lease this node holds or last saw. */
   revision: number;
   leader: string | null;
-  takeovers: number;
   lastError: string | null;
 }
 
@@ -86,7 +85,6 @@ export const managerMachine = setup({
     epoch: 0,
     revision: 0,
     leader: null,
-    takeovers: 0,
     lastError: null,
   }),
   initial: "standby",
@@ -126,7 +124,6 @@ export const managerMachine = setup({
             epoch: event.output.epoch,
             revision: event.output.revision,
             leader: context.node,
-            takeovers: context.takeovers + 1,
           })),
         },
         // Lost the compare-and-set: someone else won. Stay standby.

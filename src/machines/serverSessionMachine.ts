@@ -1,8 +1,10 @@
 /**
  * A server session (docs/design.md §1): registering -> ready <-> working, restarting, stopped.
  * `working` while any request is in the handler. A RESTART (new manager, or sessions moved
- * here from a dead server) goes through `restarting`, where `reconcile` aborts work that is no
- * longer ours and reports what is still running. Restarts from an older epoch are ignored (I5).
+ * here from a dead server) goes through `restarting`, where `reconcile` reports to the manager
+ * which of the restarted sessions' requests still run here (so they are not sent twice) and
+ * answers the restart. A restart comes in parts, each its own RESTART with its own `id`; one
+ * from an older epoch is ignored (I5).
  */
 import { assign, fromPromise, setup } from "xstate";
 
@@ -11,14 +13,15 @@ export interface ServerSessionContext {
   service: string;
   epoch: number;
   inFlight: number;
-  restarts: number;
+  /** The restart being reconciled (the actor keeps what it is about under this id). */
+  restartId: number;
   error: string | null;
 }
 
 export type ServerSessionEvent =
   | { type: "WORK_STARTED" }
   | { type: "WORK_FINISHED" }
-  | { type: "RESTART"; epoch: number }
+  | { type: "RESTART"; epoch: number; id: number }
   | { type: "REREGISTER" }
   | { type: "STOP" };
 
@@ -37,7 +40,9 @@ export const serverSessionMachine = setup({
     register: fromPromise<{ epoch: number }, { server: string; service: string }>(async () => {
       throw new Error("register not provided");
     }),
-    reconcile: fromPromise<void, { epoch: number }>(async () => {}),
+    reconcile: fromPromise<void, { epoch: number; id: number }>(async () => {
+      throw new Error("reconcile not provided");
+    }),
     drain: fromPromise<void, { server: string }>(async () => {}),
   },
   guards: {
@@ -50,7 +55,7 @@ export const serverSessionMachine = setup({
   },
 }).createMachine({
   id: "serverSession",
-  context: ({ input }) => ({ server: input.server, service: input.service, epoch: 0, inFlight: 0, restarts: 0, error: null }),
+  context: ({ input }) => ({ server: input.server, service: input.service, epoch: 0, inFlight: 0, restartId: 0, error: null }),
   initial: "registering",
   on: {
     WORK_STARTED: { actions: "started" },
@@ -76,7 +81,7 @@ export const serverSessionMachine = setup({
         RESTART: {
           guard: "notStale",
           target: "restarting",
-          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+          actions: assign(({ event }) => ({ epoch: event.epoch, restartId: event.id })),
         },
         REREGISTER: "registering",
       },
@@ -94,16 +99,18 @@ export const serverSessionMachine = setup({
     restarting: {
       invoke: {
         src: "reconcile",
-        input: ({ context }) => ({ epoch: context.epoch }),
+        input: ({ context }) => ({ epoch: context.epoch, id: context.restartId }),
         onDone: "serving",
         onError: "serving",
       },
       on: {
+        // Another part of this restart, or a newer one: reconciled in turn (the part being
+        // reconciled finishes; its answer is the actor's to send).
         RESTART: {
-          guard: ({ context, event }) => event.epoch > context.epoch,
+          guard: "notStale",
           target: "restarting",
           reenter: true,
-          actions: assign(({ event, context }) => ({ epoch: event.epoch, restarts: context.restarts + 1 })),
+          actions: assign(({ event }) => ({ epoch: event.epoch, restartId: event.id })),
         },
       },
     },

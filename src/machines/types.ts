@@ -45,34 +45,6 @@ export interface RestartRecord {
   seq: number;
 }
 
-/** Body of a message in the session's request queue (`<p>.req.<client>.<session>`). */
-export interface RequestBody {
-  n: number;
-  kind: RequestKind;
-  payload: unknown;
-  /** New client restart data, stored with this request's queue position. */
-  restart?: unknown;
-  /** Receipts committed with this request: the application has taken responses up to here. */
-  taken?: number;
-  /** W3C traceparent linking this request's hops. */
-  tp?: string;
-  /** Absolute deadline (ms since the epoch): past it the request is answered TANDEM_DEADLINE. */
-  deadline?: number;
-  /** This request's retry policy (over the session's). */
-  retry?: RetryOptions;
-}
-
-/** Control message in the request queue: the caller gave up on request `cancel`. */
-export interface CancelBody {
-  cancel: number;
-  reason: "cancelled" | "deadline";
-}
-
-/** Control message in the request queue: the application has taken responses up to `taken`. */
-export interface TakenBody {
-  taken: number;
-}
-
 /** Body of a message in the session's response queue (`<p>.resp.<server>.<session>`). */
 export interface ResponseBody {
   n: number;
@@ -83,13 +55,6 @@ export interface ResponseBody {
   restart?: unknown;
   /** The request's traceparent, passed on. */
   tp?: string;
-}
-
-/** Control message in the response queue: server restart data recorded mid-work. */
-export interface CheckpointBody {
-  n: number;
-  server: string;
-  restart: unknown;
 }
 
 /** Manager -> server: do request n of a session. */
@@ -164,26 +129,11 @@ export interface DeliverMsg {
   tp?: string;
 }
 
-export interface OpenMsg {
-  client: string;
-  service: string;
-  restart?: unknown;
-  ordered?: boolean;
-  maxPending?: number;
-  hedge?: HedgeOptions;
-  retry?: RetryOptions;
-}
-
 export interface OpenReply {
   session: string;
   epoch: number;
   maxPending: number;
   maxPayload: number;
-}
-
-export interface ResumeMsg {
-  client: string;
-  session: string;
 }
 
 export interface ResumeReply {
@@ -199,19 +149,6 @@ export interface ResumeReply {
   maxPayload: number;
   /** The request the session waits on is running at a live server that reported it lately. */
   running?: { n: number; server: string; forMs: number };
-}
-
-export interface RegisterMsg {
-  server: string;
-  service: string;
-  capacity: number;
-}
-
-export interface HeartbeatMsg {
-  server: string;
-  service: string;
-  epoch: number;
-  working: number;
 }
 
 export interface HeartbeatReply {

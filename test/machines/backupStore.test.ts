@@ -4,7 +4,7 @@ import type { CursorRecord, SessionRecord } from "../../src/machines/managerCore
 
 const cursor = (reqSeq: number, epoch = 1): CursorRecord => ({ v: 1, epoch, reqSeq, respSeq: reqSeq, reqFrom: 1, respFrom: 1, services: ["svc"], servers: [] });
 const rec = (session: string, taken = 0, epoch = 1): SessionRecord => ({
-  v: 1, session, client: "c", service: "svc", ordered: true, maxPending: 10, server: null, status: "open", lastReq: taken, answered: taken, taken, epoch,
+  v: 1, session, client: "c", service: "svc", maxPending: 10, server: null, status: "open", lastReq: taken, answered: taken, taken, epoch,
 });
 const delta = (seq: number, records: SessionRecord[], removed: string[] = [], epoch = 1): BackupMsg => ({
   epoch, node: "p", seq, full: false, part: 1, parts: 1, records, removed, cursor: cursor(seq, epoch),

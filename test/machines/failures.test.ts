@@ -19,7 +19,7 @@ function setup(retry?: Record<string, number>) {
   const core = new ManagerCore(LIMITS, 1);
   core.registerServer("s1", "svc", 4, 0);
   core.registerServer("s2", "svc", 4, 0);
-  core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 50, ...(retry ? { retry } : {}) }, 0);
+  core.open({ session: "A", client: "c", service: "svc", maxPending: 50, ...(retry ? { retry } : {}) }, 0);
   return core;
 }
 
@@ -212,7 +212,7 @@ describe("manager core: a failover replays the same decisions", () => {
     const liveRetryAt = live.sessions.get("A")!.attempts.get(1)!.retryAt;
 
     const next = new ManagerCore(LIMITS, 2);
-    next.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", ordered: true, maxPending: 50, retry: { maxAttempts: 4, jitter: 0.5, initialMs: 1000 } }, 3000, true);
+    next.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", maxPending: 50, retry: { maxAttempts: 4, jitter: 0.5, initialMs: 1000 } }, 3000, true);
     for (const r of records) next.onAttemptRecord(r, 3000);
     next.onRequest(r1, 3000, true);
     const a = next.sessions.get("A")!.attempts.get(1)!;

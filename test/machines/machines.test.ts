@@ -137,7 +137,7 @@ describe("client session machine", () => {
     a.send({ type: "RESTART", epoch: 1 }); // older than 2: ignored
     expect(a.getSnapshot().matches("active")).toBe(true);
     a.send({ type: "RESTART", epoch: 3 });
-    await waitFor(a, (s) => s.matches("active") && s.context.restarts === 1);
+    await waitFor(a, (s) => s.matches("active") && reconciled.length === 1);
     expect(reconciled).toEqual([3]);
     expect(a.getSnapshot().context.epoch).toBe(3);
   });
@@ -150,7 +150,7 @@ describe("client session machine", () => {
     const b = createActor(m, { snapshot: persisted, input: { service: "svc" } }).start();
     expect(b.getSnapshot().context.session).toBe("S");
     b.send({ type: "RESTART", epoch: b.getSnapshot().context.epoch });
-    await waitFor(b, (s) => s.matches("active") && s.context.restarts === 1);
+    await waitFor(b, (s) => s.matches("active") && reconciled.length === 1);
     expect(reconciled).toEqual([2]);
   });
 
@@ -188,13 +188,19 @@ describe("server session machine", () => {
     expect(a.getSnapshot().matches({ serving: "ready" })).toBe(true);
   });
 
-  it("restarts on a newer epoch only, and registers again when the manager forgot it", async () => {
-    const a = createActor(m, { input: { server: "s", service: "svc" } }).start();
+  it("reconciles each restart part of its epoch or a newer one, never an older one, and registers again when the manager forgot it", async () => {
+    const reconciled: Array<{ epoch: number; id: number }> = [];
+    const withReconcile = m.provide({ actors: { reconcile: fromPromise<void, { epoch: number; id: number }>(async ({ input }) => {
+          reconciled.push(input);
+        }) } });
+    const a = createActor(withReconcile, { input: { server: "s", service: "svc" } }).start();
     await waitFor(a, (s) => s.matches("serving"));
-    a.send({ type: "RESTART", epoch: 3 });
-    expect(a.getSnapshot().context.restarts).toBe(0);
-    a.send({ type: "RESTART", epoch: 5 });
-    await waitFor(a, (s) => s.matches("serving") && s.context.restarts === 1);
+    a.send({ type: "RESTART", epoch: 3, id: 1 }); // older than the 4 it registered with
+    expect(a.getSnapshot().matches("serving")).toBe(true);
+    a.send({ type: "RESTART", epoch: 5, id: 2 });
+    a.send({ type: "RESTART", epoch: 5, id: 3 }); // the same restart's second part, while restarting
+    await waitFor(a, (s) => s.matches("serving") && reconciled.length === 2);
+    expect(reconciled).toEqual([{ epoch: 5, id: 2 }, { epoch: 5, id: 3 }]);
     a.send({ type: "REREGISTER" });
     await waitFor(a, (s) => s.matches("serving"));
     expect(a.getSnapshot().context.epoch).toBe(5); // never goes back

@@ -8,7 +8,7 @@ function setup() {
   const core = new ManagerCore(LIMITS, 1);
   const fx: Effect[] = [];
   fx.push(...core.registerServer("s1", "svc", 4, 0));
-  const { entry, effects } = core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 5, restart: { step: 0 } }, 0);
+  const { entry, effects } = core.open({ session: "A", client: "c", service: "svc", maxPending: 5, restart: { step: 0 } }, 0);
   fx.push(...effects);
   return { core, entry, fx };
 }
@@ -22,7 +22,7 @@ const resp = (n: number, server = "s1", extra: Record<string, unknown> = {}) => 
 describe("manager core - open records in the queue (issue 13)", () => {
   it("a live open record for a session the table lacks is refused and dead-lettered, not a new session", () => {
     const { core } = setup();
-    const fx = core.onOpenRecord({ seq: 100, client: "c", session: "FORGED", service: "madeup", ordered: true, maxPending: 5 }, 0, false);
+    const fx = core.onOpenRecord({ seq: 100, client: "c", session: "FORGED", service: "madeup", maxPending: 5 }, 0, false);
     expect(core.sessions.has("FORGED")).toBe(false);
     expect(core.isKnownService("madeup")).toBe(false);
     expect(of(fx, "dlq")).toEqual([expect.objectContaining({ code: "TANDEM_MALFORMED", context: expect.objectContaining({ session: "FORGED" }) })]);
@@ -31,7 +31,7 @@ describe("manager core - open records in the queue (issue 13)", () => {
   it("on replay an open record recreates its session, with maxPending capped at the limit", () => {
     const core = new ManagerCore(LIMITS, 1);
     core.registerServer("s1", "svc", 4, 0);
-    core.onOpenRecord({ seq: 1, client: "c", session: "B", service: "svc", ordered: true, maxPending: 1_000_000 }, 0, true);
+    core.onOpenRecord({ seq: 1, client: "c", session: "B", service: "svc", maxPending: 1_000_000 }, 0, true);
     expect(core.sessions.get("B")?.maxPending).toBe(LIMITS.maxPending);
   });
 });
@@ -223,7 +223,7 @@ describe("manager core - servers", () => {
           if (o.op === "open") {
             const live = ["s1", "s2"].filter((s) => core.servers.get(s)?.alive);
             const least = Math.min(...live.map(on));
-            const { entry } = core.open({ session: `S${++id}`, client: o.client, service: "svc", ordered: true, maxPending: 5 }, t);
+            const { entry } = core.open({ session: `S${++id}`, client: o.client, service: "svc", maxPending: 5 }, t);
             expect(live).toContain(entry.server);
             expect(on(entry.server!) - 1).toBe(least);
           } else if (o.op === "close") {
@@ -292,7 +292,7 @@ describe("manager core - clients", () => {
 describe("manager core - snapshot and replay", () => {
   it("reports a session that waits for a request the table does not hold (a stale cut under a newer cursor)", () => {
     const core = new ManagerCore(LIMITS, 2);
-    const stale = { v: 1 as const, session: "A", client: "c", service: "svc", ordered: true, maxPending: 5, server: null, status: "open" as const, lastReq: 4, answered: 2, taken: 2, epoch: 1 };
+    const stale = { v: 1 as const, session: "A", client: "c", service: "svc", maxPending: 5, server: null, status: "open" as const, lastReq: 4, answered: 2, taken: 2, epoch: 1 };
     core.restore([stale], new Map(), { v: 1, epoch: 1, reqSeq: 10, respSeq: 10, reqFrom: 11, respFrom: 11, services: ["svc"], servers: [] }, 0);
     core.onRequest({ seq: 11, client: "c", session: "A", n: 4, kind: "request", payload: 4, size: 1 }, 0, true);
     expect(core.stalled()).toEqual([{ session: "A", missing: "request", n: 3 }]);
@@ -304,13 +304,13 @@ describe("manager core - snapshot and replay", () => {
     const { cursor, records } = before.snapshot(); // the cut: no sessions yet
     const after = new ManagerCore(LIMITS, 2);
     after.restore(records, new Map(), cursor, 0);
-    after.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", ordered: true, maxPending: 5, restart: { step: 0 } }, 0);
+    after.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", maxPending: 5, restart: { step: 0 } }, 0);
     after.onRequest({ seq: 2, client: "c", session: "A", n: 1, kind: "request", payload: 1, size: 1 }, 0, true);
     const s = after.sessions.get("A");
     expect(s?.lastReq).toBe(1);
     expect(s?.clientRestart?.data).toEqual({ step: 0 });
     // Live, the record of an existing session changes nothing.
-    expect(after.onOpenRecord({ seq: 3, client: "c", session: "A", service: "svc", ordered: true, maxPending: 5 }, 0)).toEqual([]);
+    expect(after.onOpenRecord({ seq: 3, client: "c", session: "A", service: "svc", maxPending: 5 }, 0)).toEqual([]);
     expect(after.sessions.get("A")?.lastReq).toBe(1);
   });
 
@@ -336,7 +336,7 @@ describe("manager core - snapshot and replay", () => {
         const mk = () => {
           const c = new ManagerCore({ ...LIMITS, maxPending: 1000 }, 1);
           c.registerServer("s1", "svc", 1, 0);
-          c.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+          c.open({ session: "A", client: "c", service: "svc", maxPending: 1000 }, 0);
           return c;
         };
         const live = mk();
@@ -370,7 +370,7 @@ describe("manager core - hedging", () => {
     const core = new ManagerCore({ ...LIMITS, hedge: { ratio: 0.5, reserve: 1, window: 64, minSamples: 2, fallbackMs: 40 } }, 1);
     for (const s of ["s1", "s2", "s3"]) core.registerServer(s, "svc", 4, 0);
     core.registerServer("other", "elsewhere", 4, 0);
-    core.open({ session: "H", client: "c", service: "svc", ordered: true, maxPending: 5, hedge: { copies: 3, after: "p95" } }, 0);
+    core.open({ session: "H", client: "c", service: "svc", maxPending: 5, hedge: { copies: 3, after: "p95" } }, 0);
     return core;
   }
   const hreq = (n: number) => ({ seq: ++seq, client: "c", session: "H", n, kind: "request" as const, payload: n, size: 1 });
@@ -431,7 +431,7 @@ describe("manager core - a request stuck at its server", () => {
 describe("manager core - diagnosing a waiting session", () => {
   it("says what holds a session with unanswered requests and nothing at a server", () => {
     const core = new ManagerCore(LIMITS, 1);
-    core.open({ session: "W", client: "c", service: "svc", ordered: true, maxPending: 5 }, 0); // no server yet
+    core.open({ session: "W", client: "c", service: "svc", maxPending: 5 }, 0); // no server yet
     core.onRequest({ seq: ++seq, client: "c", session: "W", n: 1, kind: "request", payload: 1, size: 1 }, 0, false);
     expect(core.diagnose("W", 10)?.reason).toBe("no server for the service");
     core.registerServer("s1", "svc", 1, 20); // takes the waiting session: a restart goes out
@@ -447,7 +447,7 @@ describe("manager core - bytes held per session, client and manager (issue 13)",
   it("requests held behind a gap are refused TANDEM_BACKPRESSURE past the session's bytes, never held", () => {
     const core = new ManagerCore(BYTES, 1);
     core.registerServer("s1", "svc", 4, 0);
-    core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+    core.open({ session: "A", client: "c", service: "svc", maxPending: 1000 }, 0);
     // n = 1 never comes: 2, 3, 4 fit (3 × 100), the rest are answered with an error.
     const refused: number[] = [];
     for (let n = 2; n <= 20; n++) {
@@ -467,8 +467,8 @@ describe("manager core - bytes held per session, client and manager (issue 13)",
   it("a session that holds nothing may always send one request: one heavy client cannot starve the rest", () => {
     const core = new ManagerCore(BYTES, 1);
     core.registerServer("s1", "svc", 4, 0);
-    for (const id of ["A", "B", "C"]) core.open({ session: id, client: "heavy", service: "svc", ordered: true, maxPending: 1000 }, 0);
-    core.open({ session: "D", client: "other", service: "svc", ordered: true, maxPending: 1000 }, 0);
+    for (const id of ["A", "B", "C"]) core.open({ session: id, client: "heavy", service: "svc", maxPending: 1000 }, 0);
+    core.open({ session: "D", client: "other", service: "svc", maxPending: 1000 }, 0);
     for (const id of ["A", "B", "C"]) for (let n = 2; n <= 4; n++) core.onRequest({ ...req(n), client: "heavy", session: id, size: 100 }, 0, false);
     // A 300; B 200 (the client's 500 reached); C takes its one request anyway.
     expect(core.heldBytes("heavy")).toBe(600);
@@ -489,7 +489,7 @@ describe("manager core - bytes held per session, client and manager (issue 13)",
       fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
         const core = new ManagerCore(BYTES, 1);
         core.registerServer("s1", "svc", 4, 0);
-        const open = (id: string) => core.open({ session: id, client: "c", service: "svc", ordered: true, maxPending: 1000 }, 0);
+        const open = (id: string) => core.open({ session: id, client: "c", service: "svc", maxPending: 1000 }, 0);
         open("A");
         open("B");
         for (const st of steps) {
@@ -523,7 +523,7 @@ describe("manager core - replay past the byte bounds (issue 13)", () => {
   it("keeps what the live primary accepted, without holding its payload past the bounds, and still dispatches it", () => {
     const core = new ManagerCore(BYTES, 1);
     core.registerServer("s1", "svc", 4, 0);
-    core.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", ordered: true, maxPending: 1000 }, 0, true);
+    core.onOpenRecord({ seq: 1, client: "c", session: "A", service: "svc", maxPending: 1000 }, 0, true);
     for (let n = 1; n <= 10; n++) expect(of(core.onRequest({ ...req(n), size: 100 }, 0, true), "storeError")).toEqual([]);
     const s = core.sessions.get("A")!;
     expect(s.requests.size).toBe(10);
@@ -560,7 +560,7 @@ describe("manager core - a server restarted under the same id (issue 15, item 7)
   it("a new incarnation's registration moves the old one's work at once; the same incarnation again changes nothing", () => {
     const core = new ManagerCore(LIMITS, 1);
     core.registerServer("s1", "svc", 4, 0, "inc-a");
-    core.open({ session: "A", client: "c", service: "svc", ordered: true, maxPending: 5 }, 0);
+    core.open({ session: "A", client: "c", service: "svc", maxPending: 5 }, 0);
     expect(of(core.onRequest(req(1), 0, false), "dispatch")).toHaveLength(1);
     core.dispatchAcked("A", 1);
     // The same process registering again (after a manager restart, say): nothing moves.
@@ -578,7 +578,7 @@ describe("manager core - sessions waiting for a server after a takeover", () => 
     const core = new ManagerCore(LIMITS, 2);
     core.restore([], new Map(), { v: 1, epoch: 1, reqSeq: 0, respSeq: 0, reqFrom: 1, respFrom: 1, services: ["svc"], servers: [{ id: "s1", service: "svc", capacity: 4 }] }, 0);
     // Opened after the last cut: only its open record says so, and s1 is still presumed.
-    core.onOpenRecord({ seq: 1, client: "c", session: "late", service: "svc", ordered: true, maxPending: 5 }, 0, true);
+    core.onOpenRecord({ seq: 1, client: "c", session: "late", service: "svc", maxPending: 5 }, 0, true);
     expect(core.sessions.get("late")!.server).toBeNull();
     core.startEpoch(2, 0);
     core.serverRestartAcked({ server: "s1", working: [] }, 10); // live now, and it never registers again
