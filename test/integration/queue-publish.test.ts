@@ -40,10 +40,10 @@ describe("publishToQueue", () => {
     expect((await rt.jsm.streams.info("QP")).state.messages).toBe(2);
   });
 
-  it("a subject no stream stores is an error with a code, not a hang", async () => {
+  it("a subject no stream stores is an error with a code (nobody listens: TANDEM_NO_REPLY), not a hang", async () => {
     const err = await publishToQueue(rt.requester, "nobody.stores.this", encode({}), opts("x.1")).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TandemError);
-    expect((err as TandemError).code).toBe(ErrorCode.QueueRefused);
+    expect((err as TandemError).code).toBe(ErrorCode.NoReply);
   });
 
   it("a message JetStream refuses comes back as an error carrying JetStream's code", async () => {
