@@ -17,6 +17,7 @@ import type { FencedStore } from "../runtime/stores/store.js";
 import { KvStore } from "../runtime/stores/store-kv.js";
 import { PgStore } from "../runtime/stores/store-pg.js";
 import { configFromEnv, resolveConfig, type Config } from "../runtime/config.js";
+import { flagHelp, SETTINGS } from "../runtime/settings.js";
 import { TandemError } from "../runtime/errors.js";
 import { createLogger, type Logger } from "../runtime/logger.js";
 import { NatsServer, parseSync, serverConfig } from "../runtime/dev/nats-server.js";
@@ -29,41 +30,15 @@ import { encode } from "../runtime/wire.js";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
+// The flags every command takes, and their help, from the one settings table (settings.ts).
 const COMMON: Options = {
-  nats: { type: "string" },
-  prefix: { type: "string" },
-  replicas: { type: "string" },
-  "data-dir": { type: "string" },
-  "log-level": { type: "string" },
-  "heartbeat-ms": { type: "string" },
-  "lease-ms": { type: "string" },
-  "backup-ms": { type: "string" },
-  "server-heartbeat-ms": { type: "string" },
-  "server-timeout-ms": { type: "string" },
-  "max-pending": { type: "string" },
-  "max-payload": { type: "string" },
-  "ack-timeout-ms": { type: "string" },
-  node: { type: "string" },
-  user: { type: "string" },
-  password: { type: "string" },
-  ca: { type: "string" },
+  ...Object.fromEntries(SETTINGS.filter((x) => x.flag).map((x) => [x.flag!, { type: "string" as const }])),
   help: { type: "boolean", short: "h" },
 };
 
 const COMMON_HELP = `
-Common options (flags override TANDEM_* environment variables and NATS_URL):
-  --nats URLS            NATS servers, comma-separated (default: NATS_URL, else the nats-server
-                         started by \`tandem nats\` in this directory, else an embedded one)
-  --prefix P             subject prefix and stream/bucket stem (default tandem)
-  --replicas N           stream and bucket replicas (default auto: 3 on a cluster of 3 or
-                         more servers, else 1)
-  --data-dir DIR         state and embedded store directory (default .tandem)
-  --log-level L          fatal|error|warn|info|debug|trace|silent (default info)
-  --heartbeat-ms, --lease-ms, --backup-ms, --server-heartbeat-ms, --server-timeout-ms,
-  --max-pending, --max-payload, --ack-timeout-ms, --node   (see README: Configuration)
-  --user U --password P  NATS credentials (NATS_USER, NATS_PASSWORD; \`tandem auth\` writes them)
-  --ca FILE              TLS: the CA of the NATS servers' certificates (NATS_CA; NATS_CERT/NATS_KEY
-                         for a client certificate)`;
+Common options (flags override the environment variables; README: Configuration):
+${flagHelp()}`;
 
 const HELP: Record<string, string> = {
   main: `tandem: fault-tolerant work distribution on NATS JetStream
@@ -186,27 +161,9 @@ function parse(cmd: string, argv: string[], extra: Options) {
 }
 
 function configFrom(v: Record<string, string | boolean | undefined>): Config {
-  const flag = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
+  const flags = Object.fromEntries(SETTINGS.filter((x) => x.flag && typeof v[x.flag] === "string").map((x) => [x.key, v[x.flag!] as string]));
   try {
-    return resolveConfig(configFromEnv(), {
-      natsUrls: flag("nats"),
-      prefix: flag("prefix"),
-      replicas: flag("replicas"),
-      dataDir: flag("data-dir"),
-      logLevel: flag("log-level"),
-      heartbeatMs: flag("heartbeat-ms"),
-      leaseMs: flag("lease-ms"),
-      backupMs: flag("backup-ms"),
-      serverHeartbeatMs: flag("server-heartbeat-ms"),
-      serverTimeoutMs: flag("server-timeout-ms"),
-      maxPending: flag("max-pending"),
-      maxPayload: flag("max-payload"),
-      ackTimeoutMs: flag("ack-timeout-ms"),
-      node: flag("node"),
-      natsUser: flag("user"),
-      natsPass: flag("password"),
-      natsCa: flag("ca"),
-    });
+    return resolveConfig(configFromEnv(), flags);
   } catch (err) {
     fail((err as Error).message);
   }

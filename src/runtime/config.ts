@@ -1,8 +1,10 @@
 /**
  * Configuration in stages: DEFAULTS, then environment (TANDEM_*), then flags. `resolveConfig`
  * returns a Config with every field present or throws a TandemError naming the bad setting.
+ * Defaults, environment names and bounds all come from the one settings table (settings.ts).
  */
 import { ErrorCode, TandemError } from "./errors.js";
+import { SETTINGS } from "./settings.js";
 
 export interface Config {
   /** NATS servers to connect to; empty means: start an embedded nats-server. */
@@ -63,75 +65,19 @@ export interface Config {
   logLevel: string;
 }
 
-export const DEFAULTS: Omit<Config, "node"> = {
-  natsUrls: [],
-  prefix: "tandem",
-  replicas: 0,
-  dataDir: ".tandem",
-  heartbeatMs: 200,
-  leaseMs: 1000,
-  backupMs: 250,
-  serverHeartbeatMs: 250,
-  serverTimeoutMs: 1500,
-  maxPayload: 256 * 1024,
-  maxPending: 1000,
-  ackTimeoutMs: 1000,
-  stallMs: 5000,
-  duplicateWindowMs: 10 * 60 * 1000,
-  natsUser: "",
-  natsPass: "",
-  natsCa: "",
-  natsCert: "",
-  natsKey: "",
-  maxSessionsPerClient: 1000,
-  maxSessions: 100_000,
-  dlqMaxBytes: 256 * 1024 * 1024,
-  maxSessionBytes: 16 * 1024 * 1024,
-  maxClientBytes: 64 * 1024 * 1024,
-  maxHeldBytes: 512 * 1024 * 1024,
-  hedgeBudgetPct: 10,
-  hedgeReserve: 10,
-  logLevel: "info",
-};
+/** The defaults, from the settings table (settings.ts). */
+export const DEFAULTS = Object.fromEntries(SETTINGS.filter((x) => x.default !== null).map((x) => [x.key, x.default])) as unknown as Omit<Config, "node">;
 
 export function defaultConfig(): Config {
-  return { ...DEFAULTS, node: `${hostnameish()}-${process.pid}` };
+  return { ...DEFAULTS, natsUrls: [...DEFAULTS.natsUrls], node: `${hostnameish()}-${process.pid}` };
 }
 
 function hostnameish(): string {
   return (process.env.HOSTNAME ?? "node").replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 32) || "node";
 }
 
-const ENV: Record<string, keyof Config> = {
-  NATS_URL: "natsUrls",
-  TANDEM_PREFIX: "prefix",
-  TANDEM_REPLICAS: "replicas",
-  TANDEM_DATA_DIR: "dataDir",
-  TANDEM_HEARTBEAT_MS: "heartbeatMs",
-  TANDEM_LEASE_MS: "leaseMs",
-  TANDEM_BACKUP_MS: "backupMs",
-  TANDEM_SERVER_HEARTBEAT_MS: "serverHeartbeatMs",
-  TANDEM_SERVER_TIMEOUT_MS: "serverTimeoutMs",
-  TANDEM_MAX_PAYLOAD: "maxPayload",
-  TANDEM_MAX_PENDING: "maxPending",
-  TANDEM_ACK_TIMEOUT_MS: "ackTimeoutMs",
-  TANDEM_STALL_MS: "stallMs",
-  NATS_USER: "natsUser",
-  NATS_PASSWORD: "natsPass",
-  NATS_CA: "natsCa",
-  NATS_CERT: "natsCert",
-  NATS_KEY: "natsKey",
-  TANDEM_MAX_SESSIONS_PER_CLIENT: "maxSessionsPerClient",
-  TANDEM_MAX_SESSIONS: "maxSessions",
-  TANDEM_DLQ_MAX_BYTES: "dlqMaxBytes",
-  TANDEM_MAX_SESSION_BYTES: "maxSessionBytes",
-  TANDEM_MAX_CLIENT_BYTES: "maxClientBytes",
-  TANDEM_MAX_HELD_BYTES: "maxHeldBytes",
-  TANDEM_HEDGE_BUDGET_PCT: "hedgeBudgetPct",
-  TANDEM_HEDGE_RESERVE: "hedgeReserve",
-  TANDEM_NODE: "node",
-  TANDEM_LOG_LEVEL: "logLevel",
-};
+/** Environment variable -> setting, from the settings table. */
+const ENV: Record<string, keyof Config> = Object.fromEntries(SETTINGS.filter((x) => x.env).map((x) => [x.env!, x.key]));
 
 type Raw = Partial<Record<keyof Config, string | number | string[] | undefined>>;
 
@@ -145,27 +91,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Raw {
   return out;
 }
 
-const NUMERIC: Array<[keyof Config, number, number]> = [
-  ["replicas", 0, 5],
-  ["heartbeatMs", 10, 60_000],
-  ["leaseMs", 50, 600_000],
-  ["backupMs", 10, 60_000],
-  ["serverHeartbeatMs", 10, 60_000],
-  ["serverTimeoutMs", 50, 600_000],
-  ["maxPayload", 1, 64 * 1024 * 1024],
-  ["maxPending", 1, 1_000_000],
-  ["ackTimeoutMs", 10, 600_000],
-  ["stallMs", 100, 3_600_000],
-  ["duplicateWindowMs", 1000, 7 * 24 * 3600 * 1000],
-  ["hedgeBudgetPct", 0, 100],
-  ["maxSessionsPerClient", 1, 1_000_000],
-  ["maxSessions", 1, 10_000_000],
-  ["dlqMaxBytes", 64 * 1024, 2 ** 50],
-  ["maxSessionBytes", 1024, 2 ** 40],
-  ["maxClientBytes", 1024, 2 ** 40],
-  ["maxHeldBytes", 1024, 2 ** 40],
-  ["hedgeReserve", 0, 100_000],
-];
+/** Integer settings with their bounds, from the settings table. */
+const NUMERIC: Array<[keyof Config, number, number]> = SETTINGS.filter((x) => x.kind === "int").map((x) => [x.key, x.min ?? 0, x.max ?? Number.MAX_SAFE_INTEGER]);
 
 function bad(setting: string, why: string): TandemError {
   return new TandemError(ErrorCode.Config, `invalid setting ${setting}: ${why}`, {
