@@ -1,15 +1,13 @@
 /**
  * `tandem dlq list|show|replay|purge`: the dead-letter stream to work with (README: When work
  * fails). Its flags and help are declared here together; the shared option parsing, settings
- * and runtime come from the `tandem` command (cli.ts).
+ * and runtime come from the kit.
  */
-import { parseArgs, type ParseArgsConfig } from "node:util";
-import { bodyOf, getDeadLetter, listDeadLetters, purgeDeadLetters, replayDeadLetter, replayRecord, type DeadLetter } from "../actors/deadLetters.js";
-import type { Config } from "../runtime/config.js";
-import { TandemError } from "../runtime/errors.js";
-import type { Runtime } from "../runtime/runtime.js";
-
-type Options = NonNullable<ParseArgsConfig["options"]>;
+import { parseArgs } from "node:util";
+import { bodyOf, getDeadLetter, listDeadLetters, purgeDeadLetters, replayDeadLetter, replayRecord, type DeadLetter } from "../../actors/deadLetters.js";
+import { TandemError } from "../../runtime/errors.js";
+import { createLogger } from "../../runtime/logger.js";
+import { COMMON, COMMON_HELP, configFrom, fail, runtime, type Options } from "./kit.js";
 
 export const DLQ_HELP = `Usage: tandem dlq <list|show|replay|purge> [options]
 
@@ -26,12 +24,9 @@ original subject, headers and bytes, the error, the time, and the session and re
   tandem dlq purge ID | --reason R | --session S | --all
                        remove entries`;
 
-export interface CliKit {
-  common: Options;
-  configFrom(v: Record<string, string | boolean | undefined>): Config;
-  runtime(cfg: Config, name: string): Promise<Runtime>;
-  fail(msg: string, code?: number): never;
-  commonHelp: string;
+/** A runtime whose info lines stay out of the command's output. */
+function quietRuntime(cfg: Parameters<typeof runtime>[0], name: string) {
+  return runtime(cfg, createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel }), name);
 }
 
 const OPTIONS: Options = {
@@ -53,37 +48,37 @@ function shown(d: DeadLetter) {
   return { ...rest, body: bodyOf(d) };
 }
 
-export async function cmdDlq(argv: string[], kit: CliKit): Promise<void> {
+export async function cmdDlq(argv: string[]): Promise<void> {
   const [op, ...rest] = argv;
   if (!op || op === "--help" || op === "-h" || !["list", "show", "replay", "purge"].includes(op)) {
-    process.stdout.write(`${DLQ_HELP}\n${kit.commonHelp}\n`);
+    process.stdout.write(`${DLQ_HELP}\n${COMMON_HELP}\n`);
     if (!op || op === "--help" || op === "-h") return;
-    kit.fail(`unknown dlq command "${op}"`);
+    fail(`unknown dlq command "${op}"`);
   }
   let v: Record<string, string | boolean | undefined>;
   let positionals: string[];
   try {
-    const r = parseArgs({ args: rest, options: { ...kit.common, ...OPTIONS }, allowPositionals: true, strict: true });
+    const r = parseArgs({ args: rest, options: { ...COMMON, ...OPTIONS }, allowPositionals: true, strict: true });
     if (r.values.help) {
-      process.stdout.write(`${DLQ_HELP}\n${kit.commonHelp}\n`);
+      process.stdout.write(`${DLQ_HELP}\n${COMMON_HELP}\n`);
       return;
     }
     v = r.values as Record<string, string | boolean | undefined>;
     positionals = r.positionals;
   } catch (err) {
-    kit.fail(`${(err as Error).message}\nRun \`tandem dlq --help\` for usage.`);
+    fail(`${(err as Error).message}\nRun \`tandem dlq --help\` for usage.`);
   }
   const str = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
   const num = (k: string, text: string | undefined) => {
     if (text === undefined) return undefined;
     const n = Number(text);
-    if (!Number.isSafeInteger(n) || n < 1) kit.fail(`${k} must be a positive integer (got ${text})`);
+    if (!Number.isSafeInteger(n) || n < 1) fail(`${k} must be a positive integer (got ${text})`);
     return n;
   };
   const id = num("ID", positionals[0]);
-  if (positionals.length > 1) kit.fail(`one ID at a time (got ${positionals.join(" ")})`);
+  if (positionals.length > 1) fail(`one ID at a time (got ${positionals.join(" ")})`);
   const filter = { ...(str("reason") ? { reason: str("reason")! } : {}), ...(str("session") ? { session: str("session")! } : {}) };
-  const rt = await kit.runtime(kit.configFrom(v), `tandem-dlq-${op}`);
+  const rt = await quietRuntime(configFrom(v), `tandem-dlq-${op}`);
   const out = (s: string) => process.stdout.write(`${s}\n`);
   try {
     if (op === "list") {
@@ -95,9 +90,9 @@ export async function cmdDlq(argv: string[], kit: CliKit): Promise<void> {
         out(`${all.length} entr${all.length === 1 ? "y" : "ies"}${filter.reason ? ` with reason ${filter.reason}` : ""}${filter.session ? ` of session ${filter.session}` : ""}`);
       }
     } else if (op === "show") {
-      if (id === undefined) kit.fail("usage: tandem dlq show ID [--json]");
+      if (id === undefined) fail("usage: tandem dlq show ID [--json]");
       const d = await getDeadLetter(rt, id);
-      if (!d) kit.fail(`no dead letter ${id}; list them with \`tandem dlq list\``, 3);
+      if (!d) fail(`no dead letter ${id}; list them with \`tandem dlq list\``, 3);
       const replay = await replayRecord(rt, id);
       if (v.json) out(JSON.stringify({ ...shown(d), ...(replay ? { replay } : {}) }));
       else {
@@ -115,7 +110,7 @@ export async function cmdDlq(argv: string[], kit: CliKit): Promise<void> {
         if (replay) out(`replayed  ${replay.state}${replay.session ? ` in session ${replay.session}` : ""}: ${replay.state === "done" ? (replay.ok ? JSON.stringify(replay.value) : `${replay.error?.code}: ${replay.error?.message}`) : "waiting for its answer"}`);
       }
     } else if (op === "replay") {
-      const ids = id !== undefined ? [id] : filter.reason || filter.session ? (await listDeadLetters(rt, { reason: "poison", ...filter, limit: Number.MAX_SAFE_INTEGER })).map((d) => d.id) : kit.fail("usage: tandem dlq replay ID | --reason R | --session S");
+      const ids = id !== undefined ? [id] : filter.reason || filter.session ? (await listDeadLetters(rt, { reason: "poison", ...filter, limit: Number.MAX_SAFE_INTEGER })).map((d) => d.id) : fail("usage: tandem dlq replay ID | --reason R | --session S");
       let failed = 0;
       for (const x of ids) {
         try {
@@ -135,7 +130,7 @@ export async function cmdDlq(argv: string[], kit: CliKit): Promise<void> {
       if (ids.length === 0) out("nothing to replay");
       if (failed > 0) process.exitCode = 1;
     } else {
-      if (id === undefined && !filter.reason && !filter.session && !v.all) kit.fail("usage: tandem dlq purge ID | --reason R | --session S | --all");
+      if (id === undefined && !filter.reason && !filter.session && !v.all) fail("usage: tandem dlq purge ID | --reason R | --session S | --all");
       const purged = await purgeDeadLetters(rt, { ...(id !== undefined ? { id } : {}), ...filter });
       out(`purged ${purged} entr${purged === 1 ? "y" : "ies"}`);
     }
