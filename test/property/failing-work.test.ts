@@ -19,29 +19,19 @@ import { faultProperty } from "../helpers/property.js";
 import { checkHistory, type Line } from "../helpers/history.js";
 import { logLines } from "../helpers/procs.js";
 import { CHAOS_POISON_ATTEMPTS } from "../../src/apps/chaos-mix.js";
-
-type Fault = { kind: "client"; i: number } | { kind: "server"; i: number } | { kind: "primary" } | { kind: "primary+server"; i: number } | { kind: "pause-primary" } | { kind: "nats" };
+import { continueManagers, describeStep, fault, runStep, type Step } from "../helpers/faults.js";
 
 interface Run {
   mix: number;
-  steps: Array<{ fault: Fault; afterMs: number; downMs: number }>;
+  steps: Step[];
 }
-
-const fault: fc.Arbitrary<Fault> = fc.oneof(
-  fc.record({ kind: fc.constant("client" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.record({ kind: fc.constant("server" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.constant({ kind: "primary" as const }),
-  fc.record({ kind: fc.constant("primary+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.constant({ kind: "pause-primary" as const }),
-  fc.constant({ kind: "nats" as const }),
-);
 
 const run: fc.Arbitrary<Run> = fc.record({
   mix: fc.integer({ min: 0, max: 2 ** 30 }),
   steps: fc.array(fc.record({ fault, afterMs: fc.integer({ min: 100, max: 1500 }), downMs: fc.integer({ min: 0, max: 800 }) }), { minLength: 1, maxLength: 3 }),
 });
 
-const describeRun = (r: Run) => `mix ${r.mix}: ${r.steps.map((s) => `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} ms, down ${s.downMs} ms`).join("; ")}`;
+const describeRun = (r: Run) => `mix ${r.mix}: ${r.steps.map(describeStep).join("; ")}`;
 
 const EXIT_LINE = "the chaos handler ends this process (a poison request)";
 
@@ -51,45 +41,8 @@ async function runOnce(r: Run): Promise<string[]> {
     const clients = [d.client("a", 60, 2, ["--mix", String(r.mix)]), d.client("b", 60, 2, ["--mix", String(r.mix + 1)])];
     for (const c of clients) c.start();
     let failovers = 0;
-    for (const step of r.steps) {
-      await new Promise((res) => setTimeout(res, step.afterMs));
-      const f = step.fault;
-      const restarts: Array<() => void | Promise<void>> = [];
-      if (f.kind === "client") {
-        const c = clients[f.i]!;
-        if (c.running()) {
-          await c.kill();
-          restarts.push(() => c.start());
-        }
-      }
-      if (f.kind === "server" || f.kind === "primary+server") {
-        await d.killServer(f.i);
-        restarts.push(() => void d.startServer(f.i));
-      }
-      if (f.kind === "primary" || f.kind === "primary+server") {
-        const p = await d.primary();
-        if (p) {
-          failovers++;
-          await p.kill("SIGKILL");
-          restarts.push(() => void d.startManager());
-        }
-      }
-      if (f.kind === "pause-primary") {
-        const p = await d.primary();
-        if (p?.running()) {
-          failovers++;
-          p.child.kill("SIGSTOP");
-          restarts.push(() => void p.child.kill("SIGCONT"));
-        }
-      }
-      if (f.kind === "nats") {
-        await d.ns.stop();
-        restarts.push(() => d.ns.restart());
-      }
-      await new Promise((res) => setTimeout(res, step.downMs));
-      for (const x of restarts) await x();
-    }
-    for (const m of d.managers) if (m.running()) m.child.kill("SIGCONT");
+    for (const step of r.steps) if ((await runStep(d, clients, step)).primaryDown) failovers++;
+    continueManagers(d);
     await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 180_000);
     const histories = clients.map((c) => c.history());
     const problems = checkHistory(histories).problems;

@@ -16,40 +16,12 @@ import fc from "fast-check";
 import { Deployment, until } from "../helpers/deployment.js";
 import { faultProperty } from "../helpers/property.js";
 import { checkHistory } from "../helpers/history.js";
-
-
-type Fault =
-  | { kind: "client"; i: number }
-  | { kind: "server"; i: number }
-  | { kind: "primary" }
-  | { kind: "primary+server"; i: number }
-  | { kind: "pause-primary" }
-  | { kind: "nats" };
-
-interface Step {
-  fault: Fault;
-  /** Wait before the fault. */
-  afterMs: number;
-  /** Time the killed process stays down before it is started again. */
-  downMs: number;
-}
-
-const fault: fc.Arbitrary<Fault> = fc.oneof(
-  fc.record({ kind: fc.constant("client" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.record({ kind: fc.constant("server" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.constant({ kind: "primary" as const }),
-  fc.record({ kind: fc.constant("primary+server" as const), i: fc.integer({ min: 0, max: 1 }) }),
-  fc.constant({ kind: "pause-primary" as const }),
-  fc.constant({ kind: "nats" as const }),
-);
+import { continueManagers, describeStep, fault, runStep, type Step } from "../helpers/faults.js";
 
 const schedule = fc.array(
   fc.record({ fault, afterMs: fc.integer({ min: 50, max: 700 }), downMs: fc.integer({ min: 0, max: 800 }) }),
   { minLength: 1, maxLength: 4 },
 );
-
-const describeStep = (s: Step) =>
-  `${s.fault.kind}${"i" in s.fault ? ` ${s.fault.i}` : ""} after ${s.afterMs} ms, down ${s.downMs} ms`;
 
 async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: string[] }> {
   const d = await Deployment.start({ servers: 2, managers: 2 });
@@ -61,43 +33,9 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
       const churner = d.client(`churn${++churn}`, 9, 3);
       churner.start();
       clients.push(churner);
-      await new Promise((r) => setTimeout(r, step.afterMs));
-      const f = step.fault;
-      const restarts: Array<() => void | Promise<void>> = [];
-      if (f.kind === "client") {
-        const c = clients[f.i]!;
-        if (c.running()) {
-          await c.kill();
-          restarts.push(() => c.start());
-        }
-      }
-      if (f.kind === "server" || f.kind === "primary+server") {
-        await d.killServer(f.i);
-        restarts.push(() => void d.startServer(f.i));
-      }
-      if (f.kind === "primary" || f.kind === "primary+server") {
-        const p = await d.primary();
-        if (p) {
-          await p.kill("SIGKILL");
-          restarts.push(() => void d.startManager());
-        }
-      }
-      if (f.kind === "pause-primary") {
-        const p = await d.primary();
-        if (p?.running()) {
-          p.child.kill("SIGSTOP");
-          restarts.push(() => void p.child.kill("SIGCONT"));
-        }
-      }
-      if (f.kind === "nats") {
-        await d.ns.stop();
-        restarts.push(() => d.ns.restart());
-      }
-      await new Promise((r) => setTimeout(r, step.downMs));
-      for (const r of restarts) await r();
+      await runStep(d, clients, step);
     }
-    // A stopped manager that was never continued would hold nothing up, but be sure.
-    for (const m of d.managers) if (m.running()) m.child.kill("SIGCONT");
+    continueManagers(d);
     // Healed: every process is running again; clients that were killed resume and finish.
     await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 120_000);
     const v = checkHistory(clients.map((c) => c.history()));
