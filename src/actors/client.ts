@@ -744,7 +744,13 @@ export class ClientSession {
           await new Promise((r) => setImmediate(r));
         }
         // A request sent meanwhile carries the receipt; otherwise commit it on its own.
-        if (this.handed <= this.taken || this.handed <= this.carrying) return;
+        if (this.handed <= this.taken || this.handed <= this.carrying) {
+          // A delivery accepted while we yielded found this pump busy: hand it now, or it waits
+          // for the next delivery (a bench run once stalled six sessions 5.5 s on it, until the
+          // stall watchdog re-synced them).
+          if (this.handable(this.handed + 1)) continue;
+          return;
+        }
         const commit = this.handed;
         this.carrying = commit;
         await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
@@ -753,6 +759,11 @@ export class ClientSession {
     } finally {
       this.taking = false;
     }
+  }
+
+  /** Is delivery n here with someone to hand it to? */
+  private handable(n: number): boolean {
+    return this.buffer.has(n) && (this.waiters.has(n) || this.abandoned.has(n) || this.orphanDemand.length > 0);
   }
 
   private committed(upTo: number): void {
