@@ -5,7 +5,7 @@
  * SIGINT/SIGTERM (a second signal exits at once). Logs go to stderr (pino).
  */
 import { TandemError } from "../runtime/errors.js";
-import { fail } from "./cli/kit.js";
+import { fail, packageVersion } from "./cli/kit.js";
 
 const MAIN_HELP = `tandem: fault-tolerant work distribution on NATS JetStream
 
@@ -47,6 +47,11 @@ async function main(): Promise<void> {
       const { cmdDemo } = await import("./demo.js");
       return cmdDemo(rest);
     }
+    case "--version":
+    case "-v":
+    case "version":
+      process.stdout.write(`tandem ${packageVersion()}\n`);
+      return;
     case undefined:
     case "help":
     case "--help":

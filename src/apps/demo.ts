@@ -24,7 +24,15 @@ export async function cmdDemo(argv: string[]): Promise<void> {
     options: { requests: { type: "string" }, "no-kill": { type: "boolean" }, hedge: { type: "boolean" }, help: { type: "boolean", short: "h" } },
   });
   if (values.help) {
-    process.stdout.write("Usage: tandem demo [--requests N] [--no-kill] [--hedge]\n");
+    process.stdout.write(`Usage: tandem demo [--requests N] [--no-kill] [--hedge]
+
+Starts an embedded nats-server, one manager, two servers and three clients as separate
+processes, shows progress, kills one server with SIGKILL midway, and prints what happened.
+  --requests N   requests per client (default 300)
+  --no-kill      do not kill a server
+  --hedge        the hedging demo instead: a straggler server, ledger transfers without and
+                 with hedging, p50/p99 of both, the extra work, and the ledger checked (I4)
+`);
     return;
   }
   const perClient = Number(values.requests ?? (values.hedge ? 400 : 300));

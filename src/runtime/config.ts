@@ -94,9 +94,13 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Raw {
 /** Integer settings with their bounds, from the settings table. */
 const NUMERIC: Array<[keyof Config, number, number]> = SETTINGS.filter((x) => x.kind === "int").map((x) => [x.key, x.min ?? 0, x.max ?? Number.MAX_SAFE_INTEGER]);
 
+/** A bad setting, named as the user gives it: its flag and environment variable (the settings table). */
 function bad(setting: string, why: string): TandemError {
-  return new TandemError(ErrorCode.Config, `invalid setting ${setting}: ${why}`, {
-    context: { setting },
+  const row = SETTINGS.find((x) => x.key === setting);
+  const names = row ? [row.flag ? `--${row.flag}` : null, row.env ?? null].filter((x): x is string => x !== null) : [];
+  const shown = names.length ? names.join(" / ") : setting;
+  return new TandemError(ErrorCode.Config, `invalid setting ${shown}: ${why}`, {
+    context: { setting, ...(row?.flag ? { flag: `--${row.flag}` } : {}), ...(row?.env ? { env: row.env } : {}) },
   });
 }
 
@@ -112,7 +116,7 @@ export function resolveConfig(...layers: Raw[]): Config {
       .map((s) => s.trim())
       .filter(Boolean);
   }
-  if (!Array.isArray(cfg.natsUrls)) throw bad("natsUrls (NATS_URL)", "expected a comma-separated list of URLs");
+  if (!Array.isArray(cfg.natsUrls)) throw bad("natsUrls", "expected a comma-separated list of URLs");
   for (const [key, min, max] of NUMERIC) {
     const raw = cfg[key];
     const n = typeof raw === "string" ? Number(raw) : raw;

@@ -19,7 +19,9 @@ describe("the settings table", () => {
       if (s.default !== null) expect((DEFAULTS as unknown as Record<string, unknown>)[s.key]).toEqual(s.default);
       if (s.env) expect(configFromEnv({ [s.env]: "7" } as NodeJS.ProcessEnv)[s.key]).toBe("7");
       if (s.kind === "int") {
-        expect(() => resolveConfig({ [s.key]: String((s.min ?? 0) - 1) })).toThrow(new RegExp(`invalid setting ${s.key}`));
+        // Named as the user gives it: the flag, else the environment variable.
+        const name = s.flag ? `--${s.flag}` : (s.env ?? s.key);
+        expect(() => resolveConfig({ [s.key]: String((s.min ?? 0) - 1) })).toThrow(`invalid setting ${name}`);
         expect(() => resolveConfig({ [s.key]: "1.5" })).toThrow(/expected an integer/);
       }
     }

@@ -45,8 +45,11 @@ interface ClientState {
 
 function percentile(sorted: number[], p: number): number | null {
   if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+  return round2(sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!);
 }
+
+/** Milliseconds to two decimals: what a person reads (40.99870200000004 -> 41). */
+const round2 = (ms: number) => Math.round(ms * 100) / 100;
 
 function writeAtomic(file: string, data: string): void {
   mkdirSync(dirname(resolve(file)), { recursive: true });
@@ -164,7 +167,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
     if (latency !== null) latencies.push(latency);
     // Under --mix, the outcomes the request's behaviour allows (for the history checker).
     const b = mix !== undefined ? chaosBehaviour(mix, sessions.indexOf(s), n) : undefined;
-    out({ type: "response", request: `${s.id}.${n}`, session: s.id, n, ok, ...(ok ? { response: value } : { error: error?.code }), latencyMs: latency, server, ...(b ? { behaviour: b.kind, expect: b.expect } : {}) });
+    out({ type: "response", request: `${s.id}.${n}`, session: s.id, n, ok, ...(ok ? { response: value } : { error: error?.code }), latencyMs: latency === null ? null : round2(latency), server, ...(b ? { behaviour: b.kind, expect: b.expect } : {}) });
   };
 
   await Promise.all(

@@ -7,7 +7,7 @@ import { parseArgs } from "node:util";
 import { bodyOf, getDeadLetter, listDeadLetters, purgeDeadLetters, replayDeadLetter, replayRecord, type DeadLetter } from "../../actors/deadLetters.js";
 import { TandemError } from "../../runtime/errors.js";
 import { createLogger } from "../../runtime/logger.js";
-import { COMMON, COMMON_HELP, configFrom, fail, runtime, type Options } from "./kit.js";
+import { COMMON, COMMON_HELP, configFrom, fail, runtime, type Options, exitIfVersion } from "./kit.js";
 
 export const DLQ_HELP = `Usage: tandem dlq <list|show|replay|purge> [options]
 
@@ -59,6 +59,7 @@ export async function cmdDlq(argv: string[]): Promise<void> {
   let positionals: string[];
   try {
     const r = parseArgs({ args: rest, options: { ...COMMON, ...OPTIONS }, allowPositionals: true, strict: true });
+    exitIfVersion(r.values);
     if (r.values.help) {
       process.stdout.write(`${DLQ_HELP}\n${COMMON_HELP}\n`);
       return;

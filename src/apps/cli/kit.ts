@@ -18,6 +18,7 @@ export type Options = NonNullable<ParseArgsConfig["options"]>;
 export const COMMON: Options = {
   ...Object.fromEntries(SETTINGS.filter((x) => x.flag).map((x) => [x.flag!, { type: "string" as const }])),
   help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
 };
 
 export const COMMON_HELP = `
@@ -36,6 +37,7 @@ export function parse(cmd: string, help: string, argv: string[], extra: Options)
       process.stdout.write(`${help}\n${COMMON_HELP}\n`);
       process.exit(0);
     }
+    exitIfVersion(r.values);
     return r.values as Record<string, string | boolean | undefined>;
   } catch (err) {
     fail(`${(err as Error).message}\nRun \`tandem ${cmd} --help\` for usage.`);
@@ -100,4 +102,20 @@ export function adminAuth(cfg: Config, dir?: string): { user?: string; pass?: st
   } catch {
     return {};
   }
+}
+
+/** The package's version (package.json, two levels above this file in src/ and in dist/). */
+export function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version?: string }).version ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+/** `--version` on any command: print it and exit. */
+export function exitIfVersion(values: Record<string, unknown>): void {
+  if (values.version !== true) return;
+  process.stdout.write(`tandem ${packageVersion()}\n`);
+  process.exit(0);
 }

@@ -35,6 +35,8 @@ export async function cmdStatus(argv: string[]): Promise<void> {
       process.stdout.write(`${lines.join("\n")}\n`);
     }
     await rt.close();
+    // What was found says the exit code: 3 for no such session (as `tandem trace`).
+    if (!info.record) process.exitCode = 3;
     return;
   }
   let st: ManagerStatus;

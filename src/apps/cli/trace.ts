@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { createLogger } from "../../runtime/logger.js";
-import { COMMON, COMMON_HELP, fail, configFrom, int, runtime, type Options } from "./kit.js";
+import { COMMON, COMMON_HELP, fail, configFrom, int, runtime, type Options, exitIfVersion } from "./kit.js";
 
 export const HELP = `Usage: tandem trace SESSION [N] [--json]
 
@@ -20,6 +20,7 @@ export async function cmdTrace(argv: string[]): Promise<void> {
   let v: Record<string, string | boolean | undefined>;
   try {
     const r = parseArgs({ args: argv, options: { ...COMMON, json: { type: "boolean" } } as Options, allowPositionals: true, strict: true });
+    exitIfVersion(r.values);
     if (r.values.help) {
       process.stdout.write(`${HELP}\n${COMMON_HELP}\n`);
       process.exit(0);
