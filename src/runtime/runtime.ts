@@ -2,6 +2,7 @@
  * The process-level runtime: a NATS connection (to NATS_URL, or to an embedded nats-server),
  * JetStream handles, provisioned streams and buckets, names and the root logger.
  */
+import { ErrorCode, TandemError } from "./errors.js";
 import { withBackoff } from "./backoff.js";
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -90,6 +91,11 @@ export interface StartOptions {
   name: string;
   /** Provision streams and buckets (every role does it; it is idempotent). */
   provision?: boolean;
+  /**
+   * Without NATS_URL and with no nats-server of `tandem nats` in the data directory, start an
+   * embedded one (default). Read-only commands say false: they never make a world of their own.
+   */
+  embedded?: boolean;
 }
 
 export async function startRuntime(config: Config, opts: StartOptions): Promise<Runtime> {
@@ -101,6 +107,12 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     if (found) {
       servers = found.url.split(","); // one server, or a cluster started by `tandem nats --cluster`
       logger.debug({ url: found.url }, "using the nats-server started by another tandem process");
+    } else if (opts.embedded === false) {
+      throw new TandemError(
+        ErrorCode.NatsUnreachable,
+        `no NATS_URL, and no nats-server started by \`tandem nats\` in ${config.dataDir}: start one there (\`tandem nats\`), or point this command at yours with NATS_URL or --nats`,
+        { context: { dataDir: config.dataDir } },
+      );
     } else {
       embedded = await startEmbedded(config.dataDir, logger);
       servers = [embedded.url];

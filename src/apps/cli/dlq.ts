@@ -26,7 +26,7 @@ original subject, headers and bytes, the error, the time, and the session and re
 
 /** A runtime whose info lines stay out of the command's output. */
 function quietRuntime(cfg: Parameters<typeof runtime>[0], name: string) {
-  return runtime(cfg, createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel }), name);
+  return runtime(cfg, createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel }), name, "reader");
 }
 
 const OPTIONS: Options = {

@@ -80,10 +80,14 @@ export function untilSignal(log: Logger, stop: () => Promise<void>): Promise<voi
   });
 }
 
-export async function runtime(cfg: Config, log: Logger, name: string, role: "manager" | "other" = "other"): Promise<Runtime> {
+/**
+ * `role`: the manager provisions; "reader" is a command that looks at a deployment (status,
+ * trace, dlq): it never starts an embedded nats-server of its own, it says none is running.
+ */
+export async function runtime(cfg: Config, log: Logger, name: string, role: "manager" | "other" | "reader" = "other"): Promise<Runtime> {
   try {
     // With a NATS user (a secured deployment) only the manager creates streams and buckets.
-    return await startRuntime(cfg, { logger: log, name, provision: role === "manager" || !cfg.natsUser });
+    return await startRuntime(cfg, { logger: log, name, provision: role === "manager" || !cfg.natsUser, embedded: role !== "reader" });
   } catch (err) {
     if (err instanceof TandemError) fail(`${err.message}`, 1);
     throw err;

@@ -20,7 +20,7 @@ export async function cmdStatus(argv: string[]): Promise<void> {
   const v = parse("status", HELP, argv, { json: { type: "boolean" }, session: { type: "string" } });
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel });
-  const rt = await runtime(cfg, log, "tandem-status");
+  const rt = await runtime(cfg, log, "tandem-status", "reader");
   if (typeof v.session === "string") {
     const info = await readSessionInfo(rt, v.session);
     if (v.json) process.stdout.write(`${JSON.stringify(info)}\n`);

@@ -35,7 +35,7 @@ export async function cmdTrace(argv: string[]): Promise<void> {
   const n = nText === undefined ? undefined : int(nText, "N", 1, 1);
   const cfg = configFrom(v);
   const log = createLogger({ level: cfg.logLevel === "info" ? "warn" : cfg.logLevel });
-  const rt = await runtime(cfg, log, "tandem-trace");
+  const rt = await runtime(cfg, log, "tandem-trace", "reader");
   const { traceSession, formatTrace } = await import("../request-trace.js");
   const t = await traceSession(rt, session, n);
   await rt.close();

@@ -1,0 +1,66 @@
+/**
+ * The command line's manners (issue 16, items 1, 4, 6 and 8): --version, errors that name the
+ * flag typed, exit codes that say what was found, and read-only commands that never start a
+ * nats-server of their own.
+ */
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ManagerNode } from "../../src/actors/manager.js";
+import type { Runtime } from "../../src/runtime/runtime.js";
+import { primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { CLI } from "../helpers/procs.js";
+
+const run = (args: string[], env: Record<string, string | undefined>, cwd?: string) =>
+  promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...process.env, NATS_URL: undefined, ...env } as NodeJS.ProcessEnv, encoding: "utf8", timeout: 30_000, ...(cwd ? { cwd } : {}) }).then(
+    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" }),
+  );
+
+let ns: NatsServer;
+let rt: Runtime;
+let mgr: ManagerNode;
+const dir = mkdtempSync(join(tmpdir(), "tandem-cli-"));
+
+beforeAll(async () => {
+  ns = await startNats();
+  rt = await runtimeFor(ns);
+  mgr = await primaryManager(rt);
+}, 60_000);
+
+afterAll(async () => {
+  await mgr?.stop();
+  await rt?.close();
+  await ns?.cleanup();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("the tandem command's manners", () => {
+  it("says its version, on its own and after any command", async () => {
+    const version = (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+    expect((await run(["--version"], {})).stdout.trim()).toBe(`tandem ${version}`);
+    expect((await run(["status", "--version"], {})).stdout.trim()).toBe(`tandem ${version}`);
+  });
+
+  it("names a bad setting as it was given: the flag and its environment variable", async () => {
+    const r = await run(["status", "--lease-ms", "5"], {});
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("invalid setting --lease-ms / TANDEM_LEASE_MS: 5 is outside 50..600000");
+  });
+
+  it("a read-only command with no NATS to look at says so and starts none", async () => {
+    const r = await run(["status"], {}, dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no NATS_URL, and no nats-server started by `tandem nats`/);
+    expect(existsSync(join(dir, ".tandem"))).toBe(false);
+  });
+
+  it("status of a session that does not exist exits 3", async () => {
+    const r = await run(["status", "--session", "nosuchsession"], { NATS_URL: ns.url });
+    expect(r.stdout).toContain("no record");
+    expect(r.code).toBe(3);
+  });
+});
