@@ -425,9 +425,18 @@ export class ClientSession {
   private async call<T>(op: "open" | "resume" | "close", body: unknown, timeoutMs = 30_000): Promise<T> {
     const rt = this.client.rt;
     const fatal = (err: unknown) => err instanceof TandemError && !err.retryable;
+    // Waiting is never silent: after 3 s without an answer the client says what it waits for.
+    const started = Date.now();
+    let told = false;
+    const onFailure = (err: unknown) => {
+      if (told || Date.now() - started < 3000 || fatal(err)) return;
+      told = true;
+      const code = err instanceof TandemError ? err.code : undefined;
+      this.log.warn({ op, code, waitedMs: Date.now() - started, givesUpAfterMs: timeoutMs }, `no manager has answered ${op} yet; is \`tandem manager\` running against the same NATS and prefix? still trying`);
+    };
     return withBackoff(
       () => rt.nc.request(rt.names.clientCall(op, this.client.id), encode(body), { timeout: Math.min(REQUEST_TIMEOUT, rt.config.ackTimeoutMs * 2) }).then((r) => unwrap<T>(r.data)),
-      { initialMs: 100, maxMs: 1000, forMs: timeoutMs, fatal },
+      { initialMs: 100, maxMs: 1000, forMs: timeoutMs, fatal, onFailure },
     ).catch((err: unknown) => {
       if (fatal(err)) throw err;
       throw new TandemError(ErrorCode.NoManager, `no manager answered ${op} within ${timeoutMs} ms; is \`tandem manager\` running?`, { cause: err });

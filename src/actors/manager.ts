@@ -276,6 +276,11 @@ export class ManagerNode {
         } else if (e.revision !== lastRevision) {
           lastRevision = e.revision;
           const lease = e.json<LeaseRecord>();
+          // A standby says whom it stands by for (once per primary), so a quiet one is not a
+          // mystery: it waits for that primary's lease to lapse.
+          if (lease.node !== this.node && (holder?.node !== lease.node || holder?.epoch !== lease.epoch)) {
+            this.log.info({ primary: lease.node, epoch: lease.epoch, takeOverAfterMs: this.rt.config.leaseMs }, "standing by: another manager is primary; taking over if its lease lapses");
+          }
           holder = { epoch: lease.epoch, node: lease.node };
           sendBack({ type: "LEASE_SEEN", lease: { epoch: lease.epoch, node: lease.node, revision: e.revision } });
         }

@@ -189,6 +189,18 @@ export class TandemServer {
 
   private async register(): Promise<{ epoch: number }> {
     if (this.stopping) throw new Error("stopping");
+    // Waiting is never silent: a server with no manager says so within seconds, and again now
+    // and then, with what to check, rather than nothing at all.
+    const started = Date.now();
+    let toldAt = 0;
+    const waiting = (err: unknown) => {
+      this.log.debug({ err }, "no manager answered the registration yet; retrying");
+      const waited = Date.now() - started;
+      if (waited < 2000 || Date.now() - toldAt < 30_000) return;
+      toldAt = Date.now();
+      const code = err instanceof TandemError ? err.code : undefined;
+      this.log.warn({ waitedMs: waited, code }, "no manager answers this server's registration; is `tandem manager` running against the same NATS and prefix? still trying");
+    };
     const r = await withBackoff(
       () =>
         this.rt.nc.request(
@@ -196,7 +208,7 @@ export class TandemServer {
           encode({ server: this.id, service: this.service, capacity: this.capacity, incarnation: this.incarnation }),
           { timeout: this.rt.config.ackTimeoutMs },
         ).then((m) => unwrap<{ epoch: number }>(m.data)),
-      { initialMs: 100, maxMs: 2000, while: () => !this.stopping, onFailure: (err) => this.log.debug({ err }, "no manager answered the registration yet; retrying") },
+      { initialMs: 100, maxMs: 2000, while: () => !this.stopping, onFailure: waiting },
     );
     this.epoch = Math.max(this.epoch, r.epoch);
     this.log.info({ epoch: r.epoch }, "registered with the manager");
