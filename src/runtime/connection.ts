@@ -19,6 +19,8 @@ export interface ConnectOptions {
   firstConnectMs?: number;
   /** TLS: CA file, and an optional client certificate and key. */
   tls?: { caFile?: string; certFile?: string; keyFile?: string };
+  /** Told, once, when the first connect has waited a few seconds (for the process's log). */
+  onWaiting?: (message: string) => void;
 }
 
 export const RECONNECT = {
@@ -39,6 +41,14 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
   // Our own first-connect retries rather than nats.js's waitOnFirstConnect, which would also retry
   // bad credentials and TLS failures forever: those stop at once, with what to fix.
   const firstConnectMs = opts.firstConnectMs ?? FIRST_CONNECT_MS;
+  // Waiting is never silent: after 3 s, say which NATS does not answer (once), then keep trying.
+  const started = Date.now();
+  let told = false;
+  const onFailure = (err: unknown) => {
+    if (told || Date.now() - started < 3000 || connectRefusal(err, opts) !== null) return;
+    told = true;
+    opts.onWaiting?.(`no NATS server answers at ${opts.servers.join(", ")} yet (${(err as Error).message}); still trying for ${Math.round(firstConnectMs / 1000)} s. Is nats-server running? (\`tandem nats\` starts one)`);
+  };
   const nc = await withBackoff(
     () =>
       connect({
@@ -53,7 +63,7 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
         ...(opts.user !== undefined ? { user: opts.user, pass: opts.pass ?? "", inboxPrefix: inboxPrefixFor(opts.user) } : {}),
         ...(opts.tls ? { tls: opts.tls } : {}),
       }),
-    { initialMs: 100, maxMs: 1000, forMs: firstConnectMs, fatal: (err) => connectRefusal(err, opts) !== null },
+    { initialMs: 100, maxMs: 1000, forMs: firstConnectMs, fatal: (err) => connectRefusal(err, opts) !== null, onFailure },
   ).catch((err: unknown) => {
     throw (
       connectRefusal(err, opts) ??

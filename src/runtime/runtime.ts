@@ -125,6 +125,7 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   const nc = await connectNats({
     servers,
     name: opts.name,
+    onWaiting: (message) => logger.warn({ servers }, message),
     ...(config.natsUser ? { user: config.natsUser, pass: config.natsPass } : {}),
     ...(tls ? { tls } : {}),
   });

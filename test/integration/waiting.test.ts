@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { eventually, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
+import { logLines, tandem } from "../helpers/procs.js";
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -40,4 +41,14 @@ describe("waiting says what for", () => {
     const standing = await eventually(() => bRt.logs().find((l) => l.msg === "standing by: another manager is primary; taking over if its lease lapses"), "the standby's line");
     expect(standing.primary).toBe("mA");
   }, 60_000);
+
+  it("a process whose NATS does not answer says which one within seconds", async () => {
+    // Port 1 on loopback: nothing listens there.
+    const p = tandem("manager-no-nats", ["manager"], { NATS_URL: "nats://127.0.0.1:1", TANDEM_LOG_JSON: "1" });
+    cleanups.push(() => p.kill("SIGKILL"));
+    const t0 = performance.now();
+    const line = await eventually(() => logLines(p).find((l) => String(l.msg).startsWith("no NATS server answers at nats://127.0.0.1:1")), "the warning naming the URL", 10_000);
+    expect(performance.now() - t0).toBeLessThan(6000);
+    expect(String(line.msg)).toContain("tandem nats");
+  }, 30_000);
 });
