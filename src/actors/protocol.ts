@@ -247,7 +247,8 @@ export async function publishDlq(
     /** Whose subject it came on (the token NATS permissions confine a user to), when it says. */
     from: writerOf(rt.names.prefix, subject),
     headers: hdrs,
-    data: keep ? Buffer.from(data!).toString("base64") : null,
+    // An empty message is kept as what it was (""), not as "no bytes kept" (null).
+    data: keep ? Buffer.from(data!).toString("base64") : data !== undefined && size === 0 ? "" : null,
     size,
     ...(size > 0 && !keep ? { dataDropped: `more than ${DLQ_IN_FLIGHT_BYTES} bytes of dead letters were in flight` } : {}),
     at: new Date().toISOString(),
