@@ -17,7 +17,7 @@ import type { KV } from "@nats-io/kv";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { decode, decodeText, encode, isObject } from "../runtime/wire.js";
-import { TandemClient } from "./client.js";
+import { TandemClient, type Response } from "./client.js";
 
 export interface DeadLetter {
   /** The entry's stream sequence in the dead-letter stream. */
@@ -193,7 +193,7 @@ export async function replayDeadLetter(rt: Runtime, id: number, opts: { timeoutM
     revision = await kv.update(replayKey(id), encode(rec), revision);
     const { response } = await session.send(req.payload, { kind: req.kind });
     const r = await withTimeout(response, opts.timeoutMs);
-    rec = { ...rec, state: "done", ok: r.ok, ...(r.ok ? { value: r.value } : { error: { code: r.error!.code, message: r.error!.message } }), at: new Date().toISOString() };
+    rec = answered(rec, r);
     await kv.update(replayKey(id), encode(rec), revision);
     await session.close();
     return { record: rec, ran: true };
@@ -210,13 +210,18 @@ async function finishInSession(rt: Runtime, kv: KV, rec: ReplayRecord, timeoutMs
     const next = await withTimeout(it.next(), timeoutMs);
     if (next.done) return rec;
     const r = next.value;
-    const done: ReplayRecord = { ...rec, state: "done", ok: r.ok, ...(r.ok ? { value: r.value } : { error: { code: r.error!.code, message: r.error!.message } }), at: new Date().toISOString() };
+    const done = answered(rec, r);
     await kv.put(replayKey(rec.id), encode(done));
     await session.close();
     return done;
   } finally {
     await client.close();
   }
+}
+
+/** The record of a replay once its request is answered. */
+function answered(rec: ReplayRecord, r: Response): ReplayRecord {
+  return { ...rec, state: "done", ok: r.ok, ...(r.ok ? { value: r.value } : { error: { code: r.error!.code, message: r.error!.message } }), at: new Date().toISOString() };
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number | undefined): Promise<T> {
