@@ -6,7 +6,7 @@ import { ErrorCode, TandemError } from "./errors.js";
 import { withBackoff } from "./backoff.js";
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { existsSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "./config.js";
 import { inboxPrefixFor } from "./dev/auth.js";
@@ -34,17 +34,26 @@ export interface Runtime {
   /** Replicas of the streams and buckets (resolved from `replicas: 0` = auto). */
   readonly replicas: number;
   readonly logger: Logger;
-  /** Set when this process started the nats-server it uses. */
-  readonly embedded: NatsServer | undefined;
   close(): Promise<void>;
 }
 
-interface Discovery {
+/**
+ * What `nats.json` in a data directory says: the nats-server every Tandem process of that
+ * directory uses when NATS_URL is not set. Written by `tandem nats` (foreground) or by the first
+ * process that needed one (the shared embedded server, detached: it outlives that process and
+ * `tandem nats --stop` ends it).
+ */
+export interface Discovery {
   url: string;
   pid: number;
+  /** Started by a Tandem process on demand (not by `tandem nats`). */
+  embedded?: boolean;
+  storeDir?: string;
+  /** nats-server's HTTP monitoring port, when it has one. */
+  monitorPort?: number;
 }
 
-function discoveryFile(dataDir: string): string {
+export function discoveryFile(dataDir: string): string {
   return join(resolve(dataDir), "nats.json");
 }
 
@@ -57,7 +66,7 @@ function alive(pid: number): boolean {
   }
 }
 
-/** A nats-server that another Tandem process of this directory started, if still alive. */
+/** The nats-server a Tandem process of this directory started, if still alive. */
 export function findEmbedded(dataDir: string): Discovery | null {
   const f = discoveryFile(dataDir);
   if (!existsSync(f)) return null;
@@ -69,20 +78,48 @@ export function findEmbedded(dataDir: string): Discovery | null {
   }
 }
 
-/** Start nats-server with its store under dataDir and advertise it to other local processes. */
-export async function startEmbedded(dataDir: string, logger: Logger): Promise<NatsServer> {
-  const storeDir = join(resolve(dataDir), "nats");
-  mkdirSync(storeDir, { recursive: true });
-  const server = await NatsServer.start({ storeDir });
-  writeFileSync(discoveryFile(dataDir), JSON.stringify({ url: server.url, pid: server.pid } satisfies Partial<Discovery>));
-  logger.info({ url: server.url, storeDir, pid: server.pid }, "embedded nats-server started");
-  return server;
-}
+/** A lock file older than this belongs to a process that died while starting the server. */
+const STALE_LOCK_MS = 30_000;
 
-export async function stopEmbedded(server: NatsServer, dataDir: string): Promise<void> {
-  const d = findEmbedded(dataDir);
-  if (d && d.pid === server.pid) rmSync(discoveryFile(dataDir), { force: true });
-  await server.shutdown();
+/**
+ * The data directory's shared nats-server: the one already running, or one this process starts
+ * (detached) under an exclusive lock file, so that processes started together share one.
+ */
+export async function sharedEmbedded(dataDir: string, logger: Logger): Promise<Discovery & { startedHere: boolean }> {
+  const dir = resolve(dataDir);
+  mkdirSync(dir, { recursive: true });
+  const lock = join(dir, "nats.lock");
+  const until = Date.now() + 30_000;
+  for (;;) {
+    const found = findEmbedded(dir);
+    if (found) return { ...found, startedHere: false };
+    let fd: number | undefined;
+    try {
+      fd = openSync(lock, "wx");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > STALE_LOCK_MS) rmSync(lock, { force: true });
+      if (Date.now() > until) {
+        throw new TandemError(ErrorCode.NatsServer, `another process holds ${lock} and has not started a nats-server in 30 s; remove the file if no tandem process is starting`, { context: { lock } });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      continue;
+    }
+    try {
+      const again = findEmbedded(dir); // started between our look and our lock
+      if (again) return { ...again, startedHere: false };
+      const storeDir = join(dir, "nats");
+      const server = await NatsServer.start({ storeDir, detached: true });
+      const d: Discovery = { url: server.url, pid: server.pid!, embedded: true, storeDir };
+      writeFileSync(discoveryFile(dir), JSON.stringify(d));
+      logger.info({ url: d.url, pid: d.pid, storeDir }, "started this directory's shared nats-server");
+      return { ...d, startedHere: true };
+    } finally {
+      closeSync(fd);
+      rmSync(lock, { force: true });
+    }
+  }
 }
 
 export interface StartOptions {
@@ -92,34 +129,36 @@ export interface StartOptions {
   /** Provision streams and buckets (every role does it; it is idempotent). */
   provision?: boolean;
   /**
-   * Without NATS_URL and with no nats-server of `tandem nats` in the data directory, start an
-   * embedded one (default). Read-only commands say false: they never make a world of their own.
+   * Without NATS_URL and with no nats-server running for the data directory, start the shared
+   * one (default). Read-only commands say false: they never make a world of their own.
    */
   embedded?: boolean;
 }
 
 export async function startRuntime(config: Config, opts: StartOptions): Promise<Runtime> {
   const logger = opts.logger;
-  let embedded: NatsServer | undefined;
   let servers = config.natsUrls;
   if (servers.length === 0) {
     const found = findEmbedded(config.dataDir);
     if (found) {
       servers = found.url.split(","); // one server, or a cluster started by `tandem nats --cluster`
-      logger.debug({ url: found.url }, "using the nats-server started by another tandem process");
+      logger.info({ url: found.url, pid: found.pid, dataDir: resolve(config.dataDir) }, `NATS: ${found.url}, this directory's ${found.embedded ? "shared embedded nats-server" : "nats-server of `tandem nats`"} (no NATS_URL)`);
     } else if (opts.embedded === false) {
       throw new TandemError(
         ErrorCode.NatsUnreachable,
-        `no NATS_URL, and no nats-server started by \`tandem nats\` in ${config.dataDir}: start one there (\`tandem nats\`), or point this command at yours with NATS_URL or --nats`,
+        `no NATS_URL, and no nats-server running for ${resolve(config.dataDir)}: start one there (\`tandem nats\`), or point this command at yours with NATS_URL or --nats`,
         { context: { dataDir: config.dataDir } },
       );
     } else {
-      embedded = await startEmbedded(config.dataDir, logger);
-      servers = [embedded.url];
-      logger.warn(
-        "no NATS_URL: started an embedded nats-server for this process only; run `tandem nats` or set NATS_URL to share one",
+      const d = await sharedEmbedded(config.dataDir, logger);
+      servers = [d.url];
+      logger.info(
+        { url: d.url, pid: d.pid, dataDir: resolve(config.dataDir) },
+        `NATS: ${d.url}, this directory's shared embedded nats-server (no NATS_URL; ${d.startedHere ? "started now" : "already running"}; \`tandem nats --stop\` ends it)`,
       );
     }
+  } else {
+    logger.info({ url: servers.join(",") }, `NATS: ${servers.join(",")} (NATS_URL)`);
   }
   const tls = config.natsCa || config.natsCert ? { ...(config.natsCa ? { caFile: config.natsCa } : {}), ...(config.natsCert ? { certFile: config.natsCert, keyFile: config.natsKey } : {}) } : undefined;
   const nc = await connectNats({
@@ -162,13 +201,11 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     requester,
     replicas,
     logger,
-    embedded,
     async close() {
       if (closed) return;
       closed = true;
       requester.close();
       await nc.drain().catch(() => nc.close());
-      if (embedded) await stopEmbedded(embedded, config.dataDir);
     },
   };
 }

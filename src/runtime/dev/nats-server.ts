@@ -4,6 +4,7 @@
  */
 import { pollUntil } from "../backoff.js";
 import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -87,6 +88,13 @@ export interface NatsServerOptions {
   config?: string | null;
   /** How long to wait for the server to accept connections. */
   startTimeoutMs?: number;
+  /** HTTP monitoring port (nats-server -m: /varz, /jsz, /connz). */
+  monitorPort?: number;
+  /**
+   * Outlive this process: its own process group, its output in `<storeDir>/nats-server.log`,
+   * not killed when this process exits (the shared embedded server of a data directory).
+   */
+  detached?: boolean;
 }
 
 /** Servers this process started: killed if the process exits without stopping them. */
@@ -112,6 +120,7 @@ export class NatsServer {
     private readonly args: string[],
     ownsDir: boolean,
     private readonly startTimeoutMs: number,
+    private readonly detached: boolean,
   ) {
     this.ownsDir = ownsDir;
   }
@@ -127,7 +136,8 @@ export class NatsServer {
       await writeFile(file, opts.config, { mode: 0o600 });
       args.push("-c", file);
     }
-    const s = new NatsServer(dir, port, args, ownsDir, opts.startTimeoutMs ?? 15_000);
+    if (opts.monitorPort !== undefined) args.push("-m", String(opts.monitorPort));
+    const s = new NatsServer(dir, port, args, ownsDir, opts.startTimeoutMs ?? 15_000, opts.detached === true);
     await s.spawn();
     return s;
   }
@@ -147,18 +157,28 @@ export class NatsServer {
   private async spawn(): Promise<void> {
     const args = ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir, ...this.args];
     let child: ChildProcess;
+    const logFile = join(this.storeDir, "nats-server.log");
+    const logFd = this.detached ? openSync(logFile, "a") : undefined;
     try {
-      child = spawn(natsServerBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
+      child = logFd !== undefined
+        ? spawn(natsServerBin(), args, { stdio: ["ignore", "ignore", logFd], detached: true })
+        : spawn(natsServerBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
     } catch (err) {
       throw missing(err);
+    } finally {
+      if (logFd !== undefined) closeSync(logFd);
     }
     this.child = child;
-    live.add(child);
-    child.once("exit", () => live.delete(child));
     this.stderrTail = "";
-    child.stderr?.on("data", (d: Buffer) => {
-      this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);
-    });
+    if (this.detached) {
+      child.unref();
+    } else {
+      live.add(child);
+      child.once("exit", () => live.delete(child));
+      child.stderr?.on("data", (d: Buffer) => {
+        this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);
+      });
+    }
     const spawnError = new Promise<never>((_, reject) => child.once("error", (e) => reject(missing(e))));
     spawnError.catch(() => {});
     const exited = () => child.exitCode !== null || child.signalCode !== null;
@@ -179,6 +199,7 @@ export class NatsServer {
     );
     if (up) return;
     this.kill();
+    if (this.detached) this.stderrTail = existsSync(logFile) ? readFileSync(logFile, "utf8").slice(-4000) : "";
     throw new TandemError(
       ErrorCode.NatsServer,
       `nats-server did not start on port ${this.port}: ${this.stderrTail.trim().split("\n").slice(-3).join(" | ") || "no output"}`,
@@ -230,6 +251,38 @@ export class NatsServer {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.cleanup();
   }
+}
+
+/**
+ * Stop a nats-server by its PID (one that another process started, detached): SIGTERM, then
+ * SIGKILL after graceMs. False when no such process was running.
+ */
+export async function stopPid(pid: number, graceMs = 5000): Promise<boolean> {
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!alive()) return false;
+  process.kill(pid, "SIGTERM");
+  const until = Date.now() + graceMs;
+  while (alive() && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  if (alive()) process.kill(pid, "SIGKILL");
+  return true;
+}
+
+/** The port if nothing listens on it on 127.0.0.1, else a free one. */
+export async function portOr(preferred: number): Promise<number> {
+  const free = await new Promise<boolean>((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once("error", () => resolve(false));
+    srv.listen(preferred, "127.0.0.1", () => srv.close(() => resolve(true)));
+  });
+  return free ? preferred : freePort();
 }
 
 function missing(err: unknown): TandemError {
