@@ -142,7 +142,8 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     const found = findEmbedded(config.dataDir);
     if (found) {
       servers = found.url.split(","); // one server, or a cluster started by `tandem nats --cluster`
-      logger.info({ url: found.url, pid: found.pid, dataDir: resolve(config.dataDir) }, `NATS: ${found.url}, this directory's ${found.embedded ? "shared embedded nats-server" : "nats-server of `tandem nats`"} (no NATS_URL)`);
+      const what = found.embedded ? "shared embedded nats-server (no NATS_URL; already running; `tandem nats --stop` ends it)" : "nats-server of `tandem nats` (no NATS_URL)";
+      logger.info({ url: found.url, pid: found.pid, dataDir: resolve(config.dataDir) }, `NATS: ${found.url}, this directory's ${what}`);
     } else if (opts.embedded === false) {
       throw new TandemError(
         ErrorCode.NatsUnreachable,

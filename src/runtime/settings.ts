@@ -24,7 +24,7 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 
 export const SETTINGS: readonly Setting[] = [
-  { key: "natsUrls", flag: "nats", env: "NATS_URL", kind: "list", default: [], help: "NATS servers, comma-separated (none: the nats-server `tandem nats` started in this directory, else an embedded one)" },
+  { key: "natsUrls", flag: "nats", env: "NATS_URL", kind: "list", default: [], help: "NATS servers, comma-separated (none: the nats-server of this directory, `tandem nats` or the shared one the first process started, else start that one)" },
   { key: "prefix", flag: "prefix", env: "TANDEM_PREFIX", kind: "string", default: "tandem", help: "subject prefix and stream/bucket name stem, so deployments can share a NATS" },
   { key: "replicas", flag: "replicas", env: "TANDEM_REPLICAS", kind: "int", default: 0, min: 0, max: 5, help: "stream and bucket replicas; 0 = auto (3 on a cluster of 3 or more servers, else 1)" },
   { key: "dataDir", flag: "data-dir", env: "TANDEM_DATA_DIR", kind: "string", default: ".tandem", help: "state and embedded store directory" },

@@ -288,7 +288,7 @@ export async function portOr(preferred: number): Promise<number> {
 function missing(err: unknown): TandemError {
   return new TandemError(
     ErrorCode.NatsServer,
-    `nats-server could not be started (looked for ${natsServerBin()}); run \`npm run setup\`, which installs it into .tools/bin, or set NATS_SERVER_BIN`,
+    `nats-server could not be started (looked for ${natsServerBin()}); run \`npx tandem setup\` (in a checkout: \`npm run setup\`), which puts one into .tools/bin, or set NATS_SERVER_BIN`,
     { cause: err },
   );
 }
