@@ -54,7 +54,7 @@ describe("the tandem command's manners", () => {
   it("a read-only command with no NATS to look at says so and starts none", async () => {
     const r = await run(["status"], {}, dir);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/no NATS_URL, and no nats-server started by `tandem nats`/);
+    expect(r.stderr).toMatch(/no NATS_URL, and no nats-server running for .* start one there \(`tandem nats`\)/);
     expect(existsSync(join(dir, ".tandem"))).toBe(false);
   });
 
@@ -62,5 +62,26 @@ describe("the tandem command's manners", () => {
     const r = await run(["status", "--session", "nosuchsession"], { NATS_URL: ns.url });
     expect(r.stdout).toContain("no record");
     expect(r.code).toBe(3);
+  });
+
+  it("status --watch refreshes, one JSON line per refresh, and its exit code says what the last one found", async () => {
+    const r = await run(["status", "--watch", "200", "--count", "3", "--json"], { NATS_URL: ns.url });
+    expect(r.code, r.stderr).toBe(0);
+    const views = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { at: string; epoch: number; node: string });
+    expect(views).toHaveLength(3);
+    for (const x of views) expect(x.epoch).toBeGreaterThanOrEqual(1);
+    const at = views.map((x) => Date.parse(x.at));
+    expect(at[2]! - at[0]!).toBeGreaterThanOrEqual(350);
+    const text = await run(["status", "--watch", "--count", "2"], { NATS_URL: ns.url });
+    expect(text.stdout.match(/^primary /gm)).toHaveLength(2);
+    const gone = await run(["status", "--session", "nosuchsession", "--watch", "100", "--count", "2", "--json"], { NATS_URL: ns.url });
+    expect(gone.code).toBe(3);
+    expect(gone.stdout.trim().split("\n")).toHaveLength(2);
+  });
+
+  it("status with no primary says so, as JSON too, and exits 1", async () => {
+    const r = await run(["status", "--json", "--prefix", "nobody"], { NATS_URL: ns.url });
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ primary: null });
   });
 });
