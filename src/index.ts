@@ -16,6 +16,8 @@ export { resolveConfig, configFromEnv, defaultConfig, DEFAULTS } from "./runtime
 export type { Config } from "./runtime/config.js";
 export { startRuntime } from "./runtime/runtime.js";
 export type { Runtime } from "./runtime/runtime.js";
+export type { Metrics, ServiceMetrics } from "./runtime/metrics.js";
+export type { Health, Readiness, MetricsEndpoint } from "./runtime/health.js";
 export { createLogger } from "./runtime/logger.js";
 export { NatsServer } from "./runtime/dev/nats-server.js";
 export type { HedgeOptions, RetryOptions } from "./machines/types.js";

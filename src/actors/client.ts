@@ -113,6 +113,7 @@ export class TandemClient {
   private subs: Subscription[] = [];
   private maxEpoch = 0;
   private watchdog: NodeJS.Timeout | undefined;
+  private unwatch: Array<() => void> = [];
 
   private constructor(
     readonly rt: Runtime,
@@ -156,6 +157,14 @@ export class TandemClient {
       for (const s of c.sessions.values()) void s.resyncIfStalled(stallMs);
     }, 1000);
     c.watchdog.unref();
+    c.unwatch.push(
+      rt.health.add(`client ${c.id}`, () => {
+        const waiting = [...c.sessions.values()].filter((s) => !s.ready).length;
+        return waiting === 0 ? { ready: true, why: `${c.sessions.size} session(s) open` } : { ready: false, why: `${waiting} of ${c.sessions.size} session(s) opening or re-syncing with the manager` };
+      }),
+      rt.metrics.addCollector(() => rt.metrics.clientSessions.set({ client: c.id }, c.sessions.size)),
+      () => rt.metrics.clientSessions.remove({ client: c.id }),
+    );
     void (async () => {
       for await (const st of rt.nc.status()) {
         if (st.type === "reconnect") for (const s of c.sessions.values()) void s.resyncIfStalled(0, true);
@@ -205,6 +214,7 @@ export class TandemClient {
 
   async close(): Promise<void> {
     clearInterval(this.watchdog);
+    for (const u of this.unwatch.splice(0)) u();
     for (const s of [...this.sessions.values()]) await s.detach();
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
@@ -594,12 +604,32 @@ export class ClientSession {
     this.lastReq = n;
     if (carry) this.carrying = carry;
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
+    this.observe(response);
     this.unanswered.set(n, { data, kind, tp });
     await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (carry) this.committed(carry);
     if (deadline !== undefined || opts.signal) this.watchGiveUp(n, deadline, opts.signal);
     return { n, response };
+  }
+
+  /** Metrics of one request: sent now, in flight until its response reaches the caller. */
+  private observe(response: Promise<Response>): void {
+    const metrics = this.client.rt.metrics;
+    const m = metrics.forService(this.serviceName);
+    const t0 = performance.now();
+    m.requests.inc();
+    m.clientInFlight.inc();
+    void response.then((r) => {
+      m.clientInFlight.dec();
+      m.roundTrip.observe((performance.now() - t0) / 1000);
+      metrics.responses.inc({ service: this.serviceName, outcome: r.ok ? "ok" : "error", code: r.ok ? "" : (r.error?.code ?? "") });
+    });
+  }
+
+  /** @internal ready for /readyz: open and attached, no re-sync in progress. */
+  get ready(): boolean {
+    return this.attached && !this.resuming && !this.closed;
   }
 
   /**

@@ -153,11 +153,61 @@ export class ManagerNode {
   /** Cursor consumers opened by resumes in this epoch (part of their names). */
   private cursorGen = 0;
   private restartWarnedAt = -Infinity;
+  /** Standby side: when the lease holder's last backup arrived (readiness: a current standby). */
+  private lastBackupAt = -Infinity;
+  private unwatch: Array<() => void> = [];
 
   constructor(private readonly rt: Runtime) {
     this.node = rt.config.node;
     this.baseLog = rt.logger.child({ role: "manager", node: this.node });
     this.log = this.baseLog;
+  }
+
+  /** Ready (/readyz): primary, or a standby whose last backup from the primary is current. */
+  readiness(): { ready: boolean; why: string } {
+    const snap = this.actor?.getSnapshot();
+    if (!snap || snap.status === "done") return { ready: false, why: "not running" };
+    if (snap.matches("primary")) return { ready: true, why: `primary at epoch ${snap.context.epoch}` };
+    const age = now() - this.lastBackupAt;
+    if (age <= this.rt.config.leaseMs) return { ready: true, why: `standby for ${snap.context.leader ?? "?"}, last backup ${Math.round(age)} ms ago` };
+    return { ready: false, why: `${this.state}: ${Number.isFinite(age) ? `no backup from a primary for ${Math.round(age)} ms` : "no backup from a primary yet"}` };
+  }
+
+  /** Gauges of the manager's view, set when the metrics are scraped. */
+  private async collect(): Promise<void> {
+    const m = this.rt.metrics;
+    const st = this.status();
+    const primary = this.isPrimary();
+    m.primary.set(primary ? 1 : 0);
+    m.epoch.set(st.epoch);
+    m.leaseAge.set(primary && this.primaryAt ? Math.max(0, (now() - this.primaryAt) / 1000) : 0);
+    for (const g of [m.sessions, m.pending, m.sessionPending, m.serversAlive, m.hedgeRequests, m.hedgeExtra, m.standbyBackupAge, m.consumerLag]) g.reset();
+    if (primary) {
+      for (const s of st.services) {
+        m.sessions.set({ service: s.service }, s.sessions);
+        m.pending.set({ service: s.service }, s.pending);
+        m.serversAlive.set({ service: s.service }, s.servers);
+        if (s.hedging) {
+          m.hedgeRequests.set({ service: s.service }, s.hedging.requests);
+          m.hedgeExtra.set({ service: s.service }, s.hedging.extra);
+        }
+      }
+      const core = this.core;
+      if (core) {
+        const top = [...core.sessions.values()].map((s) => ({ s, p: s.lastReq - s.answered })).filter((x) => x.p > 0);
+        top.sort((a, b) => b.p - a.p);
+        for (const { s, p } of top.slice(0, 50)) m.sessionPending.set({ service: s.service, session: s.id }, p);
+      }
+      for (const sb of st.standbys) m.standbyBackupAge.set({ standby: sb.node }, sb.lastBackupAgeMs / 1000);
+      const lag = async (which: "req" | "resp", stream: string) => {
+        const c = this.consumerRefs[which];
+        if (c) m.consumerLag.set({ stream }, (await c.info(true)).num_pending);
+      };
+      const dlq = this.rt.jsm.streams.info(this.rt.names.streamDlq).then((i) => m.dlqMessages.set(i.state.messages));
+      await Promise.allSettled([lag("req", this.rt.names.streamReq), lag("resp", this.rt.names.streamResp), dlq]);
+    } else if (Number.isFinite(this.lastBackupAt)) {
+      m.standbyBackupAge.set({ standby: this.node }, (now() - this.lastBackupAt) / 1000);
+    }
   }
 
   get epoch(): number {
@@ -206,6 +256,7 @@ export class ManagerNode {
     });
     this.actor.subscribe({ error: (err) => this.log.error({ err }, "manager machine failed") });
     this.actor.start();
+    this.unwatch.push(this.rt.health.add(`manager ${this.node}`, () => this.readiness()), this.rt.metrics.addCollector(() => this.collect()));
   }
 
   /** Resolves once this node is primary (for tests and the demo). */
@@ -216,6 +267,7 @@ export class ManagerNode {
 
   async stop(): Promise<void> {
     if (!this.actor) return;
+    for (const u of this.unwatch.splice(0)) u();
     this.actor.send({ type: "STOP" });
     await waitFor(this.actor, (s) => s.status === "done", { timeout: 15_000 }).catch(() => {});
     this.actor.stop();
@@ -306,6 +358,7 @@ export class ManagerNode {
           const ack = this.backup.apply(msg, this.node);
           if (!ack) return; // from an older epoch: not a sign of the current primary
           if (m.reply) m.respond(encode(ack));
+          this.lastBackupAt = now();
           sendBack({ type: "BACKUP_SEEN", epoch: msg.epoch });
         } catch (e) {
           void publishDlq(this.rt, asTandem(e).toWire(), m.subject, m.headers, m.data);
@@ -354,6 +407,7 @@ export class ManagerNode {
       }
     }
     this.log.info({ epoch: value.epoch }, "lease acquired");
+    this.rt.metrics.takeovers.inc();
     return { epoch: value.epoch, node: this.node, revision };
   }
 
@@ -1549,6 +1603,7 @@ export class ManagerNode {
         const s = core.sessions.get(e.session);
         const req = s?.requests.get(e.n);
         if (!s || !req) return;
+        rt.metrics.forService(s.service).dispatched.inc();
         const acked = (ok: boolean) => (ok ? core.dispatchAcked(e.session, e.n) : this.run(core.dispatchFailed(e.session, e.n, now())));
         // A hedged session's proxy sends the copies (the first one to this server).
         if (s.hedge && this.proxies) this.proxies.dispatch(e.session, e.n, e.server, acked);
@@ -1577,7 +1632,10 @@ export class ManagerNode {
           .request(rt.names.deliver(e.client, e.session), encode(msg), { timeout, headers })
           .then((r) => {
             const rep = decode(r.data) as Reply<unknown>;
-            if (rep.ok) this.run(core.deliverAcked(e.session, e.n, now()));
+            if (rep.ok) {
+              rt.metrics.forService(s.service).delivered.inc();
+              this.run(core.deliverAcked(e.session, e.n, now()));
+            }
             else this.run(core.deliverFailed(e.session, e.n, now()));
           })
           .catch(() => this.run(core.deliverFailed(e.session, e.n, now())));
@@ -1624,6 +1682,7 @@ export class ManagerNode {
         return;
       }
       case "recordAttempt": {
+        rt.metrics.failedAttempts.inc({ service: core.sessions.get(e.session)?.service ?? "", code: e.error.code });
         const body = { n: e.n, k: dispatchKey(this.secret!, e.session, e.n, MANAGER_WRITER), attempt: { server: e.server, error: e.error, at: Math.round(toWall(e.at)) } };
         // Numbered by the attempt it ends: stored once however often it is written.
         const failures = core.sessions.get(e.session)?.attempts.get(e.n)?.failures ?? 0;

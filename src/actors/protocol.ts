@@ -226,13 +226,14 @@ export function dlqReason(code: string): string {
  * from, its headers and body. Never throws: a DLQ failure must not take anything down.
  */
 export async function publishDlq(
-  rt: Pick<Runtime, "js" | "names" | "logger" | "config">,
+  rt: Pick<Runtime, "js" | "names" | "logger" | "config"> & Partial<Pick<Runtime, "metrics">>,
   err: WireErr,
   subject: string,
   headers: MsgHdrs | undefined,
   data: Uint8Array | undefined,
   dedupe?: string,
 ): Promise<void> {
+  rt.metrics?.deadLettered.inc({ code: err.code });
   const hdrs: Record<string, string> = {};
   if (headers) for (const k of headers.keys()) hdrs[k] = headers.get(k);
   // Copies in flight are bounded in bytes: a flood of bad input must not grow the process

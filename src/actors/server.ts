@@ -121,6 +121,10 @@ export class TandemServer {
   private active = 0;
   private epoch = 0;
   private stopping = false;
+  /** When the last registration, and the last heartbeat, was answered (0: never). */
+  private registeredAt = 0;
+  private heartbeatOkAt = 0;
+  private unwatch: Array<() => void> = [];
   /** Counters for tests and the CLI. */
   readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };
 
@@ -175,12 +179,28 @@ export class TandemServer {
     this.actor = createActor(machine, { input: { server: this.id, service: this.service } });
     this.actor.start();
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.rt.config.serverHeartbeatMs);
+    this.unwatch.push(
+      this.rt.health.add(`server ${this.id}`, () => this.readiness()),
+      this.rt.metrics.addCollector(() => this.rt.metrics.serverRegistered.set({ service: this.service, server: this.id }, this.readiness().ready ? 1 : 0)),
+      () => this.rt.metrics.serverRegistered.remove({ service: this.service, server: this.id }),
+    );
     await waitFor(this.actor, (s) => s.matches("serving"), { timeout: 60_000 });
+  }
+
+  /** Ready (/readyz): serving, and the primary answered the registration or a heartbeat lately. */
+  private readiness(): { ready: boolean; why: string } {
+    if (this.stopping) return { ready: false, why: "stopping" };
+    if (!this.actor?.getSnapshot().matches("serving")) return { ready: false, why: `${this.state}: waiting for a manager to answer its registration` };
+    const age = Date.now() - Math.max(this.registeredAt, this.heartbeatOkAt);
+    return age < this.rt.config.serverTimeoutMs
+      ? { ready: true, why: `registered at epoch ${this.epoch}` }
+      : { ready: false, why: `no answer from a primary for ${age} ms (its heartbeats go unanswered)` };
   }
 
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    for (const u of this.unwatch.splice(0)) u();
     clearInterval(this.heartbeatTimer);
     this.send({ type: "STOP" });
     if (this.actor) await waitFor(this.actor, (s) => s.status === "done", { timeout: 30_000 }).catch(() => {});
@@ -211,6 +231,7 @@ export class TandemServer {
       { initialMs: 100, maxMs: 2000, while: () => !this.stopping, onFailure: waiting },
     );
     this.epoch = Math.max(this.epoch, r.epoch);
+    this.registeredAt = Date.now();
     this.log.info({ epoch: r.epoch }, "registered with the manager");
     return { epoch: r.epoch };
   }
@@ -226,6 +247,7 @@ export class TandemServer {
       );
       const rep = unwrap<HeartbeatReply>(r.data);
       if (!Number.isSafeInteger(rep.epoch) || rep.epoch < this.epoch) return; // a stale manager answered; ignore it (I5)
+      this.heartbeatOkAt = Date.now();
       this.epoch = rep.epoch; // the primary's answer to our own request: how epochs move more than one
       if (rep.reregister) {
         this.log.info({ epoch: rep.epoch }, "manager does not know this server; registering again");
@@ -449,6 +471,15 @@ export class TandemServer {
       },
     };
     let body: Record<string, unknown>;
+    const metrics = this.rt.metrics;
+    const m = metrics.forService(this.service);
+    const t0 = performance.now();
+    m.serverInFlight.inc();
+    const handled = (outcome: "ok" | "error" | "retry" | "cancelled", code = "") => {
+      m.serverInFlight.dec();
+      m.handlerSeconds.observe((performance.now() - t0) / 1000);
+      metrics.handled.inc({ service: this.service, outcome, code });
+    };
     try {
       const result = await this.opts.handler(
         { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart, attempt: w.attempt ?? 1, deadline: w.deadline },
@@ -456,8 +487,10 @@ export class TandemServer {
       );
       body = { n: w.n, k: w.k, ok: result ?? null };
       this.stats.completed++;
+      handled("ok");
     } catch (err) {
       if (err instanceof FenceLost) {
+        handled("ok");
         // Another duplicate's update is the applied one: answer with its result, change nothing.
         this.stats.fenceLost++;
         log().info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
@@ -469,12 +502,14 @@ export class TandemServer {
       }
       if (run.aborted) {
         // Cancelled work leaves no response: the request is answered elsewhere or not at all.
+        handled("cancelled");
         this.finish(key);
         return;
       }
       const error = handlerErrorToWire(err);
       body = { n: w.n, k: w.k, error };
       this.stats.failed++;
+      handled(error.retryable ? "retry" : "error", error.code);
       if (error.retryable) log().info({ err, attempt: w.attempt ?? 1 }, "handler failed with a retryable error; the manager retries it after its back-off");
       else log().warn({ err }, "handler failed; the client gets the error");
     }

@@ -50,6 +50,8 @@ export interface Config {
   natsCa: string;
   natsCert: string;
   natsKey: string;
+  /** Serve Prometheus metrics and health on this port (0: none). */
+  metricsPort: number;
   /** Sessions one client id may have open at once. */
   maxSessionsPerClient: number;
   /** Sessions the manager keeps open at once, across all clients. */

@@ -17,6 +17,8 @@ import { provisionBuckets, provisionStreams, type Buckets } from "./provision.js
 import { ensureStoreBucket } from "./stores/store-kv.js";
 import { Requester } from "./requester.js";
 import { Names } from "./wire.js";
+import { Metrics } from "./metrics.js";
+import { Health, serveMetrics, type MetricsEndpoint } from "./health.js";
 
 /** Ack timeout of JetStream publishes (acks take < 200 ms at p99.9 under load; CPU-starved
  * processes need more). */
@@ -34,6 +36,17 @@ export interface Runtime {
   /** Replicas of the streams and buckets (resolved from `replicas: 0` = auto). */
   readonly replicas: number;
   readonly logger: Logger;
+  /** Prometheus metrics every role of this process records into (served on --metrics-port). */
+  readonly metrics: Metrics;
+  /** The readiness checks of this process's roles (/readyz). */
+  readonly health: Health;
+  /** Whether the connection to NATS is up now (not between a disconnect and a reconnect). */
+  natsConnected(): boolean;
+  /**
+   * Serve /metrics, /healthz and /readyz on 127.0.0.1:port (0: a free port); startRuntime does
+   * it by itself when config.metricsPort is set. Closed with the runtime.
+   */
+  serveMetrics(port: number): Promise<MetricsEndpoint>;
   close(): Promise<void>;
 }
 
@@ -192,6 +205,24 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
   );
   const requester = new Requester(nc, config.natsUser ? inboxPrefixFor(config.natsUser) : undefined);
   let closed = false;
+  let connected = true;
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect") connected = false;
+      else if (s.type === "reconnect") connected = true;
+    }
+  })().catch(() => {});
+  const metrics = new Metrics();
+  const health = new Health();
+  const endpoints: MetricsEndpoint[] = [];
+  const natsConnected = () => connected && !nc.isClosed();
+  const serve = async (port: number) => {
+    const ep = await serveMetrics(metrics, health, natsConnected, port);
+    endpoints.push(ep);
+    logger.info({ url: ep.url, paths: ["/metrics", "/healthz", "/readyz"] }, `metrics and health on ${ep.url}`);
+    return ep;
+  };
+  if (config.metricsPort > 0) await serve(config.metricsPort);
   return {
     config,
     names,
@@ -202,9 +233,14 @@ export async function startRuntime(config: Config, opts: StartOptions): Promise<
     requester,
     replicas,
     logger,
+    metrics,
+    health,
+    natsConnected,
+    serveMetrics: serve,
     async close() {
       if (closed) return;
       closed = true;
+      await Promise.all(endpoints.map((e) => e.close()));
       requester.close();
       await nc.drain().catch(() => nc.close());
     },

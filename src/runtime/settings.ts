@@ -47,6 +47,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: "maxClientBytes", env: "TANDEM_MAX_CLIENT_BYTES", kind: "int", default: 64 * MiB, min: KiB, max: 2 ** 40, help: "... for one client" },
   { key: "maxHeldBytes", env: "TANDEM_MAX_HELD_BYTES", kind: "int", default: 512 * MiB, min: KiB, max: 2 ** 40, help: "... in all" },
   { key: "dlqMaxBytes", env: "TANDEM_DLQ_MAX_BYTES", kind: "int", default: 256 * MiB, min: 64 * KiB, max: 2 ** 50, help: "bytes the dead-letter stream keeps; past it the oldest entries go" },
+  { key: "metricsPort", flag: "metrics-port", env: "TANDEM_METRICS_PORT", kind: "int", default: 0, min: 0, max: 65_535, help: "serve Prometheus /metrics, /healthz and /readyz on this port (0: none)" },
   { key: "node", flag: "node", env: "TANDEM_NODE", kind: "string", default: null, help: "manager node name, unique per process (default <host>-<pid>)" },
   { key: "natsUser", flag: "user", env: "NATS_USER", kind: "string", default: "", help: "NATS user (`tandem auth` writes the users)" },
   { key: "natsPass", flag: "password", env: "NATS_PASSWORD", kind: "string", default: "", help: "NATS password" },
