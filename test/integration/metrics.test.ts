@@ -148,6 +148,7 @@ describe("metrics and health", () => {
   it("follow a failover: the standby becomes primary at the next epoch, readiness follows, load goes on", async () => {
     const echo = await client.open("echo");
     expect(await echo.request("before")).toBe("before");
+    expect(mB.running() && srv.running()).toBe(true);
     await mA.kill("SIGKILL");
     await eventually(async () => v(await scrape(ports[1]!), "tandem_manager_primary") === 1 || undefined, "manager b is primary", 20_000, 100);
     const b = await scrape(ports[1]!);
