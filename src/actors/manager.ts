@@ -7,6 +7,7 @@ import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type Js
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromCallback, fromPromise, waitFor, type Actor } from "xstate";
 import { DEFAULT_HEDGE_BUDGET } from "../machines/hedgeBudget.js";
+import { RecentSeries, type SecondView } from "../machines/recentSeries.js";
 import { BackupStore, splitBackup, type BackupAck, type BackupMsg } from "../machines/backupStore.js";
 import { splitToFit } from "../machines/parts.js";
 import { ManagerCore, type CursorRecord, type Effect, type SessionRecord } from "../machines/managerCore.js";
@@ -80,9 +81,35 @@ export interface ManagerStatus {
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
   standbys: Array<{ node: string; lastBackupAgeMs: number; seq: number }>;
   since: string | null;
+  /** With `{ detail: true }` (the dashboard): the last minute, a second a point. */
+  recent?: SecondView[];
+  /** With `{ detail: true }`: the sessions with the most requests pending (at most 100). */
+  busiest?: SessionStatus[];
+}
+
+export interface SessionStatus {
+  id: string;
+  client: string;
+  service: string;
+  server: string | null;
+  /** Requests stored and not yet answered. */
+  pending: number;
+  /** Requests at a server now (dispatched, not answered). */
+  inFlight: number;
+  answered: number;
 }
 
 const now = () => performance.now();
+
+/** A status request that asks for the dashboard's detail: `{ "detail": true }`. */
+function wantsDetail(data: Uint8Array): boolean {
+  if (data.length === 0 || data.length > 256) return false;
+  try {
+    return (decode(data) as { detail?: unknown } | null)?.detail === true;
+  } catch {
+    return false;
+  }
+}
 
 /** Queues are trimmed behind the bucket cut written this long ago (see trimQueues; tests shorten it). */
 const trimLagMs = () => Number(process.env.TANDEM_TRIM_LAG_MS ?? 10_000);
@@ -155,6 +182,8 @@ export class ManagerNode {
   private restartWarnedAt = -Infinity;
   /** Standby side: when the lease holder's last backup arrived (readiness: a current standby). */
   private lastBackupAt = -Infinity;
+  /** Responses served in the last minute, for the dashboard's charts. */
+  private readonly recent = new RecentSeries();
   private unwatch: Array<() => void> = [];
 
   constructor(private readonly rt: Runtime) {
@@ -271,6 +300,18 @@ export class ManagerNode {
     this.actor.send({ type: "STOP" });
     await waitFor(this.actor, (s) => s.status === "done", { timeout: 15_000 }).catch(() => {});
     this.actor.stop();
+  }
+
+  /** The status with the dashboard's detail: the last minute and the busiest sessions. */
+  detailedStatus(): ManagerStatus {
+    const st = this.status();
+    const busiest: SessionStatus[] = [];
+    for (const s of this.core?.sessions.values() ?? []) {
+      const pending = s.lastReq - s.answered;
+      busiest.push({ id: s.id, client: s.client, service: s.service, server: s.server, pending, inFlight: s.dispatched > 0 ? 1 : 0, answered: s.answered });
+    }
+    busiest.sort((a, b) => b.pending - a.pending || b.answered - a.answered);
+    return { ...st, recent: this.recent.view(Date.now()), busiest: busiest.slice(0, 100) };
   }
 
   status(): ManagerStatus {
@@ -823,7 +864,7 @@ export class ManagerNode {
     sub(names.clientCallAll("open"), (m) => this.onOpen(m));
     sub(names.clientCallAll("resume"), (m) => this.onResume(m));
     sub(names.clientCallAll("close"), (m) => this.onClose(m));
-    sub(names.mgr("status"), (m) => replyOk(m, this.status()));
+    sub(names.mgr("status"), (m) => replyOk(m, wantsDetail(m.data) ? this.detailedStatus() : this.status()));
     sub(names.registerAll, (m) => this.onRegister(m));
     sub(names.heartbeatAll, (m) => this.onHeartbeat(m));
     this.primarySince = new Date().toISOString();
@@ -1717,6 +1758,11 @@ export class ManagerNode {
           this.log.info({ client: e.client, sessions: e.sessions.length, parts: acks.length }, "client session restarted");
           this.run(core.clientRestartAcked(ack, now()));
         });
+        return;
+      }
+      case "served": {
+        rt.metrics.workSeconds.labels({ service: e.service }).observe(e.ms / 1000);
+        this.recent.add(Date.now(), e.ms, e.ok);
         return;
       }
       case "report": {

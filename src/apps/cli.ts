@@ -21,6 +21,7 @@ Commands:
   trace      what happened to a session's requests, from its queues and records
   dlq        the dead-letter stream: list, show, replay and purge entries
   auth       write per-role NATS users and permissions (for \`tandem nats --secure\`)
+  ui         the live dashboard in a browser (managers, takeovers, services, sessions, DLQ)
   setup      put nats-server (and the NATS CLI) where tandem looks first
 
 Run \`tandem <command> --help\` for its options.`;
@@ -42,6 +43,8 @@ async function main(): Promise<void> {
       return (await import("./cli/auth.js")).cmdAuth(rest);
     case "trace":
       return (await import("./cli/trace.js")).cmdTrace(rest);
+    case "ui":
+      return (await import("./cli/ui.js")).cmdUi(rest);
     case "setup":
       return (await import("./cli/setup.js")).cmdSetup(rest);
     case "dlq":

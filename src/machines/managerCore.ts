@@ -194,6 +194,8 @@ export type Effect =
    * takeover); `replaying`: read while rebuilding (answered before this epoch).
    */
   | { type: "answered"; session: string; n: number; server: string; others: string[]; replaying: boolean }
+  /** A response read live for the request dispatched `ms` ago (core clock): for metrics. */
+  | { type: "served"; service: string; session: string; n: number; ms: number; ok: boolean }
   | { type: "putRestart"; session: string; side: "client" | "server"; record: RestartRecord }
   | { type: "storeError"; client: string; session: string; n: number; error: WireErr }
   | { type: "notify"; client: string; session: string; n: number; error: WireErr }
@@ -549,6 +551,7 @@ export class ManagerCore {
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     if (s.dispatched === m.n) {
       this.budget(s.service).observe(now - s.dispatchedAt);
+      if (!replaying) effects.push({ type: "served", service: s.service, session: s.id, n: m.n, ms: now - s.dispatchedAt, ok: m.error === undefined });
       s.dispatched = 0;
       s.dispatchAttempts = 0;
     }

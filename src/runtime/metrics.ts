@@ -68,6 +68,13 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly deadLettered = new Counter({ name: "tandem_dead_lettered_total", help: "Entries this process put into the dead-letter stream, by code (TANDEM_POISON: quarantined requests)", labelNames: ["code"], registers: [this.registry] });
+  readonly workSeconds = new Histogram({
+    name: "tandem_manager_work_seconds",
+    help: "From the primary's dispatch of a request to its response read from the queue",
+    labelNames: ["service"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
   readonly takeovers = new Counter({ name: "tandem_manager_takeovers_total", help: "Times this manager took the lease (became primary)", registers: [this.registry] });
 
   // Manager side: views of its state, set by its collector when scraped.
