@@ -1100,7 +1100,7 @@ export class ManagerNode {
   }
 
   private async stepDown(epoch: number): Promise<void> {
-    this.log.warn({ epoch }, "stepped down: serving stopped, back to standby");
+    this.baseLog.warn({ epoch }, "stepped down: serving stopped, back to standby");
     await this.release();
   }
 
@@ -1129,7 +1129,7 @@ export class ManagerNode {
     if (epoch && this.core) {
       await this.snapshotting;
       await this.snapshot(epoch, true);
-      this.log.info({ epoch }, "drained: state snapshotted");
+      this.baseLog.info({ epoch }, "drained: state snapshotted");
     }
     await this.release();
   }
@@ -1503,7 +1503,7 @@ export class ManagerNode {
     void this.verifyLease(acting).then((ours) => {
       if (!ours || now() - this.epochClaimReportedAt < 10_000) return;
       this.epochClaimReportedAt = now();
-      this.log.warn({ source, claimed, epoch: acting }, "a peer claims an epoch the lease does not back; refused (further claims in the next 10 s are not logged)");
+      this.baseLog.warn({ source, claimed, epoch: acting }, "a peer claims an epoch the lease does not back; refused (further claims in the next 10 s are not logged)");
       void publishDlq(this.rt, err, m.subject, m.headers, m.data);
     });
   }

@@ -1,6 +1,8 @@
 /**
  * pino loggers: JSON lines on stderr by default (stdout stays free for --json output),
- * pretty when stderr is a terminal. Actors take a child with their bindings.
+ * pretty when stderr is a terminal: one line an event, labelled with the process's name (its
+ * role and id, e.g. "manager m1"), colours unless NO_COLOR is set (no-color.org) or
+ * TANDEM_LOG_JSON=1 asks for JSON. Actors take a child with their bindings.
  */
 import { pino, type Logger, type DestinationStream } from "pino";
 import pretty from "pino-pretty";
@@ -24,10 +26,15 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   if (wantPretty) {
     return pino(
       { level, base },
-      pretty({ destination: 2, colorize: true, sync: true, ignore: "pid,hostname", translateTime: "HH:MM:ss.l" }),
+      pretty({ destination: 2, colorize: colorWanted(), sync: true, singleLine: true, ignore: "pid,hostname", translateTime: "HH:MM:ss.l" }),
     );
   }
   return pino({ level, base }, pino.destination({ dest: 2, sync: true }));
+}
+
+/** Colours on a terminal unless NO_COLOR is set to anything but "" (https://no-color.org). */
+export function colorWanted(env: NodeJS.ProcessEnv = process.env): boolean {
+  return !(env.NO_COLOR !== undefined && env.NO_COLOR !== "");
 }
 
 /** An in-memory JSON sink for tests that care about a log line. */

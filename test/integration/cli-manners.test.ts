@@ -84,4 +84,41 @@ describe("the tandem command's manners", () => {
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stdout)).toMatchObject({ primary: null });
   });
+
+  it("logs one line an event, labelled with the process's role and id, in colour unless NO_COLOR", async () => {
+    // A terminal, as `script` gives one: the pretty format.
+    const inTty = (env: string) =>
+      promisify(execFile)("script", ["-qefc", `${env} TANDEM_PREFIX=prettylogs NATS_URL=${ns.url} timeout -s TERM 2 ${process.execPath} ${CLI} manager --node pretty1`, "/dev/null"], {
+        encoding: "utf8",
+        timeout: 20_000,
+        env: { ...process.env, TANDEM_LOG_JSON: "", NO_COLOR: "" },
+      }).then(
+        (r) => r.stdout,
+        (e: { stdout?: string }) => e.stdout ?? "",
+      );
+    const plain = (await inTty("NO_COLOR=1")).split(/\r?\n/).filter(Boolean);
+    expect(plain.length).toBeGreaterThanOrEqual(4);
+    for (const l of plain) expect(l).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] (INFO|WARN|DEBUG|ERROR) \(manager pretty1\): \S/);
+    expect(plain.join("\n")).not.toContain("\x1b[");
+    expect(plain.some((l) => l.includes("manager primary"))).toBe(true);
+    const coloured = await inTty("");
+    expect(coloured).toContain("\x1b[");
+  });
+
+  it("writes JSON log lines without a key twice", async () => {
+    const r = await promisify(execFile)("timeout", ["-s", "TERM", "2", process.execPath, CLI, "manager", "--node", "json1", "--prefix", "jsonlogs"], {
+      encoding: "utf8",
+      timeout: 20_000,
+      env: { ...process.env, NATS_URL: ns.url, TANDEM_LOG_JSON: "1" },
+    }).then(
+      (x) => x.stderr,
+      (e: { stderr?: string }) => e.stderr ?? "",
+    );
+    const lines = r.split("\n").filter((l) => l.startsWith("{"));
+    expect(lines.some((l) => l.includes("drained"))).toBe(true);
+    for (const l of lines) {
+      const keys = Object.keys(JSON.parse(l) as object);
+      for (const k of keys) expect(l.split(`"${k}":`).length - 1, `${k} in ${l}`).toBe(1);
+    }
+  });
 });

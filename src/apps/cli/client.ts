@@ -86,7 +86,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
   }
   const transfers = v.transfers === true;
   const cfg = configFrom(v);
-  const log = createLogger({ level: cfg.logLevel });
+  const log = createLogger({ level: cfg.logLevel, name: `client ${typeof v.id === "string" ? v.id : process.pid}` });
   const json = v.json === true;
   const stateFile = typeof v.state === "string" ? v.state : undefined;
   let state: ClientState | null = null;
@@ -148,7 +148,15 @@ export async function cmdClient(argv: string[]): Promise<void> {
   for (const s of sessions) s.onCommit((upTo) => out({ type: "taken", session: s.id, upTo }));
   const k = sessions.length;
   for (let i = 0; i < k; i++) quotas.push(Math.floor(total / k) + (i < total % k ? 1 : 0));
-  const progress = process.stderr.isTTY && !json ? setInterval(() => process.stderr.write(`\r${answered}/${total} answered`), 200) : undefined;
+  // Progress as a line of its own every 2 s (a line rewritten in place ran into log lines).
+  const t0 = performance.now();
+  const progress =
+    process.stderr.isTTY && !json
+      ? setInterval(() => {
+          const s = (performance.now() - t0) / 1000;
+          process.stderr.write(`client: ${answered}/${total} answered (${Math.round((100 * answered) / Math.max(1, total))}%), ${Math.round(answered / s)}/s, ${Math.round(s)} s\n`);
+        }, 2000)
+      : undefined;
   let stopping = false;
   const onSignal = () => {
     if (stopping) process.exit(130);
@@ -217,10 +225,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
       }
     }),
   );
-  if (progress) {
-    clearInterval(progress);
-    process.stderr.write("\n");
-  }
+  clearInterval(progress);
   const done = sessions.every((s, i) => s.lastRequest >= quotas[i]! && s.pending === 0);
   if (done && v.keep !== true) {
     for (const s of sessions) await s.close().catch(() => {});

@@ -15,7 +15,7 @@ and takes over when the primary's lease runs out.`;
 export async function cmdManager(argv: string[]): Promise<void> {
   const v = parse("manager", HELP, argv, {});
   const cfg = configFrom(v);
-  const log = createLogger({ level: cfg.logLevel });
+  const log = createLogger({ level: cfg.logLevel, name: `manager ${cfg.node}` });
   const rt = await runtime(cfg, log, `tandem-manager-${cfg.node}`, "manager");
   const node = new ManagerNode(rt);
   node.start();

@@ -45,7 +45,7 @@ export async function cmdNats(argv: string[]): Promise<void> {
     stop: { type: "boolean" },
   });
   const cfg = configFrom(v);
-  const log = createLogger({ level: cfg.logLevel, name: "tandem-nats" });
+  const log = createLogger({ level: cfg.logLevel, name: "nats" });
   const running = findEmbedded(cfg.dataDir);
   if (v.stop === true) {
     if (!running) {

@@ -48,7 +48,7 @@ export async function cmdServer(argv: string[]): Promise<void> {
   const pct = int(v["straggle-pct"], "straggle-pct", 0);
   if (pct > 100) fail("--straggle-pct must be 0..100");
   const cfg = configFrom(v);
-  const log = createLogger({ level: cfg.logLevel });
+  const log = createLogger({ level: cfg.logLevel, name: `server ${typeof v.id === "string" ? v.id : v.service}` });
   const rt = await runtime(cfg, log, `tandem-server-${v.service}`);
   let store: FencedStore | undefined;
   const storeArg = typeof v.store === "string" ? v.store : work === "ledger" ? "kv" : undefined;

@@ -19,7 +19,7 @@ command's NATS user (in a secured deployment: admin), once a second.
 export async function cmdUi(argv: string[]): Promise<void> {
   const v = parse("ui", HELP, argv, { port: { type: "string" }, host: { type: "string" } });
   const cfg = configFrom(v);
-  const log = createLogger({ level: cfg.logLevel, name: "tandem-ui" });
+  const log = createLogger({ level: cfg.logLevel, name: "ui" });
   const rt = await runtime(cfg, log, "tandem-ui", "reader");
   const ui = await Dashboard.start(rt, { port: int(v.port, "port", 7222, 0), ...(typeof v.host === "string" ? { host: v.host } : {}) });
   log.info({ url: ui.url }, `dashboard on ${ui.url}`);
