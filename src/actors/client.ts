@@ -652,7 +652,7 @@ export class ClientSession {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       if (!this.waiters.has(n) || this.closed) return stop();
-      void this.publishDurable(n, encode({ cancel: n, reason }), "control", undefined, `${this.id}.x${n}`);
+      this.publishDurable(n, encode({ cancel: n, reason }), "control", undefined, `${this.id}.x${n}`).catch(() => {}); // closed: nothing to cancel through
       grace = setTimeout(() => {
         const w = this.waiters.get(n);
         stop();
@@ -679,8 +679,14 @@ export class ClientSession {
     const rt = this.client.rt;
     // A number once taken must reach the queue, or the session would wait for it forever: retry
     // with the same message id (JetStream keeps one copy).
+    // ... until the connection is closed for good (the application closed it): then nothing can
+    // reach the queue, and retrying forever only fills the log.
     await withBackoff(() => publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, { msgID, headers: this.requestHeaders(n, this.epoch, kind, tp), timeout: JS_TIMEOUT_MS }), {
-      onFailure: (err, attempt) => attempt === 6 && this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying"),
+      fatal: () => rt.nc.isClosed(),
+      onFailure: (err, attempt) => attempt === 6 && !rt.nc.isClosed() && this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying"),
+    }).catch((err: unknown) => {
+      if (!rt.nc.isClosed()) throw err;
+      throw new TandemError(ErrorCode.Closed, `session ${this.id}: the NATS connection is closed; request ${n} was not queued`, { context: { session: this.id, n }, cause: err });
     });
   }
 
@@ -792,7 +798,14 @@ export class ClientSession {
         }
         const commit = this.handed;
         this.carrying = commit;
-        await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
+        try {
+          await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
+        } catch {
+          // The connection is closed: the receipt stays uncommitted, and a resume hands these
+          // responses again with `takenUpTo` saying so (I2).
+          this.carrying = this.taken;
+          return;
+        }
         this.committed(commit);
       }
     } finally {
