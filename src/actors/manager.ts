@@ -564,7 +564,7 @@ export class ManagerNode {
     core.restore(records, restarts, cursor, now());
     // Records from a backup are newer than the bucket's: the first cut written to the bucket
     // must hold all of them, or it would pair stale records with a newer cursor.
-    if (fromBackup) for (const s of core.sessions.values()) s.dirty = true;
+    if (fromBackup) core.markAllDirty();
     this.core = core;
     this.proxies = new HedgeProxies(core, epoch, this.hedgeEffects(epoch), this.baseLog.child({ epoch }), now);
     this.actingEpoch = epoch;
@@ -613,8 +613,7 @@ export class ManagerNode {
       // Caught up: nothing left to deliver, and we applied every message it delivered.
       if (!info || info.num_pending !== 0 || info.delivered.consumer_seq > this.applied[which]) return false;
       // Nothing left to deliver below the target: only purged sequences remain.
-      if (which === "req") core.reqSeq = Math.max(core.reqSeq, target);
-      else core.respSeq = Math.max(core.respSeq, target);
+      core.passed(which, target);
       return true;
     };
     await pollUntil(async () => (await done("req", req)) && (await done("resp", resp)), "the table to catch up with the queues", Math.max(0, deadline - now()), 10).catch((err: unknown) => {
@@ -649,10 +648,7 @@ export class ManagerNode {
         }
         this.applied[which]++;
         // A seq with nothing for us (deleted session) still moves the cursor.
-        if (this.core) {
-          if (which === "req") this.core.reqSeq = Math.max(this.core.reqSeq, m.seq);
-          else this.core.respSeq = Math.max(this.core.respSeq, m.seq);
-        }
+        this.core?.passed(which, m.seq);
       },
     });
     this.consumerRefs[which] = consumer;
@@ -751,7 +747,7 @@ export class ManagerNode {
     const replaying = forceReplay || m.seq <= this.replayEnd.req;
     const parsed = parseRequestMsg(this.rt.names, m);
     if ("error" in parsed) {
-      core.reqSeq = Math.max(core.reqSeq, m.seq);
+      core.passed("req", m.seq);
       if (!replaying) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
       if (parsed.client && parsed.session && parsed.n) {
         const unreadable = { seq: m.seq, client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() };
@@ -813,14 +809,14 @@ export class ManagerNode {
     const core = this.core!;
     const parsed = parseResponseMsg(this.rt.names, m, this.secret!);
     if ("error" in parsed) {
-      core.respSeq = Math.max(core.respSeq, m.seq);
+      core.passed("resp", m.seq);
       if (m.seq > this.replayEnd.resp) void publishDlq(this.rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);
       return;
     }
     // The session's client is the table's: the subject names the server that wrote it.
     const client = core.sessions.get(parsed.body.session)?.client;
     if (client === undefined) {
-      core.respSeq = Math.max(core.respSeq, m.seq);
+      core.passed("resp", m.seq);
       return; // closed (or not yet replayed: a response of a session opened later in the queue)
     }
     // Also while the request queue's replay is behind: a response stored after the takeover
@@ -1162,12 +1158,7 @@ export class ManagerNode {
             for await (const msg of batch) {
               got++;
               last = msg.info.pending;
-              const reqSeq = core.reqSeq;
-              const respSeq = core.respSeq;
-              if (stream === rt.names.streamReq) this.onRequestMsg(msg, true);
-              else this.onResponseMsg(msg);
-              core.reqSeq = reqSeq; // a targeted replay moves no cursor
-              core.respSeq = respSeq;
+              core.offCursor(() => (stream === rt.names.streamReq ? this.onRequestMsg(msg, true) : this.onResponseMsg(msg)));
               applied++;
               if (msg.info.pending === 0) break;
             }

@@ -258,8 +258,42 @@ export class ManagerCore {
   readonly hedging = new Map<string, HedgeBudget>();
   /** Sessions closed since the last snapshot (for backups). */
   private removed: string[] = [];
-  reqSeq = 0;
-  respSeq = 0;
+  /**
+   * The queues' cursors: the last stream sequence of each that the table has applied. The core
+   * owns them: the shell says what it read (`passed`), never sets them.
+   */
+  private cursors = { req: 0, resp: 0 };
+  /** Set while a targeted replay (`offCursor`) applies old entries: they move no cursor. */
+  private cursorsHeld = false;
+
+  get reqSeq(): number {
+    return this.cursors.req;
+  }
+
+  get respSeq(): number {
+    return this.cursors.resp;
+  }
+
+  /** The shell read the queue up to `seq` (an entry with nothing for the table moves it too). */
+  passed(which: "req" | "resp", seq: number): void {
+    if (!this.cursorsHeld && seq > this.cursors[which]) this.cursors[which] = seq;
+  }
+
+  /** Apply entries read again outside the queue's order (a session's queues re-read): no cursor moves. */
+  offCursor<T>(fn: () => T): T {
+    const held = this.cursorsHeld;
+    this.cursorsHeld = true;
+    try {
+      return fn();
+    } finally {
+      this.cursorsHeld = held;
+    }
+  }
+
+  /** Every session goes into the next cut (after a rebuild from a backup newer than the bucket). */
+  markAllDirty(): void {
+    for (const s of this.sessions.values()) s.dirty = true;
+  }
 
   constructor(
     readonly limits: CoreLimits,
@@ -297,7 +331,7 @@ export class ManagerCore {
     now: number,
     replaying = true,
   ): Effect[] {
-    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    this.passed("req", m.seq);
     if (this.sessions.has(m.session)) return [];
     if (!replaying) {
       const message = `an open record for session ${m.session} that no manager wrote; open sessions with the open call`;
@@ -387,7 +421,7 @@ export class ManagerCore {
     now: number,
     replaying: boolean,
   ): Effect[] {
-    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    this.passed("req", m.seq);
     const effects: Effect[] = [];
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) {
@@ -461,7 +495,7 @@ export class ManagerCore {
    * held behind it (I3: the error takes its place in order).
    */
   onUnreadableRequest(m: { seq: number; client: string; session: string; n: number; error: WireErr }, now: number): Effect[] {
-    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client || m.n <= s.answered || s.requests.has(m.n) || m.n > s.taken + s.maxPending) return [];
     s.lastReq = Math.max(s.lastReq, m.n);
@@ -473,7 +507,7 @@ export class ManagerCore {
   }
 
   onTaken(m: { seq: number; client: string; session: string; taken: number }, now: number): Effect[] {
-    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client || m.taken <= s.taken) return [];
     // Not clipped to `answered`: on replay the two streams are read independently, and the
@@ -509,7 +543,7 @@ export class ManagerCore {
     now: number,
     replaying = true,
   ): Effect[] {
-    this.respSeq = Math.max(this.respSeq, m.seq);
+    this.passed("resp", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
     if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "response")];
@@ -565,7 +599,7 @@ export class ManagerCore {
   }
 
   onCheckpoint(m: { seq: number; client: string; session: string; n: number; server?: string; restart: unknown; restartSize?: number }, replaying = true): Effect[] {
-    this.respSeq = Math.max(this.respSeq, m.seq);
+    this.passed("resp", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
     if (!replaying && m.n > s.lastReq) return [beyondLastRequest(s, m, "checkpoint")];
@@ -583,7 +617,7 @@ export class ManagerCore {
    * holding the request. Counted when read back from the queue, live and on replay alike.
    */
   onAttemptRecord(m: { seq: number; client: string; session: string; n: number; server: string; error: WireErr; at?: number }, now: number): Effect[] {
-    this.respSeq = Math.max(this.respSeq, m.seq);
+    this.passed("resp", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
     if (s.awaitingAttempt === m.n) s.awaitingAttempt = 0;
@@ -594,7 +628,7 @@ export class ManagerCore {
 
   /** The caller gave up on a request (`{cancel: n}` in its request queue): answer it so, once. */
   onCancelRecord(m: { seq: number; client: string; session: string; n: number; reason: "cancelled" | "deadline" }, now: number): Effect[] {
-    this.reqSeq = Math.max(this.reqSeq, m.seq);
+    this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
     const effects: Effect[] = [];
@@ -1331,8 +1365,7 @@ export class ManagerCore {
       this.services.add(r.service);
     }
     if (cursor) {
-      this.reqSeq = cursor.reqSeq;
-      this.respSeq = cursor.respSeq;
+      this.cursors = { req: cursor.reqSeq, resp: cursor.respSeq };
       for (const svc of cursor.services) this.services.add(svc);
       for (const [svc, j] of Object.entries(cursor.hedging ?? {})) this.hedging.set(svc, HedgeBudget.fromJSON(j, this.limits.hedge ?? DEFAULT_HEDGE_BUDGET));
       for (const srv of cursor.servers) this.servers.set(srv.id, newServer(srv.id, srv.service, srv.capacity ?? 1, now, true));
