@@ -184,10 +184,28 @@ export interface CursorRecord {
   hedging?: Record<string, HedgeBudgetJSON>;
 }
 
+/** What a work message carries of its request and session, as the dispatch decided it. */
+export interface DispatchWork {
+  client: string;
+  kind: RequestKind;
+  /** Undefined when `evicted`: read it from the request queue at `seq`. */
+  payload: unknown;
+  seq: number;
+  evicted?: boolean;
+  tp?: string;
+  /** Core clock. */
+  deadline?: number;
+  /** The session's latest server restart data. */
+  restart: RestartRecord | null;
+  /** 1 on the first execution. */
+  attempt: number;
+}
+
 export type Effect =
-  | { type: "dispatch"; server: string; session: string; n: number }
+  /** Send request n to `server`: `work` is what the work message carries (read at the decision). */
+  | { type: "dispatch"; server: string; session: string; n: number; service: string; hedged: boolean; work: DispatchWork }
   | { type: "cancel"; server: string; session: string; n: number }
-  | { type: "deliver"; client: string; session: string; n: number }
+  | { type: "deliver"; client: string; session: string; n: number; service: string; response: StoredResponse }
   /**
    * A hedged session's request got its (first, winning) stored response. `others`: live servers
    * of the service besides the winner (where copies a proxy does not know of may run: after a
@@ -1233,16 +1251,21 @@ export class ManagerCore {
         s.dispatchedAt = now;
         s.dispatchAcked = false;
         s.sentTo = s.server;
-        effects.push({ type: "dispatch", server: s.server, session: s.id, n });
+        const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
+        if (req.evicted) work.evicted = true;
+        if (req.tp !== undefined) work.tp = req.tp;
+        if (req.deadline !== undefined) work.deadline = req.deadline;
+        effects.push({ type: "dispatch", server: s.server, session: s.id, n, service: s.service, hedged: s.hedge !== null, work });
       }
     }
     // Deliver: in request order, one in flight, only to a client synced with this epoch.
     if (s.delivering === 0 && now >= s.deliverRetryAt) {
       const c = this.clients.get(s.client);
       const n = s.delivered + 1;
-      if (c && c.synced && s.responses.has(n)) {
+      const response = c && c.synced ? s.responses.get(n) : undefined;
+      if (response) {
         s.delivering = n;
-        effects.push({ type: "deliver", client: s.client, session: s.id, n });
+        effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response });
       }
     }
   }

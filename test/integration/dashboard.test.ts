@@ -11,6 +11,8 @@ import type { Browser, Page } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { TandemClient } from "../../src/actors/client.js";
+import type { ManagerStatus } from "../../src/actors/manager.js";
+import { unwrap } from "../../src/actors/protocol.js";
 import { freePorts } from "../../src/runtime/dev/nats-server.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { encode } from "../../src/runtime/wire.js";
@@ -40,6 +42,13 @@ beforeAll(async () => {
   tandem("ui", ["ui", "--port", String(port)], env);
   url = `http://127.0.0.1:${port}`;
   await eventually(async () => (await fetch(`${url}/api/state`).catch(() => null))?.ok || undefined, "the dashboard answers", 30_000, 100);
+  // Both servers registered before the sessions open (an open for a service nobody serves is refused).
+  await eventually(async () => {
+    const r = await rt.nc.request(rt.names.mgr("status"), encode({}), { timeout: 1000 }).catch(() => null);
+    const st = r ? unwrap<ManagerStatus>(r.data) : null;
+    const up = new Set((st?.services ?? []).filter((x) => x.servers > 0).map((x) => x.service));
+    return (up.has("echo") && up.has("chaos")) || undefined;
+  }, "both servers registered", 30_000, 100);
   client = await TandemClient.connect(rt, { id: "ui-test" });
   const echo = await client.open("echo");
   session = echo.id;

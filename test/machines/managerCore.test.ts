@@ -422,7 +422,7 @@ describe("manager core - a request stuck at its server", () => {
   it("redispatch sends the request at the server again, and nothing when none is there", () => {
     const { core } = setup();
     expect(of(core.onRequest(req(1), 0, false), "dispatch").map((d) => d.n)).toEqual([1]);
-    expect(of(core.redispatch("A", 5000), "dispatch")).toEqual([{ type: "dispatch", server: "s1", session: "A", n: 1 }]);
+    expect(of(core.redispatch("A", 5000), "dispatch")).toMatchObject([{ type: "dispatch", server: "s1", session: "A", n: 1 }]);
     core.onResponse(resp(1), 5001);
     expect(core.redispatch("A", 5002)).toEqual([]);
   });

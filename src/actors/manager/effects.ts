@@ -1,0 +1,284 @@
+/**
+ * The effect executor: the core's decisions carried out on the wire, for one term. Each effect
+ * names what it acts on; what it sends (a request's payload, a response, restart data) is read
+ * from the table at the moment it is sent, so an effect run late sends what is current.
+ */
+import type { JsMsg } from "@nats-io/jetstream";
+import type { DispatchWork, Effect } from "../../machines/managerCore.js";
+import { splitToFit } from "../../machines/parts.js";
+import type { ClientRestartAck, DeliverMsg, Reply, RestartMsg, RestartRecord, RestartSession, ServerRestartAck, WorkMsg } from "../../machines/types.js";
+import { withBackoff } from "../../runtime/backoff.js";
+import { dispatchKey } from "../../runtime/dispatch-key.js";
+import { publishToQueue } from "../../runtime/queue-publish.js";
+import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
+import { trace } from "../../runtime/trace.js";
+import { decode, encode, encodedSize, makeHeaders } from "../../runtime/wire.js";
+import type { HedgeEffects, HedgeRecord } from "../hedgeProxy.js";
+import { MANAGER_WRITER, parseRequestMsg, publishDlq } from "../protocol.js";
+import { now, toWall, type PrimaryTerm } from "./term.js";
+
+export class Effects {
+  private restartWarnedAt = -Infinity;
+  /** When a session too large for any restart message was last reported (rate-limits it). */
+  private restartOversizeWarnedAt = -Infinity;
+
+  constructor(private readonly term: PrimaryTerm) {}
+
+  run(effects: Effect[], source?: JsMsg): void {
+    const epoch = this.term.epoch;
+    for (const e of effects) this.exec(e, epoch, source);
+  }
+
+  private exec(e: Effect, epoch: number, source?: JsMsg): void {
+    const { rt, core } = this.term;
+    if (!this.term.acting) return;
+    const timeout = rt.config.ackTimeoutMs;
+    switch (e.type) {
+      case "dispatch": {
+        rt.metrics.forService(e.service).dispatched.inc();
+        const acked = (ok: boolean) => (ok ? core.dispatchAcked(e.session, e.n) : this.term.run(core.dispatchFailed(e.session, e.n, now())));
+        // A hedged session's proxy sends the copies (the first one to this server).
+        if (e.hedged) this.term.proxies.dispatch(e.session, e.n, e.server, acked);
+        else void this.send(epoch, e.server, e.session, e.n, e.service, e.work).then(acked);
+        return;
+      }
+      case "answered": {
+        this.term.proxies?.answered(e.session, e.n, e.server, e.replaying ? [] : e.others);
+        return;
+      }
+      case "cancel": {
+        rt.nc.publish(rt.names.cancel(e.server, e.session), encode({ epoch, session: e.session, n: e.n }), {
+          headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control" }),
+        });
+        return;
+      }
+      case "deliver": {
+        const resp = e.response;
+        const msg: DeliverMsg = { epoch, session: e.session, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
+        if (resp.tp !== undefined) msg.tp = resp.tp;
+        const headers = makeHeaders({ session: e.session, request: e.n, epoch, kind: "response", ...(resp.tp !== undefined ? { traceparent: resp.tp } : {}) });
+        trace("manager.deliver", e.session, e.n);
+        rt.requester
+          .request(rt.names.deliver(e.client, e.session), encode(msg), { timeout, headers })
+          .then((r) => {
+            const rep = decode(r.data) as Reply<unknown>;
+            if (rep.ok) {
+              rt.metrics.forService(e.service).delivered.inc();
+              this.term.run(core.deliverAcked(e.session, e.n, now()));
+            } else this.term.run(core.deliverFailed(e.session, e.n, now()));
+          })
+          .catch(() => this.term.run(core.deliverFailed(e.session, e.n, now())));
+        return;
+      }
+      case "putRestart": {
+        // Never older over newer (I6), whoever wrote the newer one.
+        const mine = e.record;
+        this.term.kv.restart
+          .write(`${e.session}.${e.side}`, mine, (stored) => {
+            const s = stored as RestartRecord | null;
+            return !s || mine.n > s.n || (mine.n === s.n && mine.seq >= s.seq) ? "overwrite" : "skip";
+          })
+          .catch((err) => {
+            if (now() - this.restartWarnedAt < 5000) return;
+            this.restartWarnedAt = now();
+            this.term.log.warn({ err: { message: (err as Error).message }, session: e.session }, "storing restart data in the bucket failed (it stays in the queue); further failures in the next 5 s are not logged");
+          });
+        return;
+      }
+      case "storeError": {
+        const body = { n: e.n, k: dispatchKey(this.term.secret, e.session, e.n, MANAGER_WRITER), error: e.error };
+        void this.storeManagerRecord(epoch, e.session, e.n, encode(body), `${e.session}.${e.n}`, e.error.code);
+        return;
+      }
+      case "notify": {
+        const msg: DeliverMsg = { epoch, session: e.session, n: e.n, server: "manager", error: e.error };
+        rt.nc.publish(rt.names.deliver(e.client, e.session), encode(msg), { headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control", code: e.error.code }) });
+        return;
+      }
+      case "dlq": {
+        const dedupe = `${e.context.session ?? ""}.${e.context.n ?? ""}`;
+        if (e.reqSeq !== undefined) {
+          // The request the entry is about, as it was queued: subject, headers and bytes.
+          void rt.jsm.streams
+            .getMessage(rt.names.streamReq, { seq: e.reqSeq })
+            .catch(() => null)
+            .then((sm) => publishDlq(rt, e, sm?.subject ?? "", sm?.header, sm?.data, dedupe));
+        } else if (source) {
+          void publishDlq(rt, e, source.subject, source.headers, source.data, dedupe);
+        } else {
+          void publishDlq(rt, e, "", undefined, undefined, dedupe);
+        }
+        return;
+      }
+      case "recordAttempt": {
+        rt.metrics.failedAttempts.inc({ service: core.sessions.get(e.session)?.service ?? "", code: e.error.code });
+        const body = { n: e.n, k: dispatchKey(this.term.secret, e.session, e.n, MANAGER_WRITER), attempt: { server: e.server, error: e.error, at: Math.round(toWall(e.at)) } };
+        // Numbered by the attempt it ends: stored once however often it is written.
+        const failures = core.sessions.get(e.session)?.attempts.get(e.n)?.failures ?? 0;
+        void this.storeManagerRecord(epoch, e.session, e.n, encode(body), `${e.session}.${e.n}.a${failures + 1}`, "attempt");
+        return;
+      }
+      case "restartServer": {
+        const sessions: RestartSession[] = [];
+        for (const id of e.sessions) {
+          const info = core.restartInfo(id);
+          const s = core.sessions.get(id);
+          if (info && s) sessions.push({ ...info, restart: s.serverRestart });
+        }
+        this.sendRestart<ServerRestartAck>(rt.names.srv(e.server, "restart"), epoch, sessions).then((acks) => {
+          if (!acks) return core.serverRestartFailed(e.server, now());
+          const ack: ServerRestartAck = { server: e.server, working: acks.flatMap((a) => a.working) };
+          this.term.log.info({ server: e.server, sessions: e.sessions.length, working: ack.working.length, parts: acks.length }, "server session restarted");
+          this.term.run(core.serverRestartAcked(ack, now()));
+        });
+        return;
+      }
+      case "restartClient": {
+        const sessions: RestartSession[] = [];
+        for (const id of e.sessions) {
+          const info = core.restartInfo(id);
+          const s = core.sessions.get(id);
+          if (info && s) sessions.push({ ...info, restart: s.clientRestart });
+        }
+        this.sendRestart<ClientRestartAck>(rt.names.cli(e.client, "restart"), epoch, sessions).then((acks) => {
+          if (!acks) return this.term.run(core.clientRestartFailed(e.client, now()));
+          const ack: ClientRestartAck = { client: e.client, sessions: acks.flatMap((a) => a.sessions) };
+          this.term.log.info({ client: e.client, sessions: e.sessions.length, parts: acks.length }, "client session restarted");
+          this.term.run(core.clientRestartAcked(ack, now()));
+        });
+        return;
+      }
+      case "served": {
+        rt.metrics.workSeconds.labels({ service: e.service }).observe(e.ms / 1000);
+        this.term.ctx.recent.add(Date.now(), e.ms, e.ok);
+        return;
+      }
+      case "report": {
+        this.term.log[e.level](e.context, e.message);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Send request n of a session to a server as the table holds it now (a hedged copy, sent
+   * after the decision); true when the server acknowledged it.
+   */
+  async sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
+    const s = this.term.core.sessions.get(session);
+    const req = s?.requests.get(n);
+    if (!s || !req) return false;
+    const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
+    if (req.evicted) work.evicted = true;
+    if (req.tp !== undefined) work.tp = req.tp;
+    if (req.deadline !== undefined) work.deadline = req.deadline;
+    return this.send(epoch, server, session, n, s.service, work, copy);
+  }
+
+  /** The work message of a dispatch, to its server; true when the server acknowledged it. */
+  private async send(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, copy?: number): Promise<boolean> {
+    const { rt } = this.term;
+    let payload = w.payload;
+    if (w.evicted) {
+      // Not held in memory (read on replay past the byte bounds): the queue has it.
+      const stored = await rt.jsm.streams.getMessage(rt.names.streamReq, { seq: w.seq }).catch(() => null);
+      const parsed = stored ? parseRequestMsg(rt.names, stored) : null;
+      if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
+        this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
+        return false;
+      }
+      payload = parsed.request.payload;
+    }
+    const work: WorkMsg = {
+      epoch,
+      session,
+      client: w.client,
+      service,
+      n,
+      kind: w.kind,
+      payload,
+      restart: w.restart,
+      k: dispatchKey(this.term.secret, session, n, server),
+      ...(copy !== undefined ? { copy } : {}),
+      ...(w.tp !== undefined ? { tp: w.tp } : {}),
+      attempt: w.attempt,
+      ...(w.deadline !== undefined ? { deadline: Math.round(toWall(w.deadline)) } : {}),
+    };
+    const headers = makeHeaders({ session, request: n, epoch, kind: w.kind, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) });
+    trace("manager.dispatch", session, n);
+    return rt.requester
+      .request(rt.names.work(server, session), encode(work), { timeout: rt.config.ackTimeoutMs, headers })
+      .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
+  }
+
+  /**
+   * A record of the manager's own in a session's response queue (an error in a request's place,
+   * a failed attempt) must reach the queue, or the request is never answered: retry while this
+   * epoch acts (same message id, so it is stored once). Under a flood of refused requests the
+   * publishes once timed out and were given up.
+   */
+  private async storeManagerRecord(epoch: number, session: string, n: number, data: Uint8Array, msgID: string, code: string): Promise<void> {
+    const { rt } = this.term;
+    const headers = makeHeaders({ session, request: n, epoch, kind: code === "attempt" ? "control" : "response", code });
+    await withBackoff(() => publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
+      maxMs: 2000,
+      while: () => this.term.acting,
+      onFailure: (err, attempt) => attempt === 6 && this.term.log.warn({ err, session, n, code }, "storing a record in a response queue keeps failing; retrying"),
+    }).catch(() => {}); // this epoch ended: the next primary answers the request
+  }
+
+  /**
+   * A restart to one client or server, in as many messages as it takes for each to fit the
+   * server's max_payload (a client with thousands of sessions, or large restart data, once made
+   * one restart too large to send, retried forever: the takeover never finished for it). Each
+   * part is acknowledged on its own, as the sessions it names are restarted independently;
+   * resolves with every part's acknowledgement, or null when any part failed (retried whole).
+   */
+  private async sendRestart<A>(subject: string, epoch: number, sessions: RestartSession[]): Promise<A[] | null> {
+    const { rt } = this.term;
+    const maxBytes = (rt.nc.info?.max_payload ?? 1024 * 1024) - 1024;
+    const overhead = encodedSize({ epoch, sessions: [] }) + 16;
+    const { parts, oversized } = splitToFit(sessions, encodedSize, maxBytes - overhead);
+    if (oversized.length > 0 && now() - this.restartOversizeWarnedAt > 5000) {
+      this.restartOversizeWarnedAt = now();
+      this.term.log.error({ subject, sessions: oversized.map((s) => s.session).slice(0, 10), maxBytes }, "sessions whose restart (restart data and queues) cannot fit any message are left out of the restart");
+    }
+    const headers = makeHeaders({ epoch, kind: "control" });
+    try {
+      const replies = await Promise.all(
+        parts.map((p) => rt.requester.request(subject, encode({ epoch, sessions: p } satisfies RestartMsg), { timeout: rt.config.ackTimeoutMs, headers })),
+      );
+      const acks: A[] = [];
+      for (const r of replies) {
+        const rep = decode(r.data) as Reply<A>;
+        if (!rep.ok) return null;
+        acks.push(rep.value);
+      }
+      return acks;
+    } catch {
+      return null;
+    }
+  }
+
+  /** What the hedging proxies of the term do on the wire. */
+  hedgeEffects(): HedgeEffects {
+    const epoch = this.term.epoch;
+    const { rt } = this.term;
+    const timeout = rt.config.ackTimeoutMs;
+    const ok = (r: { data: Uint8Array }) => (decode(r.data) as Reply<unknown>).ok;
+    return {
+      sendCopy: (server: string, session: string, n: number, copy: number): Promise<boolean> =>
+        this.term.acting ? this.sendWork(epoch, server, session, n, copy) : Promise.resolve(false),
+      cancel: async (server: string, session: string, n: number): Promise<boolean> => {
+        if (!this.term.acting) return true; // not ours to finish any more
+        const headers = makeHeaders({ session, request: n, epoch, kind: "control" });
+        return this.term.rt.requester.request(rt.names.cancel(server, session), encode({ epoch, session, n }), { timeout, headers }).then(ok, () => false);
+      },
+      record: (rec: HedgeRecord): void => {
+        // A closed session's records are purged: do not write one back.
+        if (!this.term.acting || !this.term.core.sessions.has(rec.session)) return;
+        rt.kv.sessions.put(`${rec.session}.hedge.${rec.n}`, encode(rec)).catch((err) => this.term.log.warn({ err, session: rec.session }, "could not record a hedge outcome"));
+      },
+    };
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * What the queues say, applied to the table: each entry of the request and response streams is
+ * parsed (bad input to the dead-letter stream, with its bytes), turned into a core event on the
+ * core's clock, and its effects run. Also the safety net that re-reads one session's queues when
+ * its client has sent more than the table holds.
+ */
+import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import type { Effect } from "../../machines/managerCore.js";
+import { ErrorCode } from "../../runtime/errors.js";
+import { newId } from "../../runtime/ids.js";
+import { trace } from "../../runtime/trace.js";
+import { encodedSize } from "../../runtime/wire.js";
+import { parseRequestMsg, parseResponseMsg, publishDlq } from "../protocol.js";
+import { now, PULL_MAX_BYTES, storedAt, toCore, type PrimaryTerm } from "./term.js";
+
+export class QueueIntake {
+  constructor(private readonly term: PrimaryTerm) {}
+
+  onRequestMsg(m: JsMsg, forceReplay = false): void {
+    const term = this.term;
+    const { core, rt } = term;
+    const replaying = forceReplay || m.seq <= term.replayEnd.req;
+    const parsed = parseRequestMsg(rt.names, m);
+    if ("error" in parsed) {
+      core.passed("req", m.seq);
+      if (!replaying) void publishDlq(rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
+      if (parsed.client && parsed.session && parsed.n) {
+        const unreadable = { seq: m.seq, client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() };
+        if (core.sessions.has(parsed.session)) term.run(core.onUnreadableRequest(unreadable, now()));
+        else if (!replaying) term.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: unreadable.error }]);
+      }
+      return;
+    }
+    if (parsed.type === "taken") {
+      term.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
+    } else if (parsed.type === "cancel") {
+      const { type: _t, ...cancel } = parsed;
+      term.run(core.onCancelRecord({ seq: m.seq, ...cancel }, now()));
+    } else if (parsed.type === "open") {
+      const { type: _t, ...open } = parsed;
+      term.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying), m);
+    } else {
+      if (parsed.taken !== undefined) {
+        term.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
+      }
+      trace("manager.request", parsed.request.session, parsed.request.n);
+      // The parse gives an upper bound (the message's size): measure exactly only past the limit.
+      const restartSize = parsed.restartSize > rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
+      const { deadline, ...request } = parsed.request;
+      const effects = core.onRequest({ seq: m.seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), size: parsed.size, restartSize }, now(), replaying);
+      if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
+        void this.unknownSession(parsed.request.session, effects, m);
+      } else {
+        term.run(effects, m);
+      }
+    }
+  }
+
+  /**
+   * Before telling a client its session is unknown, make sure the bucket agrees: a session the
+   * bucket has but the table lacks means the table is wrong (a cut read while NATS was
+   * restarting, say). Then nothing is answered: this manager steps down and the next takeover
+   * rebuilds from the bucket.
+   */
+  private async unknownSession(session: string, effects: Effect[], m: JsMsg): Promise<void> {
+    const term = this.term;
+    try {
+      const e = await term.rt.kv.sessions.get(session);
+      if (e && e.operation === "PUT") {
+        term.ctx.rebuildFromBucket(term, session);
+        return;
+      }
+    } catch {
+      return; // cannot tell now; the client retries its request
+    }
+    term.run(effects, m);
+  }
+
+  onResponseMsg(m: JsMsg): void {
+    const term = this.term;
+    const { core, rt } = term;
+    const parsed = parseResponseMsg(rt.names, m, term.secret);
+    if ("error" in parsed) {
+      core.passed("resp", m.seq);
+      if (m.seq > term.replayEnd.resp) void publishDlq(rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);
+      return;
+    }
+    // The session's client is the table's: the subject names the server that wrote it.
+    const client = core.sessions.get(parsed.body.session)?.client;
+    if (client === undefined) {
+      core.passed("resp", m.seq);
+      return; // closed (or not yet replayed: a response of a session opened later in the queue)
+    }
+    // Also while the request queue's replay is behind: a response stored after the takeover
+    // began may belong to a request the table has not read yet (refused, it would be lost).
+    const replaying = m.seq <= term.replayEnd.resp || core.reqSeq < term.replayEnd.req;
+    if (parsed.type === "attempt") {
+      const { at, ...attempt } = parsed.body;
+      term.run(core.onAttemptRecord({ seq: m.seq, client, ...attempt, at: at !== undefined ? toCore(at) : storedAt(m) }, now()));
+      return;
+    }
+    // The restart data's size is measured (see above) only for responses and checkpoints.
+    if (parsed.body.restartSize > rt.config.maxPayload) parsed.body.restartSize = encodedSize(parsed.body.restart);
+    else parsed.body.restartSize = 0;
+    if (parsed.type === "checkpoint") {
+      term.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying), m);
+    } else {
+      trace("manager.response", parsed.body.session, parsed.body.n);
+      const body = parsed.body;
+      // When it was stored matters only to a failure or a request with a deadline (the time is
+      // read from the message's reply subject: not paid on the hot path).
+      const timed = body.error !== undefined || core.sessions.get(body.session)?.requests.get(body.n)?.deadline !== undefined;
+      term.run(core.onResponse({ seq: m.seq, client, ...body, size: m.data.length, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying), m);
+    }
+  }
+
+  /**
+   * Safety net: re-read one session's request and response queues from the streams and apply
+   * them (idempotently) when its client has sent more than the table holds.
+   */
+  async replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number, quiet = false): Promise<void> {
+    const term = this.term;
+    const { rt, core } = term;
+    let applied = 0;
+    for (const [stream, subject] of [
+      [rt.names.streamReq, rt.names.req(client, session)],
+      [rt.names.streamResp, rt.names.respOf(session)],
+    ] as const) {
+      try {
+        const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
+        // (The response filter is a wildcard: one subject per server that answered.)
+        if (Object.keys(info.state.subjects ?? {}).length === 0) continue;
+        const name = `replay_${newId(6)}`;
+        await rt.jsm.consumers.add(stream, { name, ack_policy: AckPolicy.None, filter_subject: subject, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
+        const c = await rt.js.consumers.get(stream, name);
+        try {
+          for (;;) {
+            const batch = await c.fetch({ max_bytes: PULL_MAX_BYTES, expires: 1000 });
+            let got = 0;
+            let last = -1;
+            for await (const msg of batch) {
+              got++;
+              last = msg.info.pending;
+              // A targeted replay moves no cursor.
+              core.offCursor(() => (stream === rt.names.streamReq ? this.onRequestMsg(msg, true) : this.onResponseMsg(msg)));
+              applied++;
+              if (msg.info.pending === 0) break;
+            }
+            if (got === 0 || last === 0) break;
+          }
+        } finally {
+          await c.delete().catch(() => {});
+        }
+      } catch (err) {
+        term.log.warn({ err, session }, "re-reading a session's queue failed");
+      }
+    }
+    const s = core.sessions.get(session);
+    if (quiet) return;
+    term.log.error(
+      { session, client, tableLastReq, clientLastReq, nowLastReq: s?.lastReq, applied },
+      "the table lacked requests its client had sent; re-read the session's queues (please report this)",
+    );
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * One primary term: what a manager holds while it acts as primary of one epoch (docs/design.md
+ * §4), from the rebuild to the step-down, fencing or drain. Every part of the manager that acts
+ * for a term holds the term and checks `acting` before it acts (I5): a fenced or released term
+ * stops everything it started at once, without an epoch comparison in every callback.
+ *
+ * The parts (one reason to change each): the queue consumers (consumers.ts), what the queues say
+ * applied to the table (intake.ts), the calls of clients and servers (calls.ts), the effect
+ * executor (effects.ts) and the backups and snapshots (backups.ts). The lease is not the term's:
+ * it outlives terms (lease.ts); the manager node (../manager.ts) makes and ends terms.
+ */
+import type { Subscription } from "@nats-io/transport-node";
+import type { ManagerCore } from "../../machines/managerCore.js";
+import type { RecentSeries } from "../../machines/recentSeries.js";
+import type { FencedKv } from "../../runtime/fenced-kv.js";
+import type { Logger } from "../../runtime/logger.js";
+import type { Runtime } from "../../runtime/runtime.js";
+import type { HedgeProxies } from "../hedgeProxy.js";
+import type { Backups } from "./backups.js";
+import type { Calls } from "./calls.js";
+import type { QueueConsumers } from "./consumers.js";
+import type { Effects } from "./effects.js";
+import type { QueueIntake } from "./intake.js";
+
+/** The manager's clock: monotonic milliseconds (the core's clock). */
+export const now = () => performance.now();
+/** Wall-clock ms (a deadline, a queue's timestamp) on the core's clock, and back. */
+export const toCore = (wallMs: number) => now() - (Date.now() - wallMs);
+export const toWall = (coreMs: number) => Date.now() + (coreMs - now());
+/** When JetStream stored a queue message, on the core's clock (now when not known). */
+export const storedAt = (m: { time?: Date }) => (m.time instanceof Date ? toCore(m.time.getTime()) : now());
+
+/** Bytes a cursor pulls at once (at least the largest message NATS carries). */
+export const PULL_MAX_BYTES = 8 * 1024 * 1024;
+
+/** What the parts of a term need of the manager node that outlives it. */
+export interface ManagerContext {
+  readonly rt: Runtime;
+  readonly node: string;
+  readonly baseLog: Logger;
+  /** Responses served in the last minute (the dashboard's charts): kept across terms. */
+  readonly recent: RecentSeries;
+  /** A newer primary exists (or the table cannot be trusted): stop acting, step down. */
+  fenced(term: PrimaryTerm, reason: string): void;
+  /** Is the lease still this term's? Fences the term when it is not. */
+  verifyLease(term: PrimaryTerm): Promise<boolean>;
+  /** The table lacks a session the bucket has: step down; the next takeover reads the bucket. */
+  rebuildFromBucket(term: PrimaryTerm, session: string): void;
+}
+
+export class PrimaryTerm {
+  /** False once fenced, stepped down or drained: nothing of this term acts any more. */
+  acting = true;
+  readonly log: Logger;
+  /** Last stream sequences when the rebuild began: entries up to them are a replay. */
+  replayEnd = { req: 0, resp: 0 };
+  /** Between a NATS disconnect and the reconnect: no heartbeat can arrive, none is missed. */
+  natsDown = false;
+  /** When serving began (core clock) and the same as an ISO time, for status. */
+  servingAt = 0;
+  since: string | null = null;
+  readonly timers: NodeJS.Timeout[] = [];
+  readonly subs: Subscription[] = [];
+
+  // The term's parts, wired by the rebuild (rebuild.ts) before any of them runs.
+  proxies!: HedgeProxies;
+  effects!: Effects;
+  consumers!: QueueConsumers;
+  intake!: QueueIntake;
+  calls!: Calls;
+  backups!: Backups;
+
+  constructor(
+    readonly ctx: ManagerContext,
+    readonly epoch: number,
+    readonly core: ManagerCore,
+    /** The deployment's dispatch secret (runtime/dispatch-key.ts). */
+    readonly secret: Buffer,
+    /** Fenced writers of the buckets (fresh revision maps per term). */
+    readonly kv: { sessions: FencedKv; ctl: FencedKv; restart: FencedKv },
+  ) {
+    this.log = ctx.baseLog.child({ epoch });
+  }
+
+  get rt(): Runtime {
+    return this.ctx.rt;
+  }
+
+  /** Carry out the core's effects, while this term acts. */
+  run(effects: Parameters<Effects["run"]>[0], source?: Parameters<Effects["run"]>[1]): void {
+    if (this.acting) this.effects.run(effects, source);
+  }
+
+  /** Stop acting and let go of what the term holds (subscriptions, timers, consumers, proxies). */
+  async release(): Promise<void> {
+    this.acting = false;
+    this.proxies?.stopAll();
+    for (const s of this.subs) s.unsubscribe();
+    this.subs.length = 0;
+    this.backups?.stop();
+    await this.consumers?.close();
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.length = 0;
+  }
+}
