@@ -6,6 +6,7 @@
  */
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromPromise, waitFor, type Actor, type Snapshot } from "xstate";
+import { DeliveryCore, type HandOver } from "../machines/clientDelivery.js";
 import { clientSessionMachine } from "../machines/clientSessionMachine.js";
 import type {
   ClientRestartAck,
@@ -315,27 +316,18 @@ export class ClientSession {
   private sessionId: string | null;
   private serviceName: string;
   private log: Logger;
-  private lastReq = 0;
-  private taken = 0;
-  private accepted = 0;
+  /** The delivery rules and watermarks (machines/clientDelivery.ts): this class carries them out. */
+  private readonly delivery = new DeliveryCore<DeliverMsg>(Date.now());
   private maxPending: number;
   private openError: unknown = null;
   private maxPayload = Infinity;
-  private readonly buffer = new Map<number, DeliverMsg>();
+  /** The resolvers of requests waiting for their response (the core knows who waits). */
   private readonly waiters = new Map<number, Waiter>();
   private orphanQueue: Response[] = [];
   private orphanDemand: Array<(r: IteratorResult<Response>) => void> = [];
   private taking = false;
-  /** Handed to the application (>= taken, the committed part). */
-  private handed = 0;
-  /** Highest receipt a publish in flight (request or TAKEN) is committing. */
-  private carrying = 0;
   /** Bodies of requests sent by this process and not yet answered (for a re-sync). */
   private readonly unanswered = new Map<number, { data: Uint8Array; kind: RequestKind; tp: string }>();
-  /** When the manager last delivered to this session, or it last started waiting (stall watchdog). */
-  private lastDelivery = Date.now();
-  /** Requests whose caller gave up and was answered locally: their delivery is taken, not handed. */
-  private readonly abandoned = new Set<number>();
   /** Deadline and abort watchers of requests waiting for their answer. */
   private readonly giveUps = new Map<number, () => void>();
   /** What the last resume said runs at a server (a long handler, not a stall). */
@@ -379,18 +371,18 @@ export class ClientSession {
   }
   /** Requests sent whose responses the application has not been handed. */
   get pending(): number {
-    return this.lastReq - this.handed;
+    return this.delivery.lastReq - this.delivery.handed;
   }
   get lastRequest(): number {
-    return this.lastReq;
+    return this.delivery.lastReq;
   }
   /** Receipts committed (durable): after a resume, responses above this come again. */
   get takenUpTo(): number {
-    return this.taken;
+    return this.delivery.taken;
   }
   /** @internal */
   get acceptedUpTo(): number {
-    return this.accepted;
+    return this.delivery.accepted;
   }
   /** @internal the manager knows this incarnation (open or resume finished). */
   get isAttached(): boolean {
@@ -486,11 +478,11 @@ export class ClientSession {
   }
 
   private async doResume(session: string): Promise<{ session: string; epoch: number }> {
-    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.lastReq, taken: this.taken });
+    const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.delivery.lastReq, taken: this.delivery.taken });
     this.serviceName = rep.service;
     // Requests this process sent that the manager still lacks: send them again (same message
     // id: stored at most once). Says in the log whether JetStream already had them.
-    for (let n = rep.lastReq + 1; n <= this.lastReq; n++) {
+    for (let n = rep.lastReq + 1; n <= this.delivery.lastReq; n++) {
       const u = this.unanswered.get(n);
       if (!u) continue;
       const rt = this.client.rt;
@@ -505,15 +497,7 @@ export class ClientSession {
         this.log.warn({ err, n }, "sending a request again failed; the next re-sync retries");
       }
     }
-    // A live session re-syncing keeps what it has handed over: the manager delivers again from
-    // its committed watermark and anything already handed is dropped as a duplicate (I2).
-    const live = this.handed > 0 || this.lastReq > 0;
-    this.lastReq = Math.max(this.lastReq, rep.lastReq);
-    this.taken = Math.max(this.taken, rep.taken);
-    this.handed = live ? Math.max(this.handed, rep.taken) : rep.taken;
-    this.carrying = Math.max(this.carrying, rep.taken);
-    this.accepted = this.handed;
-    this.buffer.clear();
+    this.delivery.resumed(rep);
     this.maxPending = rep.maxPending;
     this.maxPayload = rep.maxPayload;
     this.restartData = rep.restart?.data;
@@ -542,7 +526,7 @@ export class ClientSession {
    * is acknowledged: it is answered even if this process or the manager dies.
    */
   async request(payload: unknown, opts: RequestOptions = {}): Promise<unknown> {
-    trace("client.send", this.id, this.lastReq + 1); // the number send() takes, for sequential use
+    trace("client.send", this.id, this.delivery.lastReq + 1); // the number send() takes, for sequential use
     const { n, response } = await this.send(payload, opts);
     trace("client.queued", this.id, n);
     const r = await response;
@@ -558,12 +542,12 @@ export class ClientSession {
   async send(payload: unknown, opts: RequestOptions = {}): Promise<{ n: number; response: Promise<Response> }> {
     if (this.resuming) await this.resuming.catch(() => {}); // a re-sync in progress: wait for it
     if (this.closed || !this.attached) throw new TandemError(ErrorCode.Closed, "session is closed");
-    if (this.lastReq - this.taken >= this.maxPending) {
+    if (this.delivery.lastReq - this.delivery.taken >= this.maxPending) {
       throw new TandemError(ErrorCode.Backpressure, `session ${this.id} has ${this.maxPending} pending requests; await responses before sending more`, {
         context: { session: this.id, maxPending: this.maxPending },
       });
     }
-    const n = this.lastReq + 1;
+    const n = this.delivery.lastReq + 1;
     const kind = opts.kind ?? "request";
     if (opts.traceparent !== undefined && !isTraceParent(opts.traceparent)) {
       throw new TandemError(ErrorCode.Config, `traceparent "${opts.traceparent}" is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)`);
@@ -573,8 +557,9 @@ export class ClientSession {
     if (opts.retry !== undefined && !fits(V.retry, opts.retry)) {
       throw new TandemError(ErrorCode.Config, `retry options need maxAttempts 1-1000, initialMs and maxMs 0-86400000, factor 1-100, jitter 0-1; got ${JSON.stringify(opts.retry)}`);
     }
-    // Receipts handed over but not yet committed ride on this request (one write less).
-    const carry = this.handed > this.taken && this.handed > this.carrying ? this.handed : 0;
+    // Receipts handed over but not yet committed ride on this request (one write less): marked
+    // as carried once the request's checks are passed, below.
+    const carry = this.delivery.carryable();
     const body = {
       n,
       kind,
@@ -597,12 +582,11 @@ export class ClientSession {
         }
       }
     }
-    // The stall watchdog measures silence while waiting: a session idle until now starts
-    // waiting now (measured from its last delivery, a session opened long ago looked stalled the
-    // moment it sent: at 10,000 sessions every request in flight was forced to re-sync).
-    if (this.lastReq === this.handed) this.lastDelivery = Date.now();
-    this.lastReq = n;
-    if (carry) this.carrying = carry;
+    // (The stall rule measures silence while waiting: an idle session starts waiting now. Measured
+    // from its last delivery, a session opened long ago looked stalled the moment it sent: at
+    // 10,000 sessions every request in flight was forced to re-sync.)
+    this.delivery.sent(n, Date.now());
+    if (carry) this.delivery.carry(carry);
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     this.observe(response);
     this.unanswered.set(n, { data, kind, tp });
@@ -658,7 +642,7 @@ export class ClientSession {
         stop();
         if (!w) return;
         this.waiters.delete(n);
-        this.abandoned.add(n);
+        this.delivery.abandon(n);
         const code = reason === "deadline" ? ErrorCode.Deadline : ErrorCode.Cancelled;
         const why = reason === "deadline" ? "passed its deadline" : "was cancelled by its caller";
         w.resolve({ n, ok: false, error: new TandemError(code, `request ${n} of session ${this.id} ${why}; the manager has not confirmed it yet (it will record it)`, { context: { n } }), server: "" });
@@ -702,11 +686,11 @@ export class ClientSession {
    */
   async resyncIfStalled(stallMs: number, reconnected = false): Promise<void> {
     if (this.closed || !this.attached || this.resuming) return;
-    const outstanding = [...this.waiters.keys()].filter((n) => n > this.handed).length + (this.unclaimed > 0 ? this.orphanDemand.length : 0);
-    if (outstanding === 0 || Date.now() - this.lastDelivery < stallMs) return;
-    const state = { outstanding, handed: this.handed, accepted: this.accepted, taken: this.taken, silentMs: Date.now() - this.lastDelivery };
+    const d = this.delivery;
+    if (!d.stalled(Date.now(), stallMs)) return;
+    const state = { outstanding: d.outstanding(), handed: d.handed, accepted: d.accepted, taken: d.taken, silentMs: Date.now() - d.lastDelivery };
     if (reconnected) this.log.info(state, "reconnected to NATS with requests outstanding; re-syncing with the manager");
-    this.lastDelivery = Date.now();
+    d.lastDelivery = Date.now();
     this.attached = false;
     try {
       await this.resumeCall(this.id);
@@ -721,13 +705,11 @@ export class ClientSession {
 
   /** @internal a delivery from the manager; true when accepted. */
   accept(d: DeliverMsg): true | TandemError {
-    this.lastDelivery = Date.now();
-    if (d.n <= this.accepted) return true; // again after a manager restart: already have it
-    if (d.n !== this.accepted + 1) {
-      return new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${this.accepted + 1}`);
+    const r = this.delivery.accept(d.n, d, Date.now());
+    if (!r.accepted) {
+      // Again after a manager restart: already have it. Out of order: refused, it comes again.
+      return r.duplicate ? true : new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${r.expected}`);
     }
-    this.accepted = d.n;
-    this.buffer.set(d.n, d);
     void this.pumpTake();
     return true;
   }
@@ -737,6 +719,7 @@ export class ClientSession {
     const w = this.waiters.get(n);
     if (w) {
       this.waiters.delete(n);
+      this.delivery.answeredElsewhere(n);
       w.resolve({ n, ok: false, error: TandemError.fromWire(error), server: "manager" });
     }
   }
@@ -751,59 +734,28 @@ export class ClientSession {
   private async pumpTake(): Promise<void> {
     if (this.taking) return;
     this.taking = true;
+    const d = this.delivery;
     try {
       for (;;) {
-        let upTo = this.handed;
-        let orphans = 0;
-        while (this.buffer.has(upTo + 1)) {
-          const n = upTo + 1;
-          if (!this.waiters.has(n) && !this.abandoned.has(n)) {
-            if (orphans >= this.orphanDemand.length) break;
-            orphans++;
-          }
-          upTo = n;
-        }
-        if (upTo > this.handed) {
-          for (let n = this.handed + 1; n <= upTo; n++) {
-            const d = this.buffer.get(n)!;
-            this.buffer.delete(n);
-            this.handed = n;
-            this.giveUps.get(n)?.();
-            // Its caller was told already (it gave up): taken, handed to nobody.
-            if (this.abandoned.delete(n)) continue;
-            const resp: Response = d.error
-              ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server }
-              : { n, ok: true, value: d.ok, server: d.server };
-            if (isTraceParent(d.tp)) resp.traceparent = d.tp;
-            const w = this.waiters.get(n);
-            if (w) {
-              this.waiters.delete(n);
-              w.resolve(resp);
-            } else {
-              const next = this.orphanDemand.shift();
-              if (next) next({ value: resp, done: false });
-              else this.orphanQueue.push(resp);
-            }
-          }
-          // Let the application's code run on what it was handed before committing.
-          await new Promise((r) => setImmediate(r));
-        }
+        const handOvers = d.handOvers();
+        for (const h of handOvers) this.handOver(h);
+        // Let the application's code run on what it was handed before committing.
+        if (handOvers.length > 0) await new Promise((r) => setImmediate(r));
         // A request sent meanwhile carries the receipt; otherwise commit it on its own.
-        if (this.handed <= this.taken || this.handed <= this.carrying) {
+        const commit = d.receiptDue();
+        if (commit === null) {
           // A delivery accepted while we yielded found this pump busy: hand it now, or it waits
           // for the next delivery (a bench run once stalled six sessions 5.5 s on it, until the
           // stall watchdog re-synced them).
-          if (this.handable(this.handed + 1)) continue;
+          if (d.handable()) continue;
           return;
         }
-        const commit = this.handed;
-        this.carrying = commit;
         try {
           await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
         } catch {
           // The connection is closed: the receipt stays uncommitted, and a resume hands these
           // responses again with `takenUpTo` saying so (I2).
-          this.carrying = this.taken;
+          d.receiptFailed();
           return;
         }
         this.committed(commit);
@@ -813,14 +765,26 @@ export class ClientSession {
     }
   }
 
-  /** Is delivery n here with someone to hand it to? */
-  private handable(n: number): boolean {
-    return this.buffer.has(n) && (this.waiters.has(n) || this.abandoned.has(n) || this.orphanDemand.length > 0);
+  /** Carry out one hand-over the delivery rules decided. */
+  private handOver({ n, delivery: d, to }: HandOver<DeliverMsg>): void {
+    this.giveUps.get(n)?.();
+    // Its caller was told already (it gave up): taken, handed to nobody.
+    if (to === "nobody") return;
+    const resp: Response = d.error ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server } : { n, ok: true, value: d.ok, server: d.server };
+    if (isTraceParent(d.tp)) resp.traceparent = d.tp;
+    if (to === "waiter") {
+      const w = this.waiters.get(n);
+      this.waiters.delete(n);
+      w?.resolve(resp);
+    } else {
+      const next = this.orphanDemand.shift();
+      if (next) next({ value: resp, done: false });
+      else this.orphanQueue.push(resp);
+    }
   }
 
   private committed(upTo: number): void {
-    if (upTo <= this.taken) return;
-    this.taken = upTo;
+    if (!this.delivery.committed(upTo)) return;
     for (const f of this.commitListeners) f(upTo);
   }
 
@@ -844,6 +808,7 @@ export class ClientSession {
         if (this.closed) return Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve) => {
           this.orphanDemand.push(resolve);
+          this.delivery.wantRead();
           void this.pumpTake();
         });
       },
@@ -855,9 +820,7 @@ export class ClientSession {
 
   /** Requests of an earlier incarnation still without a taken response. */
   get unclaimed(): number {
-    let c = 0;
-    for (let n = this.handed + 1; n <= this.lastReq; n++) if (!this.waiters.has(n)) c++;
-    return c;
+    return this.delivery.unclaimed();
   }
 
   /** What to keep to restart this session in a new process (see TandemClient.resume). */
@@ -886,6 +849,7 @@ export class ClientSession {
     this.waiters.clear();
     for (const d of this.orphanDemand) d({ value: undefined, done: true });
     this.orphanDemand = [];
+    this.delivery.finish();
     if (this.sessionId) this.client.forget(this.sessionId);
   }
 }
