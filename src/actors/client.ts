@@ -66,6 +66,14 @@ export interface RequestOptions {
   signal?: AbortSignal;
   /** This request's retry policy, over the session's. */
   retry?: RetryOptions;
+  /**
+   * A delayed request: stored now, dispatched no earlier than this (a Date or ms since the
+   * epoch), across failovers. In its session it holds its place: requests sent after it wait.
+   * A deadline (timeoutMs) counts from the send, the delay included.
+   */
+  notBefore?: Date | number;
+  /** As notBefore, this many ms from now. */
+  delayMs?: number;
 }
 
 /**
@@ -554,6 +562,7 @@ export class ClientSession {
     }
     const tp = opts.traceparent ?? newTraceParent();
     const deadline = deadlineOf(opts);
+    const notBefore = notBeforeOf(opts);
     if (opts.retry !== undefined && !fits(V.retry, opts.retry)) {
       throw new TandemError(ErrorCode.Config, `retry options need maxAttempts 1-1000, initialMs and maxMs 0-86400000, factor 1-100, jitter 0-1; got ${JSON.stringify(opts.retry)}`);
     }
@@ -568,6 +577,7 @@ export class ClientSession {
       ...(carry ? { taken: carry } : {}),
       tp,
       ...(deadline !== undefined ? { deadline } : {}),
+      ...(notBefore !== undefined && notBefore > Date.now() ? { notBefore } : {}),
       ...(opts.retry !== undefined ? { retry: opts.retry } : {}),
     };
     const data = encode(body);
@@ -585,7 +595,7 @@ export class ClientSession {
     // (The stall rule measures silence while waiting: an idle session starts waiting now. Measured
     // from its last delivery, a session opened long ago looked stalled the moment it sent: at
     // 10,000 sessions every request in flight was forced to re-sync.)
-    this.delivery.sent(n, Date.now());
+    this.delivery.sent(n, Date.now(), notBefore);
     if (carry) this.delivery.carry(carry);
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     this.observe(response);
@@ -855,6 +865,17 @@ export class ClientSession {
 }
 
 /** The absolute deadline (ms since the epoch) a request's options give, if any. */
+/** The earliest dispatch (ms since the epoch) a request's options give, if any. */
+function notBeforeOf(opts: RequestOptions): number | undefined {
+  const at = opts.notBefore instanceof Date ? opts.notBefore.getTime() : opts.notBefore;
+  for (const [what, v] of [["notBefore", at], ["delayMs", opts.delayMs]] as const) {
+    if (v !== undefined && (!Number.isFinite(v) || v < 0)) throw new TandemError(ErrorCode.Config, `${what} must be a non-negative number of ms (or a Date); got ${String(v)}`);
+  }
+  const after = opts.delayMs !== undefined ? Date.now() + opts.delayMs : undefined;
+  if (at === undefined) return after;
+  return after === undefined ? Math.round(at) : Math.round(Math.max(at, after));
+}
+
 function deadlineOf(opts: RequestOptions): number | undefined {
   const at = opts.deadline instanceof Date ? opts.deadline.getTime() : opts.deadline;
   const after = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;

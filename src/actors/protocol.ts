@@ -14,7 +14,7 @@ import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 export type ParsedRequest =
   | {
       type: "request";
-      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string; retry?: RetryOptions; deadline?: number };
+      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string; retry?: RetryOptions; deadline?: number; notBefore?: number };
       size: number;
       /** Bytes of the restart data riding on it: at most this (exact only when the message is large). */
       restartSize: number;
@@ -92,6 +92,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
         ...(isTraceParent(r.tp) ? { tp: r.tp } : {}),
         ...(r.retry !== undefined ? { retry: r.retry } : {}),
         ...(r.deadline !== undefined ? { deadline: r.deadline } : {}),
+        ...(r.notBefore !== undefined ? { notBefore: r.notBefore } : {}),
       },
       size,
       restartSize,

@@ -67,6 +67,8 @@ export const RequestRecord = Type.Object({
   /** Receipts riding on the request: the client's `taken`. */
   taken: Type.Optional(Count),
   deadline: Type.Optional(Deadline),
+  /** Dispatch no earlier than this, ms since the epoch (a delayed request). */
+  notBefore: Type.Optional(Deadline),
   retry: Type.Optional(RetrySchema),
 });
 export const TakenRecord = Type.Object({ taken: Count });

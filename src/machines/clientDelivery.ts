@@ -45,10 +45,12 @@ export class DeliveryCore<D> {
     this.lastDelivery = now;
   }
 
-  /** A request of this process took number n; its caller waits for the response. */
-  sent(n: number, now: number): void {
-    // The stall rule measures silence while waiting: an idle session starts waiting now.
+  /** A request of this process took number n; its caller waits for the response (from `notBefore`, when delayed). */
+  sent(n: number, now: number, notBefore?: number): void {
+    // The stall rule measures silence while waiting: an idle session starts waiting now, and a
+    // delayed request's wait starts when its time comes.
     if (this.lastReq === this.handed) this.lastDelivery = now;
+    if (notBefore !== undefined && notBefore > this.lastDelivery) this.lastDelivery = notBefore;
     this.lastReq = Math.max(this.lastReq, n);
     this.waiting.add(n);
   }

@@ -64,6 +64,8 @@ export interface PendingRequest {
   retry?: RetryOptions;
   /** Past this time (core clock) it is answered TANDEM_DEADLINE and never dispatched again. */
   deadline?: number;
+  /** Not dispatched before this time (core clock): a delayed request. It holds its place (I3). */
+  notBefore?: number;
 }
 
 export interface StoredResponse {
@@ -227,8 +229,13 @@ export type Effect =
 
 const MANAGER = "manager";
 
-function failureFields(m: { retry?: RetryOptions; deadline?: number }): Pick<PendingRequest, "retry" | "deadline"> {
-  return { ...(m.retry !== undefined ? { retry: m.retry } : {}), ...(m.deadline !== undefined ? { deadline: m.deadline } : {}) };
+/** What a request says of how it is run: its retry policy, its deadline, its earliest dispatch. */
+function failureFields(m: { retry?: RetryOptions; deadline?: number; notBefore?: number }): Pick<PendingRequest, "retry" | "deadline" | "notBefore"> {
+  return {
+    ...(m.retry !== undefined ? { retry: m.retry } : {}),
+    ...(m.deadline !== undefined ? { deadline: m.deadline } : {}),
+    ...(m.notBefore !== undefined ? { notBefore: m.notBefore } : {}),
+  };
 }
 
 function newer(a: RestartRecord | null, b: RestartRecord): boolean {
@@ -435,6 +442,8 @@ export class ManagerCore {
       retry?: RetryOptions;
       /** Core clock. */
       deadline?: number;
+      /** Core clock. */
+      notBefore?: number;
     },
     now: number,
     replaying: boolean,
@@ -1244,7 +1253,8 @@ export class ManagerCore {
       const n = s.answered + 1;
       const req = s.requests.get(n);
       const srv = this.servers.get(s.server);
-      const waiting = s.awaitingAttempt === n || now < (s.attempts.get(n)?.retryAt ?? 0);
+      // An attempt not yet counted, a retry's back-off, or a delayed request's time not yet come.
+      const waiting = s.awaitingAttempt === n || now < (s.attempts.get(n)?.retryAt ?? 0) || now < (req?.notBefore ?? 0);
       if (req && !req.rejected && !waiting && srv && srv.alive && !srv.presumed) {
         if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
         s.dispatched = n;

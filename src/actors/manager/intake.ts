@@ -46,8 +46,12 @@ export class QueueIntake {
       trace("manager.request", parsed.request.session, parsed.request.n);
       // The parse gives an upper bound (the message's size): measure exactly only past the limit.
       const restartSize = parsed.restartSize > rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
-      const { deadline, ...request } = parsed.request;
-      const effects = core.onRequest({ seq: m.seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), size: parsed.size, restartSize }, now(), replaying);
+      const { deadline, notBefore, ...request } = parsed.request;
+      const effects = core.onRequest(
+        { seq: m.seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), ...(notBefore !== undefined ? { notBefore: toCore(notBefore) } : {}), size: parsed.size, restartSize },
+        now(),
+        replaying,
+      );
       if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
         void this.unknownSession(parsed.request.session, effects, m);
       } else {
