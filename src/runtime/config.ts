@@ -4,68 +4,10 @@
  * Defaults, environment names and bounds all come from the one settings table (settings.ts).
  */
 import { ErrorCode, TandemError } from "./errors.js";
-import { SETTINGS } from "./settings.js";
+import { SETTINGS, type Config } from "./settings.js";
 
-export interface Config {
-  /** NATS servers to connect to; empty means: start an embedded nats-server. */
-  natsUrls: string[];
-  /** Subject prefix and name stem of streams and buckets, so deployments can share a NATS. */
-  prefix: string;
-  /** Replicas of every stream and bucket. */
-  /** Stream and bucket replicas; 0 = auto (3 on a cluster of 3 or more servers, else 1). */
-  replicas: number;
-  /** Directory for the embedded nats-server's store and the CLI's state. */
-  dataDir: string;
-  /** Manager: lease renewal period. */
-  heartbeatMs: number;
-  /** Manager: a standby takes over after this long without renewal or backup. */
-  leaseMs: number;
-  /** Manager: how often state is backed up / snapshotted. */
-  backupMs: number;
-  /** Server sessions heartbeat this often ... */
-  serverHeartbeatMs: number;
-  /** ... and are declared dead after this long without one. */
-  serverTimeoutMs: number;
-  /** Largest application payload (request or response) in bytes. */
-  maxPayload: number;
-  /** Requests a session may have outstanding (sent, response not yet taken). */
-  maxPending: number;
-  /** How long the manager waits for a session to acknowledge a message before retrying. */
-  ackTimeoutMs: number;
-  /**
-   * A client with requests outstanding and no delivery for this long (at least 5 leases)
-   * re-syncs with the manager. Long work its server reports running is not a stall.
-   */
-  stallMs: number;
-  /** JetStream de-duplication window; longer than any retry or failover horizon. */
-  duplicateWindowMs: number;
-  /** Hedging budget: extra copies at most this percent of requests per service (plus the reserve). */
-  hedgeBudgetPct: number;
-  /** Hedging budget: extra copies allowed in a burst before the percentage applies. */
-  hedgeReserve: number;
-  /** NATS user and password (secured deployments: `tandem auth`). */
-  natsUser: string;
-  natsPass: string;
-  /** TLS: the CA that signed the NATS servers' certificates (a file), and an optional client certificate. */
-  natsCa: string;
-  natsCert: string;
-  natsKey: string;
-  /** Serve Prometheus metrics and health on this port (0: none). */
-  metricsPort: number;
-  /** Sessions one client id may have open at once. */
-  maxSessionsPerClient: number;
-  /** Sessions the manager keeps open at once, across all clients. */
-  maxSessions: number;
-  /** Bytes of requests and responses the manager holds in memory: per session, per client, in all. */
-  maxSessionBytes: number;
-  maxClientBytes: number;
-  maxHeldBytes: number;
-  /** Bytes the dead-letter stream may hold; past it the oldest entries go (writers are never refused). */
-  dlqMaxBytes: number;
-  /** Manager node name (unique per process). */
-  node: string;
-  logLevel: string;
-}
+// The Config interface sits beside the table that defines each of its fields.
+export type { Config };
 
 /** The defaults, from the settings table (settings.ts). */
 export const DEFAULTS = Object.fromEntries(SETTINGS.filter((x) => x.default !== null).map((x) => [x.key, x.default])) as unknown as Omit<Config, "node">;

@@ -5,7 +5,68 @@
  * (`test/integration/settings.test.ts` holds the README to it; `node dist/runtime/settings.js`
  * prints it).
  */
-import type { Config } from "./config.js";
+
+/** Every setting of a process, resolved (config.ts: defaults, then environment, then flags). */
+export interface Config {
+  /** NATS servers to connect to; empty means: start an embedded nats-server. */
+  natsUrls: string[];
+  /** Subject prefix and name stem of streams and buckets, so deployments can share a NATS. */
+  prefix: string;
+  /** Replicas of every stream and bucket. */
+  /** Stream and bucket replicas; 0 = auto (3 on a cluster of 3 or more servers, else 1). */
+  replicas: number;
+  /** Directory for the embedded nats-server's store and the CLI's state. */
+  dataDir: string;
+  /** Manager: lease renewal period. */
+  heartbeatMs: number;
+  /** Manager: a standby takes over after this long without renewal or backup. */
+  leaseMs: number;
+  /** Manager: how often state is backed up / snapshotted. */
+  backupMs: number;
+  /** Server sessions heartbeat this often ... */
+  serverHeartbeatMs: number;
+  /** ... and are declared dead after this long without one. */
+  serverTimeoutMs: number;
+  /** Largest application payload (request or response) in bytes. */
+  maxPayload: number;
+  /** Requests a session may have outstanding (sent, response not yet taken). */
+  maxPending: number;
+  /** How long the manager waits for a session to acknowledge a message before retrying. */
+  ackTimeoutMs: number;
+  /**
+   * A client with requests outstanding and no delivery for this long (at least 5 leases)
+   * re-syncs with the manager. Long work its server reports running is not a stall.
+   */
+  stallMs: number;
+  /** JetStream de-duplication window; longer than any retry or failover horizon. */
+  duplicateWindowMs: number;
+  /** Hedging budget: extra copies at most this percent of requests per service (plus the reserve). */
+  hedgeBudgetPct: number;
+  /** Hedging budget: extra copies allowed in a burst before the percentage applies. */
+  hedgeReserve: number;
+  /** NATS user and password (secured deployments: `tandem auth`). */
+  natsUser: string;
+  natsPass: string;
+  /** TLS: the CA that signed the NATS servers' certificates (a file), and an optional client certificate. */
+  natsCa: string;
+  natsCert: string;
+  natsKey: string;
+  /** Serve Prometheus metrics and health on this port (0: none). */
+  metricsPort: number;
+  /** Sessions one client id may have open at once. */
+  maxSessionsPerClient: number;
+  /** Sessions the manager keeps open at once, across all clients. */
+  maxSessions: number;
+  /** Bytes of requests and responses the manager holds in memory: per session, per client, in all. */
+  maxSessionBytes: number;
+  maxClientBytes: number;
+  maxHeldBytes: number;
+  /** Bytes the dead-letter stream may hold; past it the oldest entries go (writers are never refused). */
+  dlqMaxBytes: number;
+  /** Manager node name (unique per process). */
+  node: string;
+  logLevel: string;
+}
 
 export interface Setting {
   key: keyof Config;

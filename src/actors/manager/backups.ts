@@ -9,7 +9,7 @@ import { splitBackup, type BackupAck, type BackupMsg } from "../../machines/back
 import type { CursorRecord, SessionRecord } from "../../machines/managerCore.js";
 import { byEpoch, FencedError } from "../../runtime/fenced-kv.js";
 import { decode, encode, encodedSize } from "../../runtime/wire.js";
-import { now, type PrimaryTerm } from "./term.js";
+import { now, type PrimaryTerm, type TermBackups } from "./term.js";
 
 /** Queues are trimmed behind the bucket cut written this long ago (see trimQueues; tests shorten it). */
 const trimLagMs = () => Number(process.env.TANDEM_TRIM_LAG_MS ?? 10_000);
@@ -17,7 +17,7 @@ const trimLagMs = () => Number(process.env.TANDEM_TRIM_LAG_MS ?? 10_000);
 /** The bucket gets the manager's cut at most this often (standbys get every backup). */
 const KV_EVERY_MS = 1000;
 
-export class Backups {
+export class Backups implements TermBackups {
   /** Standby managers that acknowledged backups, with when and what they asked for. */
   readonly standbys = new Map<string, { at: number; seq: number; needFull: boolean }>();
   private acks: Subscription | null = null;

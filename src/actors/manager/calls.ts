@@ -14,12 +14,12 @@ import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { decode, encode, encodedSize, makeHeaders, malformed, type ClientCall } from "../../runtime/wire.js";
 import { MANAGER_WRITER, parseHedge, publishDlq, replyError, replyOk } from "../protocol.js";
 import { parse, V } from "../schemas.js";
-import { now, type PrimaryTerm } from "./term.js";
+import { now, type PrimaryTerm, type TermCalls } from "./term.js";
 
 /** A client that re-syncs while its request has been at a server this long gets it checked. */
 const STUCK_DISPATCH_MS = 4000;
 
-export class Calls {
+export class Calls implements TermCalls {
   private epochClaimCheckedAt = -Infinity;
   private epochClaimReportedAt = -Infinity;
 

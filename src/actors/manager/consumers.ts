@@ -8,11 +8,11 @@ import type { Consumer, ConsumerMessages, JsMsg, MsgRequest } from "@nats-io/jet
 import { pollUntil } from "../../runtime/backoff.js";
 import { ErrorCode, TandemError } from "../../runtime/errors.js";
 import { dropCursors, openCursor } from "../../runtime/jetstream.js";
-import { now, PULL_MAX_BYTES, type PrimaryTerm } from "./term.js";
+import { now, PULL_MAX_BYTES, type PrimaryTerm, type TermConsumers } from "./term.js";
 
 type Which = "req" | "resp";
 
-export class QueueConsumers {
+export class QueueConsumers implements TermConsumers {
   private messages: ConsumerMessages[] = [];
   /** Current consumer generation per stream: an older loop that ends is not a fencing. */
   private gen = { req: 0, resp: 0 };

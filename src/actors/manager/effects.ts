@@ -15,9 +15,9 @@ import { trace } from "../../runtime/trace.js";
 import { decode, encode, encodedSize, makeHeaders } from "../../runtime/wire.js";
 import type { HedgeEffects, HedgeRecord } from "../hedgeProxy.js";
 import { MANAGER_WRITER, parseRequestMsg, publishDlq } from "../protocol.js";
-import { now, toWall, type PrimaryTerm } from "./term.js";
+import { now, toWall, type PrimaryTerm, type TermEffects } from "./term.js";
 
-export class Effects {
+export class Effects implements TermEffects {
   private restartWarnedAt = -Infinity;
   /** When a session too large for any restart message was last reported (rate-limits it). */
   private restartOversizeWarnedAt = -Infinity;

@@ -11,9 +11,9 @@ import { newId } from "../../runtime/ids.js";
 import { trace } from "../../runtime/trace.js";
 import { encodedSize } from "../../runtime/wire.js";
 import { parseRequestMsg, parseResponseMsg, publishDlq } from "../protocol.js";
-import { now, PULL_MAX_BYTES, storedAt, toCore, type PrimaryTerm } from "./term.js";
+import { now, PULL_MAX_BYTES, storedAt, toCore, type PrimaryTerm, type TermIntake } from "./term.js";
 
-export class QueueIntake {
+export class QueueIntake implements TermIntake {
   constructor(private readonly term: PrimaryTerm) {}
 
   onRequestMsg(m: JsMsg, forceReplay = false): void {

@@ -99,8 +99,9 @@ export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, 
   if (fromBackup) core.markAllDirty();
 
   const term = new PrimaryTerm(ctx, epoch, core, secret, kv);
-  term.effects = new Effects(term);
-  term.proxies = new HedgeProxies(core, epoch, term.effects.hedgeEffects(), term.log, now);
+  const effects = new Effects(term);
+  term.effects = effects;
+  term.proxies = new HedgeProxies(core, epoch, effects.hedgeEffects(), term.log, now);
   term.intake = new QueueIntake(term);
   term.consumers = new QueueConsumers(term);
   term.calls = new Calls(term);

@@ -6,21 +6,18 @@
  *
  * The parts (one reason to change each): the queue consumers (consumers.ts), what the queues say
  * applied to the table (intake.ts), the calls of clients and servers (calls.ts), the effect
- * executor (effects.ts) and the backups and snapshots (backups.ts). The lease is not the term's:
+ * executor (effects.ts) and the backups and snapshots (backups.ts). Each implements its contract
+ * below; this file imports none of them. The lease is not the term's:
  * it outlives terms (lease.ts); the manager node (../manager.ts) makes and ends terms.
  */
-import type { Subscription } from "@nats-io/transport-node";
-import type { ManagerCore } from "../../machines/managerCore.js";
+import type { Consumer, JsMsg } from "@nats-io/jetstream";
+import type { Msg, Subscription } from "@nats-io/transport-node";
+import type { Effect, ManagerCore } from "../../machines/managerCore.js";
 import type { RecentSeries } from "../../machines/recentSeries.js";
 import type { FencedKv } from "../../runtime/fenced-kv.js";
 import type { Logger } from "../../runtime/logger.js";
 import type { Runtime } from "../../runtime/runtime.js";
 import type { HedgeProxies } from "../hedgeProxy.js";
-import type { Backups } from "./backups.js";
-import type { Calls } from "./calls.js";
-import type { QueueConsumers } from "./consumers.js";
-import type { Effects } from "./effects.js";
-import type { QueueIntake } from "./intake.js";
 
 /** The manager's clock: monotonic milliseconds (the core's clock). */
 export const now = () => performance.now();
@@ -48,6 +45,49 @@ export interface ManagerContext {
   rebuildFromBucket(term: PrimaryTerm, session: string): void;
 }
 
+// What each part offers the others through the term. The parts depend on the term, never the
+// term on them: these are the contracts they fulfil (rebuild.ts wires them).
+
+/** consumers.ts */
+export interface TermConsumers {
+  readonly healed: { req: number; resp: number };
+  takeOver(reqFrom: number, respFrom: number, js: <T>(what: string, fn: () => Promise<T>) => Promise<T>): Promise<void>;
+  caughtUpTo(req: number, resp: number, timeoutMs: number): Promise<void>;
+  resume(why: string): Promise<void>;
+  consumer(which: "req" | "resp"): Consumer | null;
+  close(): Promise<void>;
+}
+
+/** intake.ts */
+export interface TermIntake {
+  onRequestMsg(m: JsMsg, forceReplay?: boolean): void;
+  onResponseMsg(m: JsMsg): void;
+  replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number, quiet?: boolean): Promise<void>;
+}
+
+/** calls.ts */
+export interface TermCalls {
+  onOpen(m: Msg): Promise<void>;
+  onResume(m: Msg): Promise<void>;
+  onClose(m: Msg): Promise<void>;
+  onRegister(m: Msg): void;
+  onHeartbeat(m: Msg): void;
+}
+
+/** effects.ts */
+export interface TermEffects {
+  run(effects: Effect[], source?: JsMsg): void;
+}
+
+/** backups.ts */
+export interface TermBackups {
+  readonly standbys: ReadonlyMap<string, { at: number; seq: number; needFull: boolean }>;
+  readonly inProgress: Promise<void> | null;
+  start(): void;
+  flush(): Promise<void>;
+  stop(): void;
+}
+
 export class PrimaryTerm {
   /** False once fenced, stepped down or drained: nothing of this term acts any more. */
   acting = true;
@@ -64,11 +104,11 @@ export class PrimaryTerm {
 
   // The term's parts, wired by the rebuild (rebuild.ts) before any of them runs.
   proxies!: HedgeProxies;
-  effects!: Effects;
-  consumers!: QueueConsumers;
-  intake!: QueueIntake;
-  calls!: Calls;
-  backups!: Backups;
+  effects!: TermEffects;
+  consumers!: TermConsumers;
+  intake!: TermIntake;
+  calls!: TermCalls;
+  backups!: TermBackups;
 
   constructor(
     readonly ctx: ManagerContext,
@@ -87,7 +127,7 @@ export class PrimaryTerm {
   }
 
   /** Carry out the core's effects, while this term acts. */
-  run(effects: Parameters<Effects["run"]>[0], source?: Parameters<Effects["run"]>[1]): void {
+  run(effects: Effect[], source?: JsMsg): void {
     if (this.acting) this.effects.run(effects, source);
   }
 
