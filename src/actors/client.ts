@@ -30,7 +30,7 @@ import { withBackoff } from "../runtime/backoff.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { fits, parse, V } from "./schemas.js";
-import { epochProblem, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { epochProblem, flushed, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
   /** Initial client restart data. */
@@ -158,7 +158,7 @@ export class TandemClient {
     };
     sub(names.hopAll("deliver", c.id), (m) => c.onDeliver(m));
     sub(names.cli(c.id, "restart"), (m) => c.onRestart(m));
-    await rt.nc.flush();
+    await flushed(rt);
     // Safety net: a session whose deliveries stop while it waits re-syncs (never expected;
     // logged when it happens). Longer than a takeover plus its restart round trips.
     const stallMs = Math.max(rt.config.stallMs, rt.config.leaseMs * 5);

@@ -2,6 +2,7 @@
  * Parsing and replying shared by the actors: queue messages with validation (I7), replies with
  * stable error codes, and copies of rejected input in the dead-letter stream.
  */
+import { withBackoff } from "../runtime/backoff.js";
 import type { Msg, MsgHdrs } from "@nats-io/transport-node";
 import type { HedgeOptions, RequestKind, ResponseBody, Reply, RetryOptions, WireErr } from "../machines/types.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
@@ -283,4 +284,14 @@ function logRejected(logger: Runtime["logger"], code: string, subject: string, r
   const more = seen?.more ?? 0;
   logged.set(code, { at: t, more: 0 });
   logger.warn({ code, subject, reason, ...(more > 0 ? { alsoRejected: more } : {}) }, `rejected input sent to the dead-letter stream${more > 0 ? ` (and ${more} more with this code in the last 10 s)` : ""}`);
+}
+
+/**
+ * Our subscriptions are registered at the server (a flush), riding out a NATS outage: a flush in
+ * flight when the connection drops is rejected ("connection disconnected"), and the subscriptions
+ * are sent again at the reconnect, so try again until the connection is back. (A client started
+ * as nats-server was killed once exited with that error.)
+ */
+export async function flushed(rt: Pick<Runtime, "nc">): Promise<void> {
+  await withBackoff(() => rt.nc.flush(), { initialMs: 50, maxMs: 1000, forMs: 120_000, fatal: () => rt.nc.isClosed() });
 }

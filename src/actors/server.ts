@@ -18,7 +18,7 @@ import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
 import { parse, V } from "./schemas.js";
-import { epochProblem, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
   session: string;
@@ -168,7 +168,7 @@ export class TandemServer {
     sub(names.srv(this.id, "restart"), (m) => this.onRestart(m));
     // The manager's check that a registration is this server's: only it receives here.
     sub(names.srv(this.id, "ping"), (m) => replyOk(m, { server: this.id, service: this.service }));
-    await this.rt.nc.flush();
+    await flushed(this.rt);
     const machine = serverSessionMachine.provide({
       actors: {
         register: fromPromise(() => this.register()),

@@ -51,3 +51,29 @@ describe("a client whose connection is closed under it", () => {
     await client.close().catch(() => {});
   }, 30_000);
 });
+
+describe("a client that connects while NATS goes away", () => {
+  it("rides out a flush cut off by the disconnect and connects once NATS is back", async () => {
+    const own = await startNats();
+    const crt = await runtimeFor(own, {}, "flush-client");
+    try {
+      // nats-server frozen: the client's flush waits for its PONG; then killed: the disconnect
+      // rejects that flush ("connection disconnected"); then back on the same port.
+      process.kill(own.pid!, "SIGSTOP");
+      const connecting = TandemClient.connect(crt, { id: "flusher" }).then(
+        (c) => ({ ok: true as const, c }),
+        (err: Error) => ({ ok: false as const, err }),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      await own.stop();
+      await new Promise((r) => setTimeout(r, 500));
+      await own.restart();
+      const r = await Promise.race([connecting, new Promise<{ ok: false; err: Error }>((ok) => setTimeout(() => ok({ ok: false, err: new Error("still connecting after 20 s") }), 20_000))]);
+      expect(r.ok ? "connected" : r.err.message).toBe("connected");
+      if (r.ok) await r.c.close();
+    } finally {
+      await crt.close().catch(() => {});
+      await own.cleanup();
+    }
+  }, 40_000);
+});
