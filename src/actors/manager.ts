@@ -11,6 +11,7 @@
  * - manager/calls.ts: open, resume, close, register, heartbeat
  * - manager/effects.ts: the core's effects carried out on the wire
  * - manager/backups.ts: backups to the standbys, snapshots to the bucket, trimmed queues
+ * - manager/store.ts: the lease, cursors, queues and records as kept in JetStream
  *
  * Only an acting term acts; every effect checks that its term still acts (I5).
  */
@@ -26,6 +27,7 @@ import { decode } from "../runtime/wire.js";
 import { replyOk } from "./protocol.js";
 import { Lease } from "./manager/lease.js";
 import { rebuild } from "./manager/rebuild.js";
+import { JetStreamStore, type ManagerStore } from "./manager/store.js";
 import { now, type ManagerContext, type PrimaryTerm } from "./manager/term.js";
 
 export type { LeaseRecord } from "./manager/lease.js";
@@ -92,6 +94,7 @@ export class ManagerNode implements ManagerContext {
   readonly baseLog: Logger;
   /** Responses served in the last minute, for the dashboard's charts (kept across terms). */
   readonly recent = new RecentSeries();
+  readonly store: ManagerStore;
   private readonly lease: Lease;
   private actor: Actor<typeof managerMachine> | undefined;
   /** The primary term this node acts for; null when standby. */
@@ -105,7 +108,8 @@ export class ManagerNode implements ManagerContext {
   constructor(readonly rt: Runtime) {
     this.node = rt.config.node;
     this.baseLog = rt.logger.child({ role: "manager", node: this.node });
-    this.lease = new Lease(rt, this.node, this.baseLog);
+    this.store = new JetStreamStore(rt);
+    this.lease = new Lease(rt, this.store, this.node, this.baseLog);
   }
 
   /** Standby side: the primary's backups (tests look at what a standby holds). */
@@ -283,7 +287,7 @@ export class ManagerNode implements ManagerContext {
         else if (now() - p.at >= 3000) still.push(which);
       }
       if (still.length === 0) return;
-      void Promise.all(still.map((which) => rt.jsm.streams.info(which === "req" ? rt.names.streamReq : rt.names.streamResp).then((i) => ({ which, last: i.state.last_seq }))))
+      void Promise.all(still.map((which) => this.store.queues.lastSeq(which).then((last) => ({ which, last }))))
         .then((infos) => {
           const behind = infos.filter(({ which, last }) => last > (which === "req" ? core.reqSeq : core.respSeq)).map((x) => x.which);
           for (const which of still) lastProgress[which].at = now();
@@ -441,7 +445,7 @@ export class ManagerNode implements ManagerContext {
         const c = this.term?.consumers.consumer(which);
         if (c) m.consumerLag.set({ stream }, (await c.info(true)).num_pending);
       };
-      const dlq = this.rt.jsm.streams.info(this.rt.names.streamDlq).then((i) => m.dlqMessages.set(i.state.messages));
+      const dlq = this.store.queues.deadLetters().then((n) => m.dlqMessages.set(n));
       await Promise.allSettled([lag("req", this.rt.names.streamReq), lag("resp", this.rt.names.streamResp), dlq]);
     } else if (Number.isFinite(this.lease.lastBackupAt)) {
       m.standbyBackupAge.set({ standby: this.node }, (now() - this.lease.lastBackupAt) / 1000);

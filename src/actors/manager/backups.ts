@@ -131,12 +131,11 @@ export class Backups implements TermBackups {
     const lag = trimLagMs();
     while (this.cuts.length > 0 && t - this.cuts[0]!.at >= lag) cut = this.cuts.shift();
     if (!cut || !this.term.acting) return;
-    const { jsm, names } = this.term.rt;
-    for (const [which, stream, from] of [["req", names.streamReq, cut.reqFrom], ["resp", names.streamResp, cut.respFrom]] as const) {
+    const { queues } = this.term.store;
+    for (const [which, from] of [["req", cut.reqFrom], ["resp", cut.respFrom]] as const) {
       if (from <= this.trimmed[which] + 1) continue;
       this.trimmed[which] = from - 1;
-      // Purge by sequence: every message below `from` (a purge by subject would cost one per session).
-      jsm.streams.purge(stream, { seq: from }).catch((err: Error) => this.term.log.debug({ err: { message: err.message }, stream }, "trimming a queue failed; the next cut retries"));
+      queues.trim(which, from).catch((err: Error) => this.term.log.debug({ err: { message: err.message }, queue: which }, "trimming a queue failed; the next cut retries"));
     }
   }
 

@@ -5,11 +5,9 @@
  * and dead-lettered with their bytes.
  */
 import type { Msg } from "@nats-io/transport-node";
-import type { SessionRecord } from "../../machines/managerCore.js";
 import type { HedgeOptions, HeartbeatReply, OpenReply, Reply, ResumeReply, RetryOptions } from "../../machines/types.js";
 import { ErrorCode, TandemError } from "../../runtime/errors.js";
 import { newId } from "../../runtime/ids.js";
-import { publishToQueue } from "../../runtime/queue-publish.js";
 import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { decode, encode, encodedSize, makeHeaders, malformed, type ClientCall } from "../../runtime/wire.js";
 import { MANAGER_WRITER, parseHedge, publishDlq, replyError, replyOk } from "../protocol.js";
@@ -99,8 +97,7 @@ export class Calls implements TermCalls {
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
-      await publishToQueue(
-        term.rt.requester,
+      await term.store.queues.append(
         term.rt.names.req(client, session),
         encode({ open: { service, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
@@ -138,8 +135,7 @@ export class Calls implements TermCalls {
     }
     // I6: everything the client saw acknowledged in its request queue must be applied first.
     try {
-      const info = await term.rt.jsm.streams.info(term.rt.names.streamReq);
-      await term.consumers.caughtUpTo(info.state.last_seq, 0, 5000);
+      await term.consumers.caughtUpTo(await term.store.queues.lastSeq("req"), 0, 5000);
     } catch (err) {
       return this.reject(m, new TandemError(ErrorCode.Unavailable, "manager is catching up with the queues; retry the resume", { cause: err }));
     }
@@ -178,8 +174,8 @@ export class Calls implements TermCalls {
     }
     const { entry, effects } = core.resume(client, session, now());
     if (!entry) {
-      const rec = await term.rt.kv.sessions.get(session).catch(() => null);
-      if (rec && rec.operation === "PUT" && rec.json<SessionRecord>().client === client) {
+      const rec = await term.store.records.hasSession(session).catch(() => null);
+      if (rec && rec.client === client) {
         term.ctx.rebuildFromBucket(term, session);
         replyError(m, new TandemError(ErrorCode.Unavailable, "manager is rebuilding; retry the resume"));
         return;
@@ -229,24 +225,16 @@ export class Calls implements TermCalls {
     term.proxies.close(session);
     // A snapshot taken before the close must not write the record back after the purge.
     await term.backups.inProgress;
-    const { names, jsm } = term.rt;
+    const { store } = term;
     // Purge the queues first, then the record: a crash in between leaves an empty record,
     // never queue entries without one.
-    await Promise.all([
-      jsm.streams.purge(names.streamReq, { filter: names.req(client, session) }),
-      jsm.streams.purge(names.streamResp, { filter: names.respOf(session) }),
-      // Hedge records of the session (`<session>.hedge.<n>`, `<session>.took.<n>.<server>`).
-      jsm.streams.purge(`KV_${names.bucketSessions}`, { filter: `$KV.${names.bucketSessions}.${session}.>` }),
-    ]).catch((err) => term.log.warn({ err, session }, "purge of a closed session's queues failed"));
+    await Promise.all([store.queues.forgetSession(client, session), store.records.forgetSession(session, "hedges")]).catch((err) =>
+      term.log.warn({ err, session }, "purge of a closed session's queues failed"),
+    );
     term.kv.sessions.forget(session);
     term.kv.restart.forget(`${session}.client`);
     term.kv.restart.forget(`${session}.server`);
-    // Purged from the buckets' streams, not with kv.purge: that leaves a marker per key for good
-    // (6 MiB after 3,000 closed sessions with none live).
-    await Promise.all([
-      jsm.streams.purge(`KV_${names.bucketSessions}`, { filter: `$KV.${names.bucketSessions}.${session}` }),
-      jsm.streams.purge(`KV_${names.bucketRestart}`, { filter: `$KV.${names.bucketRestart}.${session}.*` }),
-    ]).catch((err) => term.log.warn({ err, session }, "removing a closed session's records failed"));
+    await store.records.forgetSession(session, "records").catch((err) => term.log.warn({ err, session }, "removing a closed session's records failed"));
     replyOk(m, { session, closed: true });
     term.log.debug({ session, client }, "session closed");
   }

@@ -4,10 +4,9 @@
  * the stream (heal), never taken on trust; a consumer that ends or stops moving while its queue
  * moves is resumed from the table's own cursors, which the core owns.
  */
-import type { Consumer, ConsumerMessages, JsMsg, MsgRequest } from "@nats-io/jetstream";
+import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import { pollUntil } from "../../runtime/backoff.js";
 import { ErrorCode, TandemError } from "../../runtime/errors.js";
-import { dropCursors, openCursor } from "../../runtime/jetstream.js";
 import { now, PULL_MAX_BYTES, type PrimaryTerm, type TermConsumers } from "./term.js";
 
 type Which = "req" | "resp";
@@ -29,23 +28,19 @@ export class QueueConsumers implements TermConsumers {
 
   constructor(private readonly term: PrimaryTerm) {}
 
-  private get prefix(): string {
-    return this.term.rt.config.prefix.replace(/-/g, "_");
-  }
-
   /**
    * Take the queues over at the start of the term: delete the predecessor's cursors (its pulls
    * fail: I5), open ours from the cut's sequences, and consume.
    */
   async takeOver(reqFrom: number, respFrom: number, js: <T>(what: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {
-    const { rt, epoch, ctx } = this.term;
-    const prefix = this.prefix;
-    await Promise.all([dropCursors(rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, null), dropCursors(rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, null)]);
+    const { store, epoch, ctx } = this.term;
+    const { cursors } = store;
+    await Promise.all([cursors.drop("req", null), cursors.drop("resp", null)]);
     // A new name per attempt: a cursor whose creation timed out may have been placed on a
     // server that just died, and asking again for the same name waits on it (seen: a minute).
     let attempt = 0;
-    const req = await js("open the request cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `e${epoch}_${ctx.node}_r${attempt++}`, reqFrom));
-    const resp = await js("open the response cursor", () => openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `e${epoch}_${ctx.node}_r${attempt++}`, respFrom));
+    const req = await js("open the request cursor", () => cursors.open("req", `e${epoch}_${ctx.node}_r${attempt++}`, reqFrom));
+    const resp = await js("open the response cursor", () => cursors.open("resp", `e${epoch}_${ctx.node}_r${attempt++}`, respFrom));
     await this.consume(req, "req", reqFrom);
     await this.consume(resp, "resp", respFrom);
   }
@@ -105,24 +100,20 @@ export class QueueConsumers implements TermConsumers {
    */
   private heal(which: Which, from: number, to: number): void {
     const term = this.term;
-    const { rt } = term;
-    const stream = which === "req" ? rt.names.streamReq : rt.names.streamResp;
-    const subjects = which === "req" ? rt.names.reqAll : rt.names.respAll;
+    const { queues } = term.store;
     this.healing[which] = this.healing[which].then(async () => {
       const missed: JsMsg[] = [];
       for (let seq = from; seq <= to && term.acting; ) {
-        // The first message at or after `seq` (STREAM.MSG.GET's next_by_subj; nats.js's type
-        // names it only for direct gets, the server takes it on both).
-        const next = { seq, next_by_subj: subjects } as unknown as MsgRequest;
-        const sm = await rt.jsm.streams.getMessage(stream, next).catch(() => null);
+        const sm = await queues.next(which, seq);
         if (!sm || sm.seq > to) break;
-        missed.push({ seq: sm.seq, subject: sm.subject, data: sm.data, headers: sm.header, time: sm.time } as unknown as JsMsg);
+        // The intake reads of a message what a stored entry has.
+        missed.push(sm as unknown as JsMsg);
         seq = sm.seq + 1;
       }
       if (missed.length === 0 || !term.acting) return;
       if (now() - this.healWarnedAt > 10_000) {
         this.healWarnedAt = now();
-        term.log.warn({ stream, from, to, missed: missed.length }, "the cursor skipped queue entries that are still there; applied them (further ones in the next 10 s are not logged)");
+        term.log.warn({ queue: which, from, to, missed: missed.length }, "the cursor skipped queue entries that are still there; applied them (further ones in the next 10 s are not logged)");
       }
       this.healed[which] += missed.length;
       for (const m of missed) {
@@ -163,7 +154,7 @@ export class QueueConsumers implements TermConsumers {
    */
   async resume(why: string): Promise<void> {
     const term = this.term;
-    const { core, rt } = term;
+    const { core, store } = term;
     if (!term.acting || this.resuming) return;
     this.resuming = true;
     try {
@@ -174,17 +165,16 @@ export class QueueConsumers implements TermConsumers {
       const old = this.messages;
       this.messages = [];
       for (const c of old) await c.close().catch(() => {});
-      const prefix = this.prefix;
       // New cursors under new names: opening them never waits on the old ones, which may sit on
       // a nats-server that just died. The old ones are ours; drop them in the background.
       const tag = `e${term.epoch}_${term.ctx.node}_${++this.cursorGen}`;
-      const req = await openCursor(rt.js, rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, tag, core.reqSeq + 1);
-      const resp = await openCursor(rt.js, rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, tag, core.respSeq + 1);
+      const req = await store.cursors.open("req", tag, core.reqSeq + 1);
+      const resp = await store.cursors.open("resp", tag, core.respSeq + 1);
       if (!term.acting) return;
       await this.consume(req, "req", core.reqSeq + 1);
       await this.consume(resp, "resp", core.respSeq + 1);
-      void dropCursors(rt.jsm, rt.names.streamReq, `${prefix}_mgr_req`, `${prefix}_mgr_req_${tag}`);
-      void dropCursors(rt.jsm, rt.names.streamResp, `${prefix}_mgr_resp`, `${prefix}_mgr_resp_${tag}`);
+      void store.cursors.drop("req", tag);
+      void store.cursors.drop("resp", tag);
       term.log.info({ why, reqFrom: core.reqSeq + 1, respFrom: core.respSeq + 1 }, "consumers resumed from the table's cursors");
     } catch (err) {
       term.log.warn({ err: { message: (err as Error).message }, why }, "could not resume the consumers yet (JetStream electing a leader?); retrying");

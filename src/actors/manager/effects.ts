@@ -9,7 +9,6 @@ import { splitToFit } from "../../machines/parts.js";
 import type { ClientRestartAck, DeliverMsg, Reply, RestartMsg, RestartRecord, RestartSession, ServerRestartAck, WorkMsg } from "../../machines/types.js";
 import { withBackoff } from "../../runtime/backoff.js";
 import { dispatchKey } from "../../runtime/dispatch-key.js";
-import { publishToQueue } from "../../runtime/queue-publish.js";
 import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { trace } from "../../runtime/trace.js";
 import { decode, encode, encodedSize, makeHeaders } from "../../runtime/wire.js";
@@ -99,10 +98,10 @@ export class Effects implements TermEffects {
         const dedupe = `${e.context.session ?? ""}.${e.context.n ?? ""}`;
         if (e.reqSeq !== undefined) {
           // The request the entry is about, as it was queued: subject, headers and bytes.
-          void rt.jsm.streams
-            .getMessage(rt.names.streamReq, { seq: e.reqSeq })
+          void this.term.store.queues
+            .at("req", e.reqSeq)
             .catch(() => null)
-            .then((sm) => publishDlq(rt, e, sm?.subject ?? "", sm?.header, sm?.data, dedupe));
+            .then((sm) => publishDlq(rt, e, sm?.subject ?? "", sm?.headers, sm?.data, dedupe));
         } else if (source) {
           void publishDlq(rt, e, source.subject, source.headers, source.data, dedupe);
         } else {
@@ -181,7 +180,7 @@ export class Effects implements TermEffects {
     let payload = w.payload;
     if (w.evicted) {
       // Not held in memory (read on replay past the byte bounds): the queue has it.
-      const stored = await rt.jsm.streams.getMessage(rt.names.streamReq, { seq: w.seq }).catch(() => null);
+      const stored = await this.term.store.queues.at("req", w.seq).catch(() => null);
       const parsed = stored ? parseRequestMsg(rt.names, stored) : null;
       if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
         this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
@@ -220,7 +219,7 @@ export class Effects implements TermEffects {
   private async storeManagerRecord(epoch: number, session: string, n: number, data: Uint8Array, msgID: string, code: string): Promise<void> {
     const { rt } = this.term;
     const headers = makeHeaders({ session, request: n, epoch, kind: code === "attempt" ? "control" : "response", code });
-    await withBackoff(() => publishToQueue(rt.requester, rt.names.resp(MANAGER_WRITER, session), data, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
+    await withBackoff(() => this.term.store.queues.append(rt.names.resp(MANAGER_WRITER, session), data, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
       maxMs: 2000,
       while: () => this.term.acting,
       onFailure: (err, attempt) => attempt === 6 && this.term.log.warn({ err, session, n, code }, "storing a record in a response queue keeps failing; retrying"),
@@ -277,7 +276,7 @@ export class Effects implements TermEffects {
       record: (rec: HedgeRecord): void => {
         // A closed session's records are purged: do not write one back.
         if (!this.term.acting || !this.term.core.sessions.has(rec.session)) return;
-        rt.kv.sessions.put(`${rec.session}.hedge.${rec.n}`, encode(rec)).catch((err) => this.term.log.warn({ err, session: rec.session }, "could not record a hedge outcome"));
+        this.term.store.records.putHedge(rec.session, rec.n, rec).catch((err) => this.term.log.warn({ err, session: rec.session }, "could not record a hedge outcome"));
       },
     };
   }

@@ -4,14 +4,13 @@
  * core's clock, and its effects run. Also the safety net that re-reads one session's queues when
  * its client has sent more than the table holds.
  */
-import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import type { JsMsg } from "@nats-io/jetstream";
 import type { Effect } from "../../machines/managerCore.js";
 import { ErrorCode } from "../../runtime/errors.js";
-import { newId } from "../../runtime/ids.js";
 import { trace } from "../../runtime/trace.js";
 import { encodedSize } from "../../runtime/wire.js";
 import { parseRequestMsg, parseResponseMsg, publishDlq } from "../protocol.js";
-import { now, PULL_MAX_BYTES, storedAt, toCore, type PrimaryTerm, type TermIntake } from "./term.js";
+import { now, storedAt, toCore, type PrimaryTerm, type TermIntake } from "./term.js";
 
 export class QueueIntake implements TermIntake {
   constructor(private readonly term: PrimaryTerm) {}
@@ -69,8 +68,7 @@ export class QueueIntake implements TermIntake {
   private async unknownSession(session: string, effects: Effect[], m: JsMsg): Promise<void> {
     const term = this.term;
     try {
-      const e = await term.rt.kv.sessions.get(session);
-      if (e && e.operation === "PUT") {
+      if (await term.store.records.hasSession(session)) {
         term.ctx.rebuildFromBucket(term, session);
         return;
       }
@@ -124,37 +122,14 @@ export class QueueIntake implements TermIntake {
    */
   async replaySession(client: string, session: string, tableLastReq: number, clientLastReq: number, quiet = false): Promise<void> {
     const term = this.term;
-    const { rt, core } = term;
+    const { core } = term;
     let applied = 0;
-    for (const [stream, subject] of [
-      [rt.names.streamReq, rt.names.req(client, session)],
-      [rt.names.streamResp, rt.names.respOf(session)],
-    ] as const) {
+    for (const queue of ["req", "resp"] as const) {
       try {
-        const info = await rt.jsm.streams.info(stream, { subjects_filter: subject });
-        // (The response filter is a wildcard: one subject per server that answered.)
-        if (Object.keys(info.state.subjects ?? {}).length === 0) continue;
-        const name = `replay_${newId(6)}`;
-        await rt.jsm.consumers.add(stream, { name, ack_policy: AckPolicy.None, filter_subject: subject, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
-        const c = await rt.js.consumers.get(stream, name);
-        try {
-          for (;;) {
-            const batch = await c.fetch({ max_bytes: PULL_MAX_BYTES, expires: 1000 });
-            let got = 0;
-            let last = -1;
-            for await (const msg of batch) {
-              got++;
-              last = msg.info.pending;
-              // A targeted replay moves no cursor.
-              core.offCursor(() => (stream === rt.names.streamReq ? this.onRequestMsg(msg, true) : this.onResponseMsg(msg)));
-              applied++;
-              if (msg.info.pending === 0) break;
-            }
-            if (got === 0 || last === 0) break;
-          }
-        } finally {
-          await c.delete().catch(() => {});
-        }
+        // A targeted replay moves no cursor.
+        applied += await term.store.queues.readSession(queue, client, session, (msg) =>
+          core.offCursor(() => (queue === "req" ? this.onRequestMsg(msg, true) : this.onResponseMsg(msg))),
+        );
       } catch (err) {
         term.log.warn({ err, session }, "re-reading a session's queue failed");
       }

@@ -16,13 +16,10 @@ import type { Runtime } from "../../runtime/runtime.js";
 import { decode, encode } from "../../runtime/wire.js";
 import { asTandem, publishDlq } from "../protocol.js";
 import { parse, V } from "../schemas.js";
+import type { LeaseRecord, ManagerStore } from "./store.js";
 import { now } from "./term.js";
 
-export interface LeaseRecord {
-  epoch: number;
-  node: string;
-  since: string;
-}
+export type { LeaseRecord } from "./store.js";
 
 export class Lease {
   /** Standby side: the primary's backups, the cut a takeover starts from. */
@@ -33,19 +30,18 @@ export class Lease {
 
   constructor(
     private readonly rt: Runtime,
+    private readonly store: ManagerStore,
     private readonly node: string,
     private readonly log: Logger,
   ) {}
 
   /** The lease as stored now (null when nobody holds it). */
   async read(): Promise<LeaseRecord | null> {
-    const e = await this.rt.kv.ctl.get("leader");
-    return e && e.operation === "PUT" ? e.json<LeaseRecord>() : null;
+    return (await this.store.lease.read())?.value ?? null;
   }
 
   async readCursor(): Promise<CursorRecord | null> {
-    const e = await this.rt.kv.ctl.get("cursor");
-    return e && e.operation === "PUT" ? e.json<CursorRecord>() : null;
+    return (await this.store.cursors.read())?.value ?? null;
   }
 
   /** Standby: watch the lease and take in the holder's backups, until the returned stop. */
@@ -58,13 +54,13 @@ export class Lease {
     const poll = async () => {
       if (stopped) return;
       try {
-        const e = await this.rt.kv.ctl.get("leader");
+        const e = await this.store.lease.read();
         if (stopped) return;
-        if (!e || e.operation !== "PUT") {
+        if (!e || !e.value) {
           sendBack({ type: "LEASE_ABSENT" });
         } else if (e.revision !== lastRevision) {
           lastRevision = e.revision;
-          const lease = e.json<LeaseRecord>();
+          const lease = e.value;
           // A standby says whom it stands by for (once per primary), so a quiet one is not a
           // mystery: it waits for that primary's lease to lapse.
           if (lease.node !== this.node && (holder?.node !== lease.node || holder?.epoch !== lease.epoch)) {
@@ -128,22 +124,15 @@ export class Lease {
     const cursor = await this.readCursor();
     const floor = Math.max(previous?.epoch ?? 0, cursor?.epoch ?? 0);
     const value: LeaseRecord = { epoch: floor + 1, node: this.node, since: new Date().toISOString() };
-    const ctl = this.rt.kv.ctl;
+    const lease = this.store.lease;
     let revision: number;
     if (previous) {
       // Fails with wrong-last-sequence if the primary renewed after all: then it lives.
-      revision = await ctl.update("leader", encode(value), previous.revision);
+      revision = await lease.write(value, previous.revision);
     } else {
-      const cur = await ctl.get("leader");
-      if (cur && cur.operation === "PUT") {
-        const held = cur.json<LeaseRecord>();
-        value.epoch = Math.max(value.epoch, held.epoch + 1);
-        revision = await ctl.update("leader", encode(value), cur.revision);
-      } else if (cur) {
-        revision = await ctl.update("leader", encode(value), cur.revision);
-      } else {
-        revision = await ctl.create("leader", encode(value));
-      }
+      const cur = await lease.read();
+      if (cur?.value) value.epoch = Math.max(value.epoch, cur.value.epoch + 1);
+      revision = await lease.write(value, cur ? cur.revision : null);
     }
     this.log.info({ epoch: value.epoch }, "lease acquired");
     this.rt.metrics.takeovers.inc();
@@ -161,7 +150,7 @@ export class Lease {
       // cluster, our first renewal after it comes back fails the compare-and-set). Whatever we
       // send meanwhile carries our epoch and is refused by anyone who has seen a newer one; our
       // bucket writes are fenced.
-      const revision = await withBackoff(() => this.rt.kv.ctl.update("leader", encode(value), lease.revision, this.rt.config.heartbeatMs * 2), {
+      const revision = await withBackoff(() => this.store.lease.write(value, lease.revision, this.rt.config.heartbeatMs * 2), {
         initialMs: 50,
         factor: 1,
         maxMs: 50,
@@ -178,8 +167,8 @@ export class Lease {
       // Someone changed the lease: we are fenced, unless our own renewal is what moved it: one
       // whose answer timed out under load was stored all the same, and a retry then found its
       // revision (a flood of 125 MB once made a lone primary step down from itself this way).
-      const cur = await this.rt.kv.ctl.get("leader").catch(() => null);
-      const held = cur && cur.operation === "PUT" ? (decode(cur.value) as Partial<LeaseRecord>) : null;
+      const cur = await this.store.lease.read().catch(() => null);
+      const held: Partial<LeaseRecord> | null = cur?.value ?? null;
       if (cur && held && held.epoch === value.epoch && held.node === value.node && held.since === value.since) return { ...lease, revision: cur.revision };
       throw new TandemError(ErrorCode.NotLeader, `lease renewal failed for epoch ${lease.epoch}; another manager holds it`, { cause: err });
     }

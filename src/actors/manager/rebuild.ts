@@ -7,9 +7,7 @@
 import { DEFAULT_HEDGE_BUDGET } from "../../machines/hedgeBudget.js";
 import { ManagerCore, type CursorRecord, type SessionRecord } from "../../machines/managerCore.js";
 import type { RestartRecord } from "../../machines/types.js";
-import { loadDispatchSecret } from "../../runtime/dispatch-key.js";
-import { FencedKv } from "../../runtime/fenced-kv.js";
-import { readLastPerSubject, untilJetStream } from "../../runtime/jetstream.js";
+import { untilJetStream } from "../../runtime/jetstream.js";
 import { decode } from "../../runtime/wire.js";
 import { HedgeProxies } from "../hedgeProxy.js";
 import { Backups } from "./backups.js";
@@ -30,7 +28,7 @@ export interface RebuildOptions {
 /** Rebuild the table for `epoch` and start its term; resolves once the queues are replayed. */
 export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, opts: RebuildOptions, onTerm: (term: PrimaryTerm) => void): Promise<PrimaryTerm> {
   const t0 = now();
-  const { rt } = ctx;
+  const { rt, store } = ctx;
   const c = rt.config;
   const core = new ManagerCore(
     {
@@ -45,14 +43,14 @@ export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, 
     },
     epoch,
   );
-  const kv = { sessions: new FencedKv(rt.kv.sessions), ctl: new FencedKv(rt.kv.ctl), restart: new FencedKv(rt.kv.restart) };
+  const kv = store.records.fencedWriters();
   // In a cluster that just lost a server, JetStream answers nothing until its leaders are
   // elected again (a follower waits 4-9 s; the timers are the same from 2.9 to 2.15): wait
   // for it here rather than step down and start over with a new epoch.
   const js = <T>(what: string, fn: () => Promise<T>) => untilJetStream(what, fn, 60_000, ctx.baseLog);
-  const secret = opts.secret ?? (await js("read the dispatch secret", () => loadDispatchSecret(rt.kv.ctl)));
-  const stored = await js("read the cursor", () => rt.kv.ctl.get("cursor"));
-  const storedCursor = stored && stored.operation === "PUT" ? stored.json<CursorRecord>() : null;
+  const secret = opts.secret ?? (await js("read the dispatch secret", () => store.records.dispatchSecret()));
+  const stored = await js("read the cursor", () => store.cursors.read());
+  const storedCursor: CursorRecord | null = stored?.value ?? null;
   if (stored) kv.ctl.saw("cursor", stored.revision);
   let cursor = storedCursor;
   const records: SessionRecord[] = [];
@@ -64,8 +62,8 @@ export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, 
     cursor = b.cursor;
     records.push(...b.records.values());
   } else {
-    for (const m of await js("read the session records", () => readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketSessions}`))) {
-      const key = m.subject.split(".").slice(2).join(".");
+    for (const m of await js("read the session records", () => store.records.readAll("sessions"))) {
+      const key = m.key;
       if (key.includes(".")) continue; // hedge records of a session, not a session
       kv.sessions.saw(key, m.seq);
       if (m.data.length === 0) continue; // delete marker
@@ -77,9 +75,9 @@ export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, 
     }
   }
   const restarts = new Map<string, { client?: RestartRecord; server?: RestartRecord }>();
-  for (const m of await js("read the restart data", () => readLastPerSubject(rt.js, rt.jsm, `KV_${rt.names.bucketRestart}`))) {
+  for (const m of await js("read the restart data", () => store.records.readAll("restart"))) {
     if (m.data.length === 0) continue;
-    const key = m.subject.split(".").slice(2).join(".");
+    const key = m.key;
     kv.restart.saw(key, m.seq);
     const dot = key.lastIndexOf(".");
     const session = key.slice(0, dot);
@@ -108,9 +106,9 @@ export async function rebuild(ctx: ManagerContext, lease: Lease, epoch: number, 
   term.backups = new Backups(term);
   // The node acts for the term from here: the replay's effects run (I5 checks `acting`).
   onTerm(term);
-  const reqInfo = await js("read the request queue", () => rt.jsm.streams.info(rt.names.streamReq));
-  const respInfo = await js("read the response queue", () => rt.jsm.streams.info(rt.names.streamResp));
-  term.replayEnd = { req: reqInfo.state.last_seq, resp: respInfo.state.last_seq };
+  const reqLast = await js("read the request queue", () => store.queues.lastSeq("req"));
+  const respLast = await js("read the response queue", () => store.queues.lastSeq("resp"));
+  term.replayEnd = { req: reqLast, resp: respLast };
   const reqFrom = cursor ? cursor.reqFrom : 1;
   const respFrom = cursor ? cursor.respFrom : 1;
   await term.consumers.takeOver(reqFrom, respFrom, js);

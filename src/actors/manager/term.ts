@@ -7,7 +7,8 @@
  * The parts (one reason to change each): the queue consumers (consumers.ts), what the queues say
  * applied to the table (intake.ts), the calls of clients and servers (calls.ts), the effect
  * executor (effects.ts) and the backups and snapshots (backups.ts). Each implements its contract
- * below; this file imports none of them. The lease is not the term's:
+ * below; this file imports none of them. All of them keep what they keep through the manager's
+ * store (store.ts), never through JetStream directly. The lease is not the term's:
  * it outlives terms (lease.ts); the manager node (../manager.ts) makes and ends terms.
  */
 import type { Consumer, JsMsg } from "@nats-io/jetstream";
@@ -18,6 +19,7 @@ import type { FencedKv } from "../../runtime/fenced-kv.js";
 import type { Logger } from "../../runtime/logger.js";
 import type { Runtime } from "../../runtime/runtime.js";
 import type { HedgeProxies } from "../hedgeProxy.js";
+import type { ManagerStore } from "./store.js";
 
 /** The manager's clock: monotonic milliseconds (the core's clock). */
 export const now = () => performance.now();
@@ -33,6 +35,8 @@ export const PULL_MAX_BYTES = 8 * 1024 * 1024;
 /** What the parts of a term need of the manager node that outlives it. */
 export interface ManagerContext {
   readonly rt: Runtime;
+  /** Where the lease, the cursors, the queues and the records are kept (store.ts). */
+  readonly store: ManagerStore;
   readonly node: string;
   readonly baseLog: Logger;
   /** Responses served in the last minute (the dashboard's charts): kept across terms. */
@@ -124,6 +128,10 @@ export class PrimaryTerm {
 
   get rt(): Runtime {
     return this.ctx.rt;
+  }
+
+  get store(): ManagerStore {
+    return this.ctx.store;
   }
 
   /** Carry out the core's effects, while this term acts. */
