@@ -13,13 +13,12 @@ import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import { bodyOf, listDeadLetters } from "../../src/actors/deadLetters.js";
 import { TandemError } from "../../src/runtime/errors.js";
-import type { Runtime } from "../../src/runtime/runtime.js";
 import { eventually, fastEnv, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { CLI, logLines, tandem, type TandemProc } from "../helpers/procs.js";
 
 const SERVER_TIMEOUT_MS = 1500;
 let ns: NatsServer;
-let rt: Runtime;
+let rt: Awaited<ReturnType<typeof runtimeFor>>;
 let mgr: ManagerNode;
 
 /** A server id kept alive as a supervisor would: restarted 100 ms after each exit. */
@@ -82,12 +81,15 @@ describe("a poison request", () => {
     // It keeps sending while the poison request takes servers down.
     let stop = false;
     const during: number[] = [];
+    /** The other session's request number of each latency in `during`. */
+    const numbers: number[] = [];
     const loop = (async () => {
       for (let i = 0; !stop; i++) {
         const t = performance.now();
         const v = (await other.request({ do: "ok", value: i })) as { ok: number };
         expect(v.ok).toBe(i);
         during.push(performance.now() - t);
+        numbers.push(other.lastRequest);
       }
     })();
 
@@ -111,14 +113,23 @@ describe("a poison request", () => {
     await loop;
     const runs = servers.reduce((k, s) => k + s.poisonRuns(), 0);
     const worst = Math.max(...during);
+    // Attempts of the other session's requests lost with a server the poison took down: with
+    // two servers, a request moved off one victim can land on the next (a server process
+    // restarts in about 0.85 s here, well inside the server timeout).
+    const lost = new Map<number, number>();
+    for (const l of rt.logs()) {
+      if (l.session === other.id && l.code === "TANDEM_SERVER_LOST" && typeof l.n === "number") lost.set(l.n, (lost.get(l.n) ?? 0) + 1);
+    }
     console.log(
       `poison: answered TANDEM_POISON after ${runs} executions in ${episodeMs.toFixed(0)} ms; the other session: ${during.length} requests meanwhile, worst ${worst.toFixed(0)} ms (normal p99 ${p99.toFixed(1)} ms, server timeout ${SERVER_TIMEOUT_MS} ms)`,
     );
     expect(runs).toBe(3);
     expect(during.length).toBeGreaterThan(10);
     // A server death costs the other sessions at most the server timeout (plus a heartbeat
-    // interval of detection slack, and their usual latency).
-    expect(worst).toBeLessThan(SERVER_TIMEOUT_MS + 100 + p99 + 100);
+    // interval of detection slack, and their usual latency), for each death that took one of
+    // their requests with it.
+    during.forEach((ms, i) => expect(ms, `request ${numbers[i]} (${lost.get(numbers[i]!) ?? 0} attempts lost)`).toBeLessThan(Math.max(1, lost.get(numbers[i]!) ?? 0) * (SERVER_TIMEOUT_MS + 100) + p99 + 100));
+    expect(Math.max(...lost.values(), 0)).toBeLessThanOrEqual(2);
 
     // The dead-letter stream has it, with the request's subject and bytes.
     const dl = await eventually(async () => (await listDeadLetters(rt, { reason: "poison", session: poisoned.id }))[0], "the poison entry");
