@@ -38,6 +38,12 @@ export interface OpenOptions {
   /** Requests outstanding before request() throws TANDEM_BACKPRESSURE (capped by the manager). */
   maxPending?: number;
   /**
+   * Requests of the session that may be at its server at once (default 1, at most maxPending
+   * and 1024). Responses still arrive in request order; handlers of one session then run
+   * concurrently at the session's server. Not with `hedge`.
+   */
+  window?: number;
+  /**
    * Hedged requests (docs/design.md §5): each request goes to one server and, with no response after
    * `after` ms (0 = at once, "p95" = the service's learned 95th percentile), to up to
    * `copies` − 1 others. The first stored response wins; the other copies are cancelled. Use
@@ -459,6 +465,7 @@ export class ClientSession {
       service,
       ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
       ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
+      ...(this.opts.window !== undefined ? { window: this.opts.window } : {}),
       ...(this.opts.hedge !== undefined ? { hedge: this.opts.hedge } : {}),
       ...(this.opts.retry !== undefined ? { retry: this.opts.retry } : {}),
     });

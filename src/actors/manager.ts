@@ -370,7 +370,7 @@ export class ManagerNode implements ManagerContext {
     const busiest: SessionStatus[] = [];
     for (const s of this.term?.core.sessions.values() ?? []) {
       const pending = s.lastReq - s.answered;
-      busiest.push({ id: s.id, client: s.client, service: s.service, server: s.server, pending, inFlight: s.dispatched > 0 ? 1 : 0, answered: s.answered });
+      busiest.push({ id: s.id, client: s.client, service: s.service, server: s.server, pending, inFlight: s.inFlight.size, answered: s.answered });
     }
     busiest.sort((a, b) => b.pending - a.pending || b.answered - a.answered);
     return { ...st, recent: this.recent.view(Date.now()), busiest: busiest.slice(0, 100) };

@@ -30,6 +30,7 @@ export type ParsedRequest =
       session: string;
       service: string;
       maxPending: number;
+      window?: number;
       restart?: unknown;
       hedge?: HedgeOptions;
       retry?: RetryOptions;
@@ -66,6 +67,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
           ...ids,
           service: o.service,
           maxPending: o.maxPending ?? 1000,
+          ...(o.window !== undefined ? { window: o.window } : {}),
           ...("restart" in o ? { restart: o.restart } : {}),
           ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),
           ...(o.retry !== undefined ? { retry: o.retry } : {}),

@@ -51,6 +51,8 @@ export const RetrySchema = Type.Object(
 const Deadline = Type.Integer({ minimum: 0, maximum: 8_640_000_000_000_000 });
 
 export const MAX_HEDGE_COPIES = 8;
+/** The most requests of one session at its server at once (OpenOptions.window). */
+export const MAX_WINDOW = 1024;
 export const HedgeSchema = Type.Object({
   copies: Type.Integer({ minimum: 2, maximum: MAX_HEDGE_COPIES }),
   after: Type.Union([Type.Literal("p95"), Type.Number({ minimum: 0, maximum: 3_600_000 })]),
@@ -79,6 +81,7 @@ export const OpenRecord = Type.Object({
     service: Token,
     ordered: Type.Optional(Type.Boolean()),
     maxPending: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+    window: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_WINDOW })),
     restart: Type.Optional(Type.Unknown()),
     hedge: Type.Optional(Type.Unknown()),
     retry: Type.Optional(RetrySchema),
@@ -106,6 +109,7 @@ export const OpenCall = Type.Object({
   service: Token,
   ordered: Type.Optional(Type.Boolean()),
   maxPending: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+  window: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_WINDOW })),
   restart: Type.Optional(Type.Unknown()),
   hedge: Type.Optional(Type.Unknown()),
   retry: Type.Optional(RetrySchema),
@@ -168,6 +172,7 @@ const SessionRecordSchema = Type.Object({
   /** Written by earlier managers and never acted on: read and ignored. */
   ordered: Type.Optional(Type.Boolean()),
   maxPending: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  window: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_WINDOW })),
   hedge: Type.Optional(HedgeSchema),
   retry: Type.Optional(RetrySchema),
   server: Type.Union([Type.Null(), Token]),

@@ -95,10 +95,13 @@ export interface SessionEntry {
   delivering: number;
   deliverRetryAt: number;
   deliverAttempts: number;
-  dispatched: number;
-  /** When the request being dispatched first went out (for the learned hedge delay). */
-  dispatchedAt: number;
-  dispatchAcked: boolean;
+  /**
+   * Requests at a server now, by number: at most `window` of them, all in
+   * (answered, answered + window] (docs/design.md §6, windows).
+   */
+  inFlight: Map<number, InFlight>;
+  /** Requests of the session that may be at its server at once (1: one at a time). */
+  window: number;
   dispatchRetryAt: number;
   dispatchAttempts: number;
   clientRestart: RestartRecord | null;
@@ -113,18 +116,26 @@ export interface SessionEntry {
   /** Failed attempts of unanswered requests, from the attempt records in the response queue. */
   attempts: Map<number, AttemptState>;
   /**
-   * A request whose server died holding it: not dispatched again until the record of that
+   * Requests whose server died holding them: not dispatched again until the record of that
    * failed attempt is read back from the queue (so a failover cannot forget the attempt).
    */
-  awaitingAttempt: number;
-  /** When the server last said (in its heartbeat) it is running the dispatched request. */
-  runningAt: number;
+  awaitingAttempt: Set<number>;
   /**
-   * The server the unanswered head request was last sent to, acknowledged or not: a server may
+   * The server each unanswered request was last sent to, acknowledged or not: a server may
    * run work whose acknowledgement never came back (a process that ends right after taking it),
    * so its death costs that request an attempt even when the table has no dispatch open.
    */
-  sentTo: string | null;
+  sentTo: Map<number, string>;
+}
+
+/** A request at a server. */
+export interface InFlight {
+  server: string;
+  /** When it went out (for the learned hedge delay and the served time). */
+  at: number;
+  acked: boolean;
+  /** When the server last said (in its heartbeat) it is running it. */
+  runningAt: number;
 }
 
 export interface ServerEntry {
@@ -158,6 +169,8 @@ export interface SessionRecord {
   client: string;
   service: string;
   maxPending: number;
+  /** Absent: 1 (records written before windows). */
+  window?: number;
   hedge?: HedgeOptions;
   retry?: RetryOptions;
   server: string | null;
@@ -329,10 +342,10 @@ export class ManagerCore {
 
   /** Open a session; the caller checked the service is known. */
   open(
-    args: { session: string; client: string; service: string; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    args: { session: string; client: string; service: string; maxPending: number; window?: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
   ): { entry: SessionEntry; effects: Effect[] } {
-    const entry = this.newEntry(args.session, args.client, args.service, args.maxPending, args.hedge, args.retry);
+    const entry = this.newEntry(args.session, args.client, args.service, args.maxPending, args.hedge, args.retry, args.window);
     entry.server = this.pickServer(args.service);
     entry.serverSynced = true;
     if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
@@ -352,7 +365,7 @@ export class ManagerCore {
    * for services nobody serves, by writing open records into their own queues).
    */
   onOpenRecord(
-    m: { seq: number; client: string; session: string; service: string; maxPending: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    m: { seq: number; client: string; session: string; service: string; maxPending: number; window?: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -363,7 +376,7 @@ export class ManagerCore {
       return [{ type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: m.client, session: m.session, seq: m.seq } }];
     }
     const maxPending = Math.min(m.maxPending, this.limits.maxPending);
-    const entry = this.newEntry(m.session, m.client, m.service, maxPending, m.hedge, m.retry);
+    const entry = this.newEntry(m.session, m.client, m.service, maxPending, m.hedge, m.retry, m.window);
     entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
@@ -402,7 +415,7 @@ export class ManagerCore {
     this.remove(s);
     this.removed.push(session);
     const effects: Effect[] = [];
-    if (s.dispatched && s.server) effects.push({ type: "cancel", server: s.server, session, n: s.dispatched });
+    for (const [n, d] of s.inFlight) effects.push({ type: "cancel", server: d.server, session, n });
     return { closed: s, effects };
   }
 
@@ -544,6 +557,8 @@ export class ManagerCore {
     for (const n of s.responses.keys()) if (n <= s.taken) this.dropResponse(s, n);
     for (const n of s.requests.keys()) if (n <= s.answered) this.dropRequest(s, n);
     for (const n of s.attempts.keys()) if (n <= s.answered) s.attempts.delete(n);
+    for (const n of s.sentTo.keys()) if (n <= s.answered) s.sentTo.delete(n);
+    for (const n of s.inFlight.keys()) if (n <= s.answered) s.inFlight.delete(n);
     if (s.delivered < s.taken) s.delivered = s.taken;
     s.dirty = true;
     const effects: Effect[] = [];
@@ -608,12 +623,13 @@ export class ManagerCore {
     this.hold(s, resp.bytes!);
     this.dropRequest(s, m.n);
     s.attempts.delete(m.n);
-    s.sentTo = null;
+    s.sentTo.delete(m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
-    if (s.dispatched === m.n) {
-      this.budget(s.service).observe(now - s.dispatchedAt);
-      if (!replaying) effects.push({ type: "served", service: s.service, session: s.id, n: m.n, ms: now - s.dispatchedAt, ok: m.error === undefined });
-      s.dispatched = 0;
+    const d = s.inFlight.get(m.n);
+    if (d) {
+      this.budget(s.service).observe(now - d.at);
+      if (!replaying) effects.push({ type: "served", service: s.service, session: s.id, n: m.n, ms: now - d.at, ok: m.error === undefined });
+      s.inFlight.delete(m.n);
       s.dispatchAttempts = 0;
     }
     if (s.hedge) {
@@ -647,7 +663,7 @@ export class ManagerCore {
     this.passed("resp", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
-    if (s.awaitingAttempt === m.n) s.awaitingAttempt = 0;
+    s.awaitingAttempt.delete(m.n);
     const effects: Effect[] = [];
     this.attemptFailed(s, { seq: m.seq, n: m.n, server: m.server, error: m.error, at: m.at ?? now }, now, effects);
     return effects;
@@ -680,12 +696,8 @@ export class ManagerCore {
     }
     const out = countFailure(a, this.policy(s, f.n), { ...f, seed: `${s.id}.${f.n}` });
     if (!out) return;
-    s.sentTo = null; // this execution is accounted for
-    if (s.dispatched === f.n) {
-      s.dispatched = 0;
-      s.dispatchAcked = false;
-      s.dispatchAttempts = 0;
-    }
+    s.sentTo.delete(f.n); // this execution is accounted for
+    if (s.inFlight.delete(f.n)) s.dispatchAttempts = 0;
     s.dirty = true;
     if (out.action === "quarantine") {
       // On replay the request may come later in its queue: afterRequest quarantines it then.
@@ -721,12 +733,12 @@ export class ManagerCore {
     const req = s.requests.get(n);
     if (!req || req.rejected || n <= s.answered || s.responses.has(n)) return;
     req.rejected = true;
-    if (s.dispatched === n) {
-      if (s.server) effects.push({ type: "cancel", server: s.server, session: s.id, n });
-      s.dispatched = 0;
-      s.dispatchAcked = false;
+    const d = s.inFlight.get(n);
+    if (d) {
+      effects.push({ type: "cancel", server: d.server, session: s.id, n });
+      s.inFlight.delete(n);
     }
-    if (s.awaitingAttempt === n) s.awaitingAttempt = 0;
+    s.awaitingAttempt.delete(n);
     const error: WireErr =
       reason === "deadline"
         ? { code: "TANDEM_DEADLINE", message: `request ${n} of session ${s.id} was not answered before its deadline`, context: { n } }
@@ -743,7 +755,7 @@ export class ManagerCore {
    */
   diagnose(session: string, now: number): { reason: string; effects: Effect[] } | null {
     const s = this.sessions.get(session);
-    if (!s || s.answered >= s.lastReq || s.dispatched !== 0) return null;
+    if (!s || s.answered >= s.lastReq || s.inFlight.has(s.answered + 1)) return null;
     const req = s.requests.get(s.answered + 1);
     const srv = s.server ? this.servers.get(s.server) : undefined;
     const c = this.clients.get(s.client);
@@ -763,7 +775,7 @@ export class ManagerCore {
                   ? srv.restartInFlight
                     ? "server restart in flight"
                     : "server not restarted yet"
-                  : s.awaitingAttempt === s.answered + 1
+                  : s.awaitingAttempt.has(s.answered + 1)
                     ? "recording a failed attempt (its server died holding it)"
                     : now < (s.attempts.get(s.answered + 1)?.retryAt ?? 0)
                     ? "waiting out the retry back-off of a failed attempt"
@@ -780,12 +792,10 @@ export class ManagerCore {
     return { reason, effects };
   }
 
-  /** Send the request at the server again (it may have lost it); the server ignores a duplicate it runs. */
-  redispatch(session: string, now: number): Effect[] {
+  /** Send request n at the server again (it may have lost it); the server ignores a duplicate it runs. */
+  redispatch(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || s.dispatched === 0) return [];
-    s.dispatched = 0;
-    s.dispatchAcked = false;
+    if (!s || !s.inFlight.delete(n)) return [];
     s.dispatchAttempts++; // not new load for the hedging budget
     const effects: Effect[] = [];
     this.pump(s, now, effects);
@@ -794,14 +804,13 @@ export class ManagerCore {
 
   dispatchAcked(session: string, n: number): void {
     const s = this.sessions.get(session);
-    if (s && s.dispatched === n) s.dispatchAcked = true;
+    const d = s?.inFlight.get(n);
+    if (d) d.acked = true;
   }
 
   dispatchFailed(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || s.dispatched !== n) return [];
-    s.dispatched = 0;
-    s.dispatchAcked = false;
+    if (!s || !s.inFlight.delete(n)) return [];
     s.dispatchAttempts++;
     s.dispatchRetryAt = now + backoff(50, s.dispatchAttempts);
     return [];
@@ -891,9 +900,10 @@ export class ManagerCore {
     if (running) {
       for (const [session, n] of running) {
         const s = this.sessions.get(session);
-        if (s && s.server === id && s.dispatched === n) {
-          s.dispatchAcked = true;
-          s.runningAt = now;
+        const d = s && s.server === id ? s.inFlight.get(n) : undefined;
+        if (d && d.server === id) {
+          d.acked = true;
+          d.runningAt = now;
         }
       }
     }
@@ -911,16 +921,15 @@ export class ManagerCore {
     // the backup), so it serves without registering again.
     srv.lastSeen = Math.max(srv.lastSeen, now);
     srv.presumed = false;
-    const working = new Map(ack.working.map((w) => [w.session, w.n]));
+    const working = new Map<string, number[]>();
+    for (const w of ack.working) working.set(w.session, [...(working.get(w.session) ?? []), w.n]);
     for (const s of this.sessions.values()) {
       if (s.server !== ack.server || s.serverSynced) continue;
       s.serverSynced = true;
-      const n = working.get(s.id);
-      if (n !== undefined && n === s.answered + 1) {
-        s.dispatched = n; // still running there: don't send it twice
-        s.dispatchAcked = true;
-      } else {
-        s.dispatched = 0;
+      s.inFlight.clear();
+      for (const n of working.get(s.id) ?? []) {
+        // Still running there: don't send it twice.
+        if (n > s.answered && n <= s.answered + s.window && !s.responses.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
       }
       this.pump(s, now, effects);
     }
@@ -1044,19 +1053,22 @@ export class ManagerCore {
     let waiting = 0;
     for (const s of this.sessions.values()) {
       if (s.server !== srv.id) continue;
-      const held = s.dispatched !== 0 ? s.dispatched : s.sentTo === srv.id && s.requests.has(s.answered + 1) ? s.answered + 1 : 0;
-      if (held !== 0 && !s.hedge) {
-        // The server died holding it: one attempt used (docs/design.md §9). Not sent again
-        // until that is on record, so a failover meanwhile cannot hand out a free execution.
-        const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${held} (${why.split(";")[0]})`, context: { server: srv.id } };
-        // Its back-off runs from when the server was last heard of (about when it died): the
-        // time it took to notice is waited out already, so the moved work is not held longer.
-        effects.push({ type: "recordAttempt", session: s.id, n: held, server: srv.id, error, at: srv.lastSeen });
-        s.awaitingAttempt = held;
+      const held = new Set<number>();
+      for (const [n, d] of s.inFlight) if (d.server === srv.id) held.add(n);
+      for (const [n, to] of s.sentTo) if (to === srv.id && n > s.answered && s.requests.has(n)) held.add(n);
+      if (!s.hedge) {
+        for (const n of [...held].sort((a, b) => a - b)) {
+          // The server died holding it: one attempt used (docs/design.md §9). Not sent again
+          // until that is on record, so a failover meanwhile cannot hand out a free execution.
+          const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${n} (${why.split(";")[0]})`, context: { server: srv.id } };
+          // Its back-off runs from when the server was last heard of (about when it died): the
+          // time it took to notice is waited out already, so the moved work is not held longer.
+          effects.push({ type: "recordAttempt", session: s.id, n, server: srv.id, error, at: srv.lastSeen });
+          s.awaitingAttempt.add(n);
+        }
       }
-      s.sentTo = null;
-      s.dispatched = 0;
-      s.dispatchAcked = false;
+      s.sentTo.clear();
+      s.inFlight.clear();
       this.setServer(s, this.pickServer(s.service));
       s.serverSynced = false;
       s.dirty = true;
@@ -1122,7 +1134,7 @@ export class ManagerCore {
     const effects: Effect[] = [];
     for (const s of this.sessions.values()) {
       s.serverSynced = false;
-      s.dispatched = 0;
+      s.inFlight.clear();
       s.delivering = 0;
       this.client(s.client).synced = false;
     }
@@ -1233,7 +1245,7 @@ export class ManagerCore {
   stalled(): Array<{ session: string; missing: "request" | "response"; n: number }> {
     const out: Array<{ session: string; missing: "request" | "response"; n: number }> = [];
     for (const s of this.sessions.values()) {
-      if (s.lastReq > s.answered && s.dispatched === 0 && !s.requests.has(s.answered + 1) && !s.responses.has(s.answered + 1)) {
+      if (s.lastReq > s.answered && s.inFlight.size === 0 && !s.requests.has(s.answered + 1) && !s.responses.has(s.answered + 1)) {
         out.push({ session: s.id, missing: "request", n: s.answered + 1 });
       } else if (s.answered > s.delivered && s.delivering === 0 && !s.responses.has(s.delivered + 1) && s.delivered >= s.taken) {
         out.push({ session: s.id, missing: "response", n: s.delivered + 1 });
@@ -1245,29 +1257,36 @@ export class ManagerCore {
   // ---- the two pumps: dispatch the next request, deliver the next response ---------------
 
   private pump(s: SessionEntry, now: number, effects: Effect[]): void {
-    const head = s.requests.get(s.answered + 1);
     // Past its deadline, wherever it is (queued, backing off, at a server): answered so.
-    if (head && !head.rejected && head.deadline !== undefined && now >= head.deadline) this.giveUp(s, s.answered + 1, "deadline", effects);
-    // Dispatch: one request at a time per session keeps the session's order (I3).
-    if (s.dispatched === 0 && s.server && s.serverSynced && now >= s.dispatchRetryAt) {
-      const n = s.answered + 1;
+    for (let n = s.answered + 1; n <= s.answered + s.window; n++) {
       const req = s.requests.get(n);
-      const srv = this.servers.get(s.server);
-      // An attempt not yet counted, a retry's back-off, or a delayed request's time not yet come.
-      const waiting = s.awaitingAttempt === n || now < (s.attempts.get(n)?.retryAt ?? 0) || now < (req?.notBefore ?? 0);
-      if (req && !req.rejected && !waiting && srv && srv.alive && !srv.presumed) {
-        if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
-        s.dispatched = n;
-        s.dispatchedAt = now;
-        s.dispatchAcked = false;
-        s.sentTo = s.server;
-        const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
-        if (req.evicted) work.evicted = true;
-        if (req.tp !== undefined) work.tp = req.tp;
-        if (req.deadline !== undefined) work.deadline = req.deadline;
-        effects.push({ type: "dispatch", server: s.server, session: s.id, n, service: s.service, hedged: s.hedge !== null, work });
-      }
+      if (req && !req.rejected && req.deadline !== undefined && now >= req.deadline) this.giveUp(s, n, "deadline", effects);
     }
+    // Dispatch: up to `window` requests of the session at its server, the oldest unanswered
+    // first; responses still reach the client in request order (I3: the delivery pump below).
+    const srv = s.server ? this.servers.get(s.server) : undefined;
+    if (!s.server || !s.serverSynced || now < s.dispatchRetryAt || !srv || !srv.alive || srv.presumed) return this.pumpDelivery(s, now, effects);
+    for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < s.window; n++) {
+      if (s.inFlight.has(n) || s.responses.has(n)) continue;
+      const req = s.requests.get(n);
+      if (!req) break; // not read yet: nor are the ones after it
+      // A delayed request holds its place: nothing after it goes before its time.
+      if (now < (req.notBefore ?? 0)) break;
+      // Answered by its error response soon; an attempt not yet counted, a retry's back-off.
+      if (req.rejected || s.awaitingAttempt.has(n) || now < (s.attempts.get(n)?.retryAt ?? 0)) continue;
+      if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
+      s.inFlight.set(n, { server: s.server, at: now, acked: false, runningAt: 0 });
+      s.sentTo.set(n, s.server);
+      const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
+      if (req.evicted) work.evicted = true;
+      if (req.tp !== undefined) work.tp = req.tp;
+      if (req.deadline !== undefined) work.deadline = req.deadline;
+      effects.push({ type: "dispatch", server: s.server, session: s.id, n, service: s.service, hedged: s.hedge !== null, work });
+    }
+    this.pumpDelivery(s, now, effects);
+  }
+
+  private pumpDelivery(s: SessionEntry, now: number, effects: Effect[]): void {
     // Deliver: in request order, one in flight, only to a client synced with this epoch.
     if (s.delivering === 0 && now >= s.deliverRetryAt) {
       const c = this.clients.get(s.client);
@@ -1282,7 +1301,7 @@ export class ManagerCore {
 
   // ---- persistence -----------------------------------------------------------------------
 
-  private newEntry(id: string, client: string, service: string, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions): SessionEntry {
+  private newEntry(id: string, client: string, service: string, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions, window = 1): SessionEntry {
     return {
       id,
       client,
@@ -1298,9 +1317,9 @@ export class ManagerCore {
       delivering: 0,
       deliverRetryAt: 0,
       deliverAttempts: 0,
-      dispatched: 0,
-      dispatchedAt: 0,
-      dispatchAcked: false,
+      inFlight: new Map(),
+      // A hedged session races copies of one request: one at a time (calls.ts refuses more).
+      window: hedge ? 1 : Math.max(1, Math.min(window, maxPending)),
       dispatchRetryAt: 0,
       dispatchAttempts: 0,
       clientRestart: null,
@@ -1311,9 +1330,8 @@ export class ManagerCore {
       dirty: true,
       retry: retry ?? null,
       attempts: new Map(),
-      awaitingAttempt: 0,
-      runningAt: 0,
-      sentTo: null,
+      awaitingAttempt: new Set(),
+      sentTo: new Map(),
     };
   }
 
@@ -1324,6 +1342,7 @@ export class ManagerCore {
       client: s.client,
       service: s.service,
       maxPending: s.maxPending,
+      ...(s.window > 1 ? { window: s.window } : {}),
       ...(s.hedge ? { hedge: s.hedge } : {}),
       ...(s.retry ? { retry: s.retry } : {}),
       server: s.server,
@@ -1382,7 +1401,7 @@ export class ManagerCore {
     now: number,
   ): void {
     for (const r of records) {
-      const s = this.newEntry(r.session, r.client, r.service, r.maxPending, r.hedge, r.retry);
+      const s = this.newEntry(r.session, r.client, r.service, r.maxPending, r.hedge, r.retry, r.window);
       s.server = r.server;
       s.lastReq = r.lastReq;
       s.answered = r.answered;

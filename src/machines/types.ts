@@ -133,6 +133,8 @@ export interface OpenReply {
   session: string;
   epoch: number;
   maxPending: number;
+  /** Requests of the session that may be at its server at once. */
+  window: number;
   maxPayload: number;
 }
 

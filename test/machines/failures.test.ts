@@ -91,7 +91,7 @@ describe("manager core: attempts and quarantine", () => {
     const core = setup({ jitter: 0, initialMs: 10 });
     core.onRequest(req(1), 0, false);
     core.dispatchFailed("A", 1, 100); // no acknowledgement: the table has no dispatch open
-    expect(core.sessions.get("A")!.dispatched).toBe(0);
+    expect(core.sessions.get("A")!.inFlight.size).toBe(0);
     core.heartbeat("s2", 1000);
     const fx = core.tick(1500); // s1 silent past the timeout
     expect(of(fx, "recordAttempt")).toEqual([expect.objectContaining({ session: "A", n: 1, server: "s1" })]);
@@ -149,10 +149,10 @@ describe("manager core: attempts and quarantine", () => {
     core.onRequest(req(1), 0, false);
     core.heartbeat("s1", 400, [["A", 1]]);
     const s = core.sessions.get("A")!;
-    expect(s.runningAt).toBe(400);
-    expect(s.dispatchAcked).toBe(true);
+    expect(s.inFlight.get(1)).toMatchObject({ runningAt: 400, acked: true });
     core.heartbeat("s1", 800, [["A", 2]]); // not the dispatched one: changes nothing
-    expect(s.runningAt).toBe(400);
+    expect(s.inFlight.get(1)!.runningAt).toBe(400);
+    expect(s.inFlight.has(2)).toBe(false);
   });
 });
 

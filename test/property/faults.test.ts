@@ -18,15 +18,17 @@ import { faultProperty } from "../helpers/property.js";
 import { checkHistory } from "../helpers/history.js";
 import { continueManagers, describeStep, fault, runStep, type Step } from "../helpers/faults.js";
 
-const schedule = fc.array(
-  fc.record({ fault, afterMs: fc.integer({ min: 50, max: 700 }), downMs: fc.integer({ min: 0, max: 800 }) }),
-  { minLength: 1, maxLength: 4 },
-);
+const schedule = fc.record({
+  // Client b's sessions have this window (client a's have 1): both shapes in every run.
+  window: fc.integer({ min: 2, max: 8 }),
+  steps: fc.array(fc.record({ fault, afterMs: fc.integer({ min: 50, max: 700 }), downMs: fc.integer({ min: 0, max: 800 }) }), { minLength: 1, maxLength: 4 }),
+});
+const describeRun = (r: { window: number; steps: Step[] }) => `window ${r.window}: ${r.steps.map(describeStep).join("; ")}`;
 
-async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: string[] }> {
+async function runSchedule({ window, steps }: { window: number; steps: Step[] }): Promise<{ ok: boolean; problems: string[] }> {
   const d = await Deployment.start({ servers: 2, managers: 2 });
   try {
-    const clients = [d.client("a", 120, 2), d.client("b", 120, 2)];
+    const clients = [d.client("a", 120, 2), d.client("b", 120, 2, ["--window", String(window)])];
     for (const c of clients) c.start();
     let churn = 0;
     for (const step of steps) {
@@ -39,10 +41,10 @@ async function runSchedule(steps: Step[]): Promise<{ ok: boolean; problems: stri
     // Healed: every process is running again; clients that were killed resume and finish.
     await until(() => clients.every((c) => c.finished()), "every client to finish after the schedule healed", 120_000);
     const v = checkHistory(clients.map((c) => c.history()));
-    if (!v.ok) console.error(`schedule: ${steps.map(describeStep).join("; ")}\n${v.problems.slice(0, 10).join("\n")}\n${d.logs(15)}`);
+    if (!v.ok) console.error(`schedule: ${describeRun({ window, steps })}\n${v.problems.slice(0, 10).join("\n")}\n${d.logs(15)}`);
     return v;
   } catch (err) {
-    console.error(`schedule: ${steps.map(describeStep).join("; ")}\n${String(err)}\n${d.logs(15)}`);
+    console.error(`schedule: ${describeRun({ window, steps })}\n${String(err)}\n${d.logs(15)}`);
     return { ok: false, problems: [String(err)] };
   } finally {
     await d.stop();
@@ -54,8 +56,8 @@ describe("fault schedules (fast-check)", () => {
     "after any schedule of kills and restarts heals, no request is lost or answered twice, order and restart data hold (I1, I2, I3, I6)",
     "fault property",
     schedule,
-    async (steps) => (await runSchedule(steps)).problems,
-    (steps) => steps.map(describeStep).join("; "),
+    async (run) => (await runSchedule(run)).problems,
+    describeRun,
     { runs: 3, deepRuns: 30, budgetMs: 150_000, deepBudgetMs: 60 * 60_000 },
   );
 });

@@ -93,13 +93,18 @@ export class Calls implements TermCalls {
     const maxPending = Math.min((body.maxPending as number | undefined) ?? term.rt.config.maxPending, term.rt.config.maxPending);
     const hedge = body.hedge as HedgeOptions | undefined;
     const retry = body.retry as RetryOptions | undefined;
-    const { entry, effects } = core.open({ session, client, service, maxPending, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
+    // At most the pending limit: more could never be at a server at once.
+    const window = Math.min((body.window as number | undefined) ?? 1, maxPending);
+    if (hedge && window > 1) {
+      return this.reject(m, new TandemError(ErrorCode.Hedge, "a hedged session runs one request at a time (its copies race); open it without a window, or open an unhedged session with one", { context: { window } }));
+    }
+    const { entry, effects } = core.open({ session, client, service, maxPending, window, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
       await term.store.queues.append(
         term.rt.names.req(client, session),
-        encode({ open: { service, maxPending, ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
+        encode({ open: { service, maxPending, ...(window > 1 ? { window } : {}), ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
       );
       await term.kv.sessions.create(session, core.record(entry));
@@ -112,7 +117,7 @@ export class Calls implements TermCalls {
       replyError(m, new TandemError(ErrorCode.NotLeader, "this manager lost its lease; retry the open"));
       return;
     }
-    replyOk<OpenReply>(m, { session, epoch, maxPending, maxPayload: term.rt.config.maxPayload });
+    replyOk<OpenReply>(m, { session, epoch, maxPending, window, maxPayload: term.rt.config.maxPayload });
     term.log.debug({ session, client, service, server: entry.server }, "session opened");
     term.run(effects);
   }
@@ -147,21 +152,24 @@ export class Calls implements TermCalls {
       await term.intake.replaySession(client, session, known.lastReq, clientLastReq);
     }
     // Running at its server, as the server's heartbeats say: long work, not lost (docs/design.md §9).
-    const running = known && known.client === client && known.dispatched > 0 && now() - known.runningAt < term.rt.config.serverTimeoutMs ? known : null;
-    if (known && known.client === client && !running && known.dispatched > 0 && now() - known.dispatchedAt > STUCK_DISPATCH_MS) {
+    // (The head of the session: the request its client waits for first.)
+    const headN = known ? known.answered + 1 : 0;
+    const head = known && known.client === client ? known.inFlight.get(headN) : undefined;
+    const running = head && now() - head.runningAt < term.rt.config.serverTimeoutMs ? { n: headN, ...head } : null;
+    if (head && !running && now() - head.at > STUCK_DISPATCH_MS) {
       // A request at a server for long with its client waiting: its response may be in the queue
       // unseen (a cursor that skipped it in a NATS election), or the work lost. Re-read the
       // session's queues, and if it is still unanswered send it again (a server still running
       // it says so; a handler runs at least once anyway).
-      const n = known.dispatched;
-      const answered = known.answered;
-      await term.intake.replaySession(client, session, known.lastReq, clientLastReq, true);
+      const n = headN;
+      const answered = known!.answered;
+      await term.intake.replaySession(client, session, known!.lastReq, clientLastReq, true);
       const s = core.sessions.get(session);
       if (s && s.answered > answered) {
         term.log.error({ session, client, n }, "the table missed a stored response; re-read the session's queues (please report this)");
-      } else if (s && s.dispatched === n) {
-        term.log.warn({ session, client, n, server: s.server, waitedMs: Math.round(now() - s.dispatchedAt) }, "a request has been at its server long with its client waiting; sending it again");
-        term.run(core.redispatch(session, now()));
+      } else if (s && s.inFlight.get(n) === head) {
+        term.log.warn({ session, client, n, server: head.server, waitedMs: Math.round(now() - head.at) }, "a request has been at its server long with its client waiting; sending it again");
+        term.run(core.redispatch(session, n, now()));
       }
     }
     if (known && known.client === client) {
@@ -198,7 +206,7 @@ export class Calls implements TermCalls {
       requests: info.requests,
       responses: info.responses,
       maxPending: entry.maxPending,
-      ...(running && running.server ? { running: { n: running.dispatched, server: running.server, forMs: Math.round(now() - running.dispatchedAt) } } : {}),
+      ...(running ? { running: { n: running.n, server: running.server, forMs: Math.round(now() - running.at) } } : {}),
       maxPayload: term.rt.config.maxPayload,
     });
     term.log.info({ session, client, taken: entry.taken, lastReq: entry.lastReq }, "session resumed");

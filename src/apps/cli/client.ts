@@ -16,10 +16,12 @@ import { fail, parse, configFrom, int, runtime } from "./kit.js";
 
 export const HELP = `Usage: tandem client --service S --requests N [--concurrency C] [--json] [options]
 
-Opens C sessions and sends N requests over them (each session one at a time, in order).
+Opens C sessions and sends N requests over them (each session in order).
   --service S        service to call
   --requests N       requests in all (default 100)
   --concurrency C    sessions in parallel (default 1)
+  --window W         requests of each session at its server at once (default 1); the
+                     responses still come in request order
   --json             one JSON line per response on stdout (request id, response, latency),
                      then a summary line
   --state FILE       keep the sessions in FILE: a client killed and started again with the
@@ -63,6 +65,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
     service: { type: "string" },
     requests: { type: "string" },
     concurrency: { type: "string" },
+    window: { type: "string" },
     json: { type: "boolean" },
     state: { type: "string" },
     id: { type: "string" },
@@ -100,6 +103,8 @@ export async function cmdClient(argv: string[]): Promise<void> {
   const service = state?.service ?? (typeof v.service === "string" ? v.service : fail("--service is required (run `tandem client --help`)"));
   const total = state?.requests ?? int(v.requests, "requests", 100, 1);
   const concurrency = int(v.concurrency, "concurrency", 1, 1);
+  const window = int(v.window, "window", 1, 1);
+  if (hedge && window > 1) fail("--window and --hedge do not go together: a hedged session runs one request at a time");
   let payloadTemplate: unknown;
   if (typeof v.payload === "string") {
     try {
@@ -137,7 +142,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
       }
       log.info({ sessions: sessions.length }, "resumed sessions from the state file");
     } else {
-      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, { ...(hedge ? { hedge } : {}), ...(mix !== undefined ? { retry: CHAOS_SESSION_RETRY } : {}) }));
+      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, { ...(hedge ? { hedge } : {}), ...(window > 1 ? { window } : {}), ...(mix !== undefined ? { retry: CHAOS_SESSION_RETRY } : {}) }));
       state = { client: client.id, service, requests: total, sessions: sessions.map((s) => s.snapshot()) };
       if (stateFile) writeAtomic(stateFile, JSON.stringify(state));
     }
@@ -191,6 +196,9 @@ export async function cmdClient(argv: string[]): Promise<void> {
         }
       }
       const quota = quotas[i]!;
+      // Up to `window` requests out at once; their responses come in order, so the oldest is
+      // always the next to finish being awaited.
+      const outstanding: Array<Promise<boolean>> = [];
       while (!stopping && s.lastRequest < quota) {
         const n = s.lastRequest + 1;
         const b = mix !== undefined ? chaosBehaviour(mix, i, n) : null;
@@ -212,9 +220,14 @@ export async function cmdClient(argv: string[]): Promise<void> {
             ...(b?.retry ? { retry: b.retry } : {}),
             ...(signal ? { signal } : {}),
           });
-          const r = await response;
-          if (!r.ok && r.error?.code === "TANDEM_CLOSED") break;
-          record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
+          outstanding.push(
+            response.then((r) => {
+              if (!r.ok && r.error?.code === "TANDEM_CLOSED") return false;
+              record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
+              return true;
+            }),
+          );
+          if (outstanding.length >= window && !(await outstanding.shift()!)) break;
         } catch (err) {
           // Refused before queueing (back-pressure, too large): nothing was sent.
           sent--;
@@ -223,6 +236,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
           break;
         }
       }
+      await Promise.all(outstanding);
     }),
   );
   clearInterval(progress);
