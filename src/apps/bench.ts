@@ -487,6 +487,20 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
         for (const s of sessions) await s.close();
       }
       result.brokered = rows;
+      // One session with a window (issue 17): w of its requests at the server at once, the
+      // responses in order. The rate against the same session's window-1 rate.
+      {
+        const payload = { x: "y".repeat(100) };
+        const byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency }> = [];
+        for (const w of [1, 4, 16, 32, 64]) {
+          const s = await client.open("bench", { window: w, maxPending: 1000 });
+          const r = await load(w, D, async () => void (await s.request(payload)), `one session, window ${w}`);
+          byWindow.push({ window: w, ratePerS: r.rate, latencyMs: r.latency });
+          await s.close();
+        }
+        const w1 = byWindow[0]!.ratePerS;
+        result.windows = { byWindow, window32VsWindow1: byWindow.find((x) => x.window === 32)!.ratePerS / w1 };
+      }
       // Paired rounds for the two ratios of docs/design.md §7: this host's speed drifts over a run
       // (a raw figure taken minutes before the brokered one moved by up to a factor of two), so
       // each round measures raw and brokered back to back and the targets use the median ratio.
@@ -825,6 +839,11 @@ function targets(r: Record<string, number>, result: Record<string, unknown>): Ta
     out.push({ name: `brokered round trips/s (128 sessions) vs raw JetStream async publishes/s`, target: ">= 0.35", measured: paired.rateRatio.median.toFixed(3), met: paired.rateRatio.median >= 0.35 });
     out.push({ name: `brokered round-trip p50 vs raw core request-reply p50`, target: "<= 4", measured: paired.p50Ratio.median.toFixed(2), met: paired.p50Ratio.median <= 4 });
   }
+  const w = result.windows as { window32VsWindow1: number; byWindow: Array<{ window: number; ratePerS: number }> } | undefined;
+  if (w) {
+    const w32 = w.byWindow.find((x) => x.window === 32)!.ratePerS;
+    out.push({ name: "one session, window 32: round trips/s vs the same session at window 1", target: ">= 10", measured: `${w.window32VsWindow1.toFixed(1)} (${Math.round(w32)}/s vs ${Math.round(w.byWindow[0]!.ratePerS)}/s)`, met: w.window32VsWindow1 >= 10 });
+  }
   const f = result.failover as { medianMs: number; maxMs: number } | undefined;
   if (f) out.push({ name: "failover: SIGKILL of the primary -> every session serving, median", target: "<= 1500 ms", measured: `${Math.round(f.medianMs)} ms (max ${Math.round(f.maxMs)} ms)`, met: f.medianMs <= 1500 });
   const h = result.hedging as { without: { latencyMs: Latency }; with: { latencyMs: Latency; extraPct: number } } | undefined;
@@ -927,6 +946,12 @@ function markdown(result: Record<string, unknown>): string {
       lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${xr} | ${f(r.latencyMs.p50, 2)} | ${xl} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
     }
   }
+  const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency }> } | undefined;
+  if (win) {
+    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms |", "|---|---|---|---|---|");
+    const one = win.byWindow[0]!.ratePerS;
+    for (const r of win.byWindow) lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} |`);
+  }
   const pr = result.paired as { msPerMeasurement: number; rounds: Array<Record<string, number>> } | undefined;
   if (pr && pr.rounds[0]?.rawWqRate !== undefined) {
     lines.push(
@@ -1019,6 +1044,8 @@ function writeCharts(dir: string, cdf: Record<string, number[]>, result: Record<
   if (cdfSeries.length) writeFileSync(join(dir, "latency-cdf.svg"), linePlot(cdfSeries, { title: "Round-trip latency CDF (sequential)", xLabel: "latency, ms (log)", yLabel: "fraction", logX: true }));
   const s = result.scale as { bySessions: Array<{ sessions: number; ratePerS: number }> } | undefined;
   if (s) writeFileSync(join(dir, "throughput-vs-sessions.svg"), linePlot([{ name: "round trips/s", points: s.bySessions.map((r) => [r.sessions, r.ratePerS] as [number, number]), color: colors[0]! }], { title: "Throughput vs open sessions (128 in flight)", xLabel: "open sessions (log)", yLabel: "round trips/s", logX: true }));
+  const w = result.windows as { byWindow: Array<{ window: number; ratePerS: number }> } | undefined;
+  if (w) writeFileSync(join(dir, "throughput-vs-window.svg"), linePlot([{ name: "round trips/s", points: w.byWindow.map((r) => [r.window, r.ratePerS] as [number, number]), color: colors[0]! }], { title: "One session: throughput vs its window", xLabel: "window (log)", yLabel: "round trips/s", logX: true }));
   const f = result.failover as { kills: Array<{ kill: number; allServingMs: number; firstMs: number }> } | undefined;
   if (f) {
     writeFileSync(
