@@ -349,6 +349,12 @@ export class ClientSession {
   private commitListeners: Array<(n: number) => void> = [];
   private closed = false;
   private restartData: unknown;
+  /**
+   * The JSON of the restart data the manager holds for this session (or has on its way): a
+   * request whose restart data is the same does not carry it again (issue 17: the manager
+   * would parse it and write it to the bucket once more, for nothing).
+   */
+  private storedRestart: string | undefined;
   /** Set once the manager knows this incarnation (open or resume done). */
   private attached = false;
 
@@ -363,6 +369,7 @@ export class ClientSession {
     this.serviceName = service;
     this.maxPending = opts.maxPending ?? client.rt.config.maxPending;
     this.restartData = opts.restart;
+    this.storedRestart = opts.restart !== undefined ? JSON.stringify(opts.restart) : undefined;
     this.log = client.rt.logger.child({ role: "client", client: client.id, session: resumeId ?? undefined });
   }
 
@@ -516,6 +523,7 @@ export class ClientSession {
     this.maxPending = rep.maxPending;
     this.maxPayload = rep.maxPayload;
     this.restartData = rep.restart?.data;
+    this.storedRestart = rep.restart ? JSON.stringify(rep.restart.data) : undefined;
     this.attached = true;
     this.client.seeEpoch(rep.epoch);
     this.actor?.send({ type: "EPOCH_SEEN", epoch: rep.epoch });
@@ -576,11 +584,13 @@ export class ClientSession {
     // Receipts handed over but not yet committed ride on this request (one write less): marked
     // as carried once the request's checks are passed, below.
     const carry = this.delivery.carryable();
+    const restartJson = opts.restart !== undefined ? JSON.stringify(opts.restart) : undefined;
+    const newRestart = restartJson !== undefined && restartJson !== this.storedRestart;
     const body = {
       n,
       kind,
       payload: payload ?? null,
-      ...(opts.restart !== undefined ? { restart: opts.restart } : {}),
+      ...(newRestart ? { restart: opts.restart } : {}),
       ...(carry ? { taken: carry } : {}),
       tp,
       ...(deadline !== undefined ? { deadline } : {}),
@@ -609,6 +619,7 @@ export class ClientSession {
     this.unanswered.set(n, { data, kind, tp });
     await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
+    if (newRestart) this.storedRestart = restartJson;
     if (carry) this.committed(carry);
     if (deadline !== undefined || opts.signal) this.watchGiveUp(n, deadline, opts.signal);
     return { n, response };

@@ -816,20 +816,22 @@ export class ManagerCore {
     return [];
   }
 
+  /** The client accepted delivery n (it accepts in order only: everything before it too). */
   deliverAcked(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || s.delivering !== n) return [];
-    s.delivering = 0;
+    if (!s || n <= s.delivered || n > s.delivering) return [];
+    s.delivered = n;
+    if (s.delivering <= n) s.delivering = 0;
     s.deliverAttempts = 0;
-    s.delivered = Math.max(s.delivered, n);
     const effects: Effect[] = [];
     this.pump(s, now, effects);
     return effects;
   }
 
+  /** Delivery n was not accepted: every one after it is sent again too, from the first not taken. */
   deliverFailed(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || s.delivering !== n) return [];
+    if (!s || n <= s.delivered || n > s.delivering) return [];
     s.delivering = 0;
     s.deliverAttempts++;
     s.deliverRetryAt = now + backoff(this.limits.ackTimeoutMs / 4, s.deliverAttempts);
@@ -1287,15 +1289,16 @@ export class ManagerCore {
   }
 
   private pumpDelivery(s: SessionEntry, now: number, effects: Effect[]): void {
-    // Deliver: in request order, one in flight, only to a client synced with this epoch.
-    if (s.delivering === 0 && now >= s.deliverRetryAt) {
-      const c = this.clients.get(s.client);
-      const n = s.delivered + 1;
-      const response = c && c.synced ? s.responses.get(n) : undefined;
-      if (response) {
-        s.delivering = n;
-        effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response });
-      }
+    // Deliver: in request order, up to the session's window in flight (the client accepts them
+    // in order; they travel in order on one connection), only to a client synced with this epoch.
+    if (now < s.deliverRetryAt) return;
+    const c = this.clients.get(s.client);
+    if (!c || !c.synced) return;
+    for (let n = Math.max(s.delivering, s.delivered) + 1; n <= s.delivered + s.window; n++) {
+      const response = s.responses.get(n);
+      if (!response) break;
+      s.delivering = n;
+      effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response });
     }
   }
 

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer, type Handler } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
+import { JetStreamStore } from "../../src/actors/manager/store.js";
 import { TandemError } from "../../src/runtime/errors.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { setTraceDir } from "../../src/runtime/trace.js";
@@ -130,6 +131,37 @@ describe("brokered sessions", () => {
     expect(r.restart).toEqual({ step: 2 });
     await eventually(async () => (await rt.kv.restart.get(`${id}.server`))?.json<{ data: unknown }>().data, "server restart data");
     expect((await rt.kv.restart.get(`${id}.server`))!.json<{ data: unknown; n: number }>()).toMatchObject({ data: { progress: 2 }, n: 2 });
+    await again.close();
+  });
+
+  it("restart data - unchanged since the last request, it is not sent again; the manager still holds the latest", async () => {
+    const client = await TandemClient.connect(rt, { id: "same-restart" });
+    const s = await client.open("svc", { restart: { step: 0 } });
+    /** Whether request n's queue message carries restart data (read from the session's queue). */
+    const carries = async (n: number, session = s.id) => {
+      const bodies: Array<{ n?: number; restart?: unknown }> = [];
+      await new JetStreamStore(rt).queues.readSession("req", "same-restart", session, (m) => bodies.push(m.json()));
+      const body = bodies.find((b) => b.n === n);
+      expect(body).toBeDefined();
+      return "restart" in body!;
+    };
+    await s.request({ v: 1 }, { restart: { step: 0 } }); // what the open stored
+    expect(await carries(1)).toBe(false);
+    await s.request({ v: 2 }, { restart: { step: 1 } });
+    expect(await carries(2)).toBe(true);
+    await s.request({ v: 3 }, { restart: { step: 1 } });
+    expect(await carries(3)).toBe(false);
+    await s.request({ v: 4 }, { restart: { step: 0 } }); // back to an earlier value: a change
+    expect(await carries(4)).toBe(true);
+    const id = s.id;
+    await client.close();
+    const again = await TandemClient.connect(rt, { id: "same-restart" });
+    const r = await again.resume(id);
+    expect(r.restart).toEqual({ step: 0 });
+    // The resumed session knows what the manager holds: the same data is not sent again.
+    await r.request({ v: 5 }, { restart: { step: 0 } });
+    expect(await carries(5, id)).toBe(false);
+    await r.close();
     await again.close();
   });
 
