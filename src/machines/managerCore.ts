@@ -121,6 +121,12 @@ export interface SessionEntry {
    */
   awaitingAttempt: Set<number>;
   /**
+   * Requests that were at a server together when it died: one of them may be what killed it, so
+   * until each is answered the session runs one request at a time and a poison request takes
+   * only itself down, not its window's neighbours again (docs/design.md §6). In memory only.
+   */
+  suspects: Set<number>;
+  /**
    * The server each unanswered request was last sent to, acknowledged or not: a server may
    * run work whose acknowledgement never came back (a process that ends right after taking it),
    * so its death costs that request an attempt even when the table has no dispatch open.
@@ -559,6 +565,7 @@ export class ManagerCore {
     for (const n of s.attempts.keys()) if (n <= s.answered) s.attempts.delete(n);
     for (const n of s.sentTo.keys()) if (n <= s.answered) s.sentTo.delete(n);
     for (const n of s.inFlight.keys()) if (n <= s.answered) s.inFlight.delete(n);
+    for (const n of s.suspects) if (n <= s.answered) s.suspects.delete(n);
     if (s.delivered < s.taken) s.delivered = s.taken;
     s.dirty = true;
     const effects: Effect[] = [];
@@ -624,6 +631,7 @@ export class ManagerCore {
     this.dropRequest(s, m.n);
     s.attempts.delete(m.n);
     s.sentTo.delete(m.n);
+    s.suspects.delete(m.n);
     while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
     const d = s.inFlight.get(m.n);
     if (d) {
@@ -1058,6 +1066,7 @@ export class ManagerCore {
       const held = new Set<number>();
       for (const [n, d] of s.inFlight) if (d.server === srv.id) held.add(n);
       for (const [n, to] of s.sentTo) if (to === srv.id && n > s.answered && s.requests.has(n)) held.add(n);
+      if (held.size > 1) for (const n of held) s.suspects.add(n);
       if (!s.hedge) {
         for (const n of [...held].sort((a, b) => a - b)) {
           // The server died holding it: one attempt used (docs/design.md §9). Not sent again
@@ -1268,7 +1277,9 @@ export class ManagerCore {
     // first; responses still reach the client in request order (I3: the delivery pump below).
     const srv = s.server ? this.servers.get(s.server) : undefined;
     if (!s.server || !s.serverSynced || now < s.dispatchRetryAt || !srv || !srv.alive || srv.presumed) return this.pumpDelivery(s, now, effects);
-    for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < s.window; n++) {
+    // After a server died holding several of them: one at a time until those are answered.
+    const window = s.suspects.size > 0 ? 1 : s.window;
+    for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < window; n++) {
       if (s.inFlight.has(n) || s.responses.has(n)) continue;
       const req = s.requests.get(n);
       if (!req) break; // not read yet: nor are the ones after it
@@ -1334,6 +1345,7 @@ export class ManagerCore {
       retry: retry ?? null,
       attempts: new Map(),
       awaitingAttempt: new Set(),
+      suspects: new Set(),
       sentTo: new Map(),
     };
   }

@@ -82,9 +82,34 @@ describe("manager core - a window of requests at the server", () => {
     const again: number[] = [];
     const lostAt = of(fx, "recordAttempt")[0]!.at;
     for (const n of [1, 3, 4]) again.push(...of(core.onAttemptRecord({ seq: ++seq, client: "c", session: "A", n, server: first, error: { code: "TANDEM_SERVER_LOST", message: "lost" }, at: lostAt }, 1502), "dispatch").map((d) => d.n));
-    // (Each after its retry back-off, counted from when the server was last heard of.)
+    // (After its retry back-off, counted from when the server was last heard of; one at a
+    // time, as they were at the server together when it died: below.)
     again.push(...of(core.tick(2000), "dispatch").map((d) => d.n));
-    expect(again.sort()).toEqual([1, 3, 4]);
+    expect(again).toEqual([1]);
+    expect(of(core.onResponse(resp(1, other), 2001, false), "dispatch").map((d) => d.n)).toEqual([3]);
+  });
+
+  it("after a server died holding several requests, they run one at a time until each is answered: a poison one takes only itself down again", () => {
+    const { core, entry } = setup(4);
+    core.registerServer("s2", "svc", 4, 0);
+    for (let n = 1; n <= 6; n++) core.onRequest(req(n), 0, false);
+    const first = entry.server!;
+    const other = first === "s1" ? "s2" : "s1";
+    core.heartbeat(other, 1500);
+    const fx = core.tick(1500);
+    expect(of(fx, "recordAttempt").map((r) => r.n)).toEqual([1, 2, 3, 4]);
+    core.serverRestartAcked({ server: other, working: [] }, 1501);
+    const at = of(fx, "recordAttempt")[0]!.at;
+    const sent: number[] = [];
+    for (const n of [1, 2, 3, 4]) sent.push(...of(core.onAttemptRecord({ seq: ++seq, client: "c", session: "A", n, server: first, error: { code: "TANDEM_SERVER_LOST", message: "lost" }, at }, 1502), "dispatch").map((d) => d.n));
+    core.heartbeat(other, 2900);
+    sent.push(...of(core.tick(3000), "dispatch").map((d) => d.n));
+    expect(sent).toEqual([1]); // one at a time
+    expect(of(core.onResponse(resp(1, other), 3001, false), "dispatch").map((d) => d.n)).toEqual([2]);
+    expect(of(core.onResponse(resp(2, other), 3002, false), "dispatch").map((d) => d.n)).toEqual([3]);
+    expect(of(core.onResponse(resp(3, other), 3003, false), "dispatch").map((d) => d.n)).toEqual([4]);
+    // The last suspect answered: the window opens again.
+    expect(of(core.onResponse(resp(4, other), 3004, false), "dispatch").map((d) => d.n)).toEqual([5, 6]);
   });
 
   it("a restart does not send again what the server says it still runs", () => {

@@ -7,7 +7,8 @@
  * heals, every request has ended exactly once with an outcome its behaviour implies, order, I1,
  * I2 and I6 hold (the history checker), and no request ended its server more often than the
  * stated bound: its attempts' worth (poison: maxAttempts = 2; "exit": once), plus one for each
- * manager failover in the schedule.
+ * manager failover in the schedule. Client b's sessions run with a window of 1 to 4 requests
+ * at their server at once (issue 17).
  *
  * Bounded as the other fault properties: TANDEM_PROPERTY_RUNS (default 2; TANDEM_DEEP=1: 20),
  * a time budget, the seed printed, TANDEM_SEED to replay.
@@ -23,22 +24,25 @@ import { continueManagers, describeStep, fault, runStep, type Step } from "../he
 
 interface Run {
   mix: number;
+  /** Client b's sessions' window (client a's: 1). */
+  window: number;
   steps: Step[];
 }
 
 const run: fc.Arbitrary<Run> = fc.record({
   mix: fc.integer({ min: 0, max: 2 ** 30 }),
+  window: fc.integer({ min: 1, max: 4 }),
   steps: fc.array(fc.record({ fault, afterMs: fc.integer({ min: 100, max: 1500 }), downMs: fc.integer({ min: 0, max: 800 }) }), { minLength: 1, maxLength: 3 }),
 });
 
-const describeRun = (r: Run) => `mix ${r.mix}: ${r.steps.map(describeStep).join("; ")}`;
+const describeRun = (r: Run) => `mix ${r.mix}, window ${r.window}: ${r.steps.map(describeStep).join("; ")}`;
 
 const EXIT_LINE = "the chaos handler ends this process (a poison request)";
 
 async function runOnce(r: Run): Promise<string[]> {
   const d = await Deployment.start({ servers: 2, managers: 2, work: ["--work", "chaos"], supervise: true });
   try {
-    const clients = [d.client("a", 60, 2, ["--mix", String(r.mix)]), d.client("b", 60, 2, ["--mix", String(r.mix + 1)])];
+    const clients = [d.client("a", 60, 2, ["--mix", String(r.mix)]), d.client("b", 60, 2, ["--mix", String(r.mix + 1), "--window", String(r.window)])];
     for (const c of clients) c.start();
     let failovers = 0;
     for (const step of r.steps) if ((await runStep(d, clients, step)).primaryDown) failovers++;
