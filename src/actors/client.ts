@@ -673,8 +673,7 @@ export class ClientSession {
         this.delivery.abandon(n);
         const code = reason === "deadline" ? ErrorCode.Deadline : ErrorCode.Cancelled;
         const why = reason === "deadline" ? "passed its deadline" : "was cancelled by its caller";
-        this.localAnswers.set(n, () => w.resolve({ n, ok: false, error: new TandemError(code, `request ${n} of session ${this.id} ${why}; the manager has not confirmed it yet (it will record it)`, { context: { n } }), server: "" }));
-        this.tellLocally();
+        w.resolve({ n, ok: false, error: new TandemError(code, `request ${n} of session ${this.id} ${why}; the manager has not confirmed it yet (it will record it)`, { context: { n } }), server: "" });
       }, GIVE_UP_GRACE_MS);
       grace.unref?.();
     };
@@ -760,19 +759,6 @@ export class ClientSession {
    * was committed), so nothing taken is ever lost. Responses with a waiting request() go to it;
    * others (sent by an earlier incarnation of this session) go to responses() on demand.
    */
-  /** Local answers to given-up requests, told once every earlier response is handed over. */
-  private readonly localAnswers = new Map<number, () => void>();
-
-  private tellLocally(): void {
-    if (this.localAnswers.size === 0) return;
-    for (const n of [...this.localAnswers.keys()].sort((a, b) => a - b)) {
-      if (!this.delivery.localAnswerDue(n)) break;
-      const tell = this.localAnswers.get(n)!;
-      this.localAnswers.delete(n);
-      tell();
-    }
-  }
-
   private async pumpTake(): Promise<void> {
     if (this.taking) return;
     this.taking = true;
@@ -781,7 +767,6 @@ export class ClientSession {
       for (;;) {
         const handOvers = d.handOvers();
         for (const h of handOvers) this.handOver(h);
-        if (handOvers.length > 0) this.tellLocally();
         // Let the application's code run on what it was handed before committing.
         if (handOvers.length > 0) await new Promise((r) => setImmediate(r));
         // A request sent meanwhile carries the receipt; otherwise commit it on its own.
@@ -888,9 +873,6 @@ export class ClientSession {
   private finish(err: TandemError): void {
     this.closed = true;
     for (const stop of [...this.giveUps.values()]) stop();
-    // Given up before: their own answers, in order, before the rest learn of the close.
-    for (const n of [...this.localAnswers.keys()].sort((a, b) => a - b)) this.localAnswers.get(n)!();
-    this.localAnswers.clear();
     for (const [n, w] of this.waiters) w.resolve({ n, ok: false, error: err, server: "" });
     this.waiters.clear();
     for (const d of this.orphanDemand) d({ value: undefined, done: true });

@@ -87,15 +87,6 @@ export class DeliveryCore<D> {
     return true;
   }
 
-  /**
-   * May the caller of abandoned request n be told locally now? Only once every earlier response
-   * is handed over: a local answer takes its place in order too (I3), or a request given up in a
-   * window of several overtook the ones before it.
-   */
-  localAnswerDue(n: number): boolean {
-    return n <= this.handed + 1;
-  }
-
   /** Request n was answered without a delivery (the manager refused it): nobody waits any more. */
   answeredElsewhere(n: number): boolean {
     return this.waiting.delete(n);

@@ -59,20 +59,6 @@ describe("the client's delivery rules", () => {
     expect(c.receiptDue()).toBe(1);
   });
 
-  it("a caller who gave up is told locally only once every earlier response is handed over (I3 with a window)", () => {
-    const c = new DeliveryCore<{ n: number }>(0);
-    for (const n of [1, 2, 3]) c.sent(n, 0);
-    c.abandon(3);
-    expect(c.localAnswerDue(3)).toBe(false); // 1 and 2 are still to come
-    c.accept(1, d(1), 0);
-    c.handOvers();
-    expect(c.localAnswerDue(3)).toBe(false);
-    c.accept(2, d(2), 0);
-    c.handOvers();
-    expect(c.localAnswerDue(3)).toBe(true);
-    expect(c.localAnswerDue(1)).toBe(true);
-  });
-
   it("a failed receipt is not carried any more, so the next pump tries it again", () => {
     const c = new DeliveryCore<{ n: number }>(0);
     c.sent(1, 0);
