@@ -1268,11 +1268,15 @@ export class ManagerCore {
   // ---- the two pumps: dispatch the next request, deliver the next response ---------------
 
   private pump(s: SessionEntry, now: number, effects: Effect[]): void {
-    // Past its deadline, wherever it is (queued, backing off, at a server): answered so.
-    for (let n = s.answered + 1; n <= s.answered + s.window; n++) {
+    // Past its deadline, wherever it is (queued, backing off, at a server): answered so. The head
+    // and what is at a server here; the others as the dispatch below reaches them (a pump runs on
+    // every event: no walk over a window of 1,024).
+    const late = (n: number) => {
       const req = s.requests.get(n);
-      if (req && !req.rejected && req.deadline !== undefined && now >= req.deadline) this.giveUp(s, n, "deadline", effects);
-    }
+      return req !== undefined && !req.rejected && req.deadline !== undefined && now >= req.deadline;
+    };
+    if (late(s.answered + 1)) this.giveUp(s, s.answered + 1, "deadline", effects);
+    if (s.inFlight.size > 0) for (const n of [...s.inFlight.keys()]) if (late(n)) this.giveUp(s, n, "deadline", effects);
     // Dispatch: up to `window` requests of the session at its server, the oldest unanswered
     // first; responses still reach the client in request order (I3: the delivery pump below).
     const srv = s.server ? this.servers.get(s.server) : undefined;
@@ -1281,6 +1285,7 @@ export class ManagerCore {
     const window = s.suspects.size > 0 ? 1 : s.window;
     for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < window; n++) {
       if (s.inFlight.has(n) || s.responses.has(n)) continue;
+      if (late(n)) this.giveUp(s, n, "deadline", effects);
       const req = s.requests.get(n);
       if (!req) break; // not read yet: nor are the ones after it
       // A delayed request holds its place: nothing after it goes before its time.
