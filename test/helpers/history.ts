@@ -42,6 +42,8 @@ export function checkHistory(clients: ClientHistory[]): Verdict {
     const seen = new Map<string, number>();
     const lastN = new Map<string, number>();
     const committed = new Map<string, number>();
+    /** Request numbers seen per session, to set aside those above a resumed watermark. */
+    const seenN = new Map<string, Set<number>>();
     for (const l of c.lines) {
       if (l.type === "taken") {
         const session = String(l.session);
@@ -53,6 +55,7 @@ export function checkHistory(clients: ClientHistory[]): Verdict {
         const session = String(l.session);
         const n = Number(l.n);
         seen.set(id, (seen.get(id) ?? 0) + 1);
+        seenN.set(session, (seenN.get(session) ?? new Set()).add(n));
         if (seen.get(id) === 2) problems.push(`I2 ${c.name}: ${id} reached the application twice`);
         const outcome = l.ok === true ? "ok" : String(l.error);
         if (Array.isArray(l.expect)) {
@@ -70,8 +73,11 @@ export function checkHistory(clients: ClientHistory[]): Verdict {
         const taken = Number(l.taken);
         const was = committed.get(session) ?? 0;
         if (taken < was) problems.push(`I2 ${c.name}: session ${session} resumed at ${taken} below its committed ${was}`);
-        // Set aside receipts above the watermark: they were not committed and come again.
-        for (let n = taken + 1; n <= floor; n++) seen.delete(`${session}.${n}`);
+        // Set aside receipts above the watermark: they were not committed and come again. That
+        // includes a local give-up above every ordered answer (its timer, not a delivery), so
+        // walk what was seen rather than up to the ordered floor.
+        for (const n of seenN.get(session) ?? []) if (n > taken) seen.delete(`${session}.${n}`);
+        seenN.set(session, new Set([...(seenN.get(session) ?? [])].filter((n) => n <= taken)));
         lastN.set(session, taken);
       }
     }
