@@ -10,6 +10,7 @@ import { DeliveryCore, type HandOver } from "../machines/clientDelivery.js";
 import { clientSessionMachine } from "../machines/clientSessionMachine.js";
 import type {
   ClientRestartAck,
+  DeliverBatchReply,
   DeliverMsg,
   HedgeOptions,
   OpenReply,
@@ -23,7 +24,7 @@ import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
 import { readSessionInfo, type SessionInfo } from "./sessionInfo.js";
-import { decode, encode, Header, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, Header, isObject, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { withBackoff } from "../runtime/backoff.js";
@@ -253,7 +254,9 @@ export class TandemClient {
   private onDeliver(m: Msg): void {
     let d: DeliverMsg;
     try {
-      d = parse(V.deliver, decode(m.data)) as DeliverMsg;
+      const raw = decode(m.data);
+      if (isObject(raw) && "batch" in raw) return this.onDeliverBatch(m, raw);
+      d = parse(V.deliver, raw) as DeliverMsg;
       trace("client.delivered", d.session, d.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -261,28 +264,32 @@ export class TandemClient {
       void publishDlq(this.rt, te, m.subject, m.headers, m.data);
       return;
     }
-    const s = this.sessions.get(d.session);
+    const s = this.attachedOrWait(m, d.session, (s) => this.deliverTo(s, m, d));
+    if (s) this.deliverTo(s, m, d);
+  }
+
+  /**
+   * The session a delivery is for, when it can take it now; otherwise undefined, with `later`
+   * run once its resume is done or the delivery refused (it comes again).
+   */
+  private attachedOrWait(m: Msg, session: string, later: (s: ClientSession) => void): ClientSession | undefined {
+    const s = this.sessions.get(session);
     if (!s) {
-      replyError(m, new TandemError(ErrorCode.UnknownSession, `client ${this.id} has no session ${d.session} open in this process`));
-      return;
+      replyError(m, new TandemError(ErrorCode.UnknownSession, `client ${this.id} has no session ${session} open in this process`));
+      return undefined;
     }
-    if (!s.isAttached) {
-      // Still resuming: its delivery state is about to be set from the manager's reply, so
-      // accepting now would be forgotten. Take it once the resume is done: the manager sends the
-      // delivery as it answers the resume, and it often overtakes the answer (refused, it came
-      // again only after the manager's retry delay: 300 ms more after a nats-server restart).
-      const resumed = s.afterResume();
-      if (resumed) {
-        resumed.then(
-          () => this.deliverTo(s, m, d),
-          () => replyError(m, new TandemError(ErrorCode.Unavailable, `session ${d.session} is resuming`)),
-        );
-        return;
-      }
-      replyError(m, new TandemError(ErrorCode.Unavailable, `session ${d.session} is resuming`));
-      return;
+    if (s.isAttached) return s;
+    // Still resuming: its delivery state is about to be set from the manager's reply, so
+    // accepting now would be forgotten. Take it once the resume is done: the manager sends the
+    // delivery as it answers the resume, and it often overtakes the answer (refused, it came
+    // again only after the manager's retry delay: 300 ms more after a nats-server restart).
+    const resumed = s.afterResume();
+    if (resumed) {
+      resumed.then(() => later(s), () => replyError(m, new TandemError(ErrorCode.Unavailable, `session ${session} is resuming`)));
+      return undefined;
     }
-    this.deliverTo(s, m, d);
+    replyError(m, new TandemError(ErrorCode.Unavailable, `session ${session} is resuming`));
+    return undefined;
   }
 
   private deliverTo(s: ClientSession, m: Msg, d: DeliverMsg): void {
@@ -296,6 +303,39 @@ export class TandemClient {
     const r = s.accept(d);
     if (r === true) replyOk(m, { accepted: d.n });
     else replyError(m, r);
+  }
+
+  /**
+   * Several deliveries of one session (a window's pipeline). The envelope is checked as one
+   * message; each element on its own: one that does not fit is refused with TANDEM_MALFORMED and
+   * goes to the dead-letter stream with its bytes, the ones before it are taken, and the manager
+   * sends it and those after it again (they could only be taken in order).
+   */
+  private onDeliverBatch(m: Msg, raw: Record<string, unknown>): void {
+    const b = parse(V.deliverBatch, raw);
+    const run = (s: ClientSession) => {
+      if (this.stale(m, b.epoch, s.epoch)) return;
+      this.seeEpoch(b.epoch);
+      const results: DeliverBatchReply["results"] = [];
+      for (const item of b.batch) {
+        const n = isObject(item) && Number.isSafeInteger(item.n) ? Number(item.n) : 0;
+        let d: DeliverMsg;
+        try {
+          d = { ...(parse(V.deliverItem, item) as Omit<DeliverMsg, "epoch" | "session">), epoch: b.epoch, session: b.session };
+        } catch (err) {
+          const te = err instanceof TandemError ? err : malformed(String(err));
+          results.push({ n, error: te.toWire() });
+          void publishDlq(this.rt, te, m.subject, m.headers, encode(item));
+          continue;
+        }
+        trace("client.delivered", d.session, d.n);
+        const r = s.accept(d);
+        results.push(r === true ? { n: d.n } : { n: d.n, error: r.toWire() });
+      }
+      replyOk<DeliverBatchReply>(m, { results });
+    };
+    const s = this.attachedOrWait(m, b.session, run);
+    if (s) run(s);
   }
 
   private onRestart(m: Msg): void {

@@ -157,6 +157,24 @@ export const DeliverMessage = Type.Object({
   error: Type.Optional(WireErrSchema),
   tp: Type.Optional(Type.Unknown()),
 });
+/**
+ * Several stored responses of one session in one message (docs/design.md §6, batched deliveries).
+ * The envelope is checked here; each element on its own (DeliverItem), so one bad element is
+ * refused and dead-lettered with its bytes while the rest are taken.
+ */
+export const MAX_DELIVER_BATCH = 64;
+export const DeliverBatchMessage = Type.Object({
+  epoch: Epoch,
+  session: Token,
+  batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_DELIVER_BATCH }),
+});
+export const DeliverItem = Type.Object({
+  n: Seq,
+  server: Type.String({ maxLength: 64 }),
+  ok: Type.Optional(Type.Unknown()),
+  error: Type.Optional(WireErrSchema),
+  tp: Type.Optional(Type.Unknown()),
+});
 export const RestartMessage = Type.Object({
   epoch: Epoch,
   sessions: Type.Array(Type.Object({ session: Token }), { maxItems: 1_000_000 }),
@@ -232,6 +250,8 @@ export const V = {
   work: compile("work", WorkMessage),
   cancel: compile("cancel", CancelMessage),
   deliver: compile("delivery", DeliverMessage),
+  deliverBatch: compile("delivery batch", DeliverBatchMessage),
+  deliverItem: compile("delivery in a batch", DeliverItem),
   restart: compile("restart", RestartMessage),
   backup: compile("backup", BackupMessage),
   hedge: compile("hedge options", HedgeSchema),

@@ -836,6 +836,17 @@ export class ManagerCore {
     return effects;
   }
 
+  /** A batch of deliveries came back: the client accepted them in order up to `upTo` (0: none), not `refused`. */
+  deliverPartly(session: string, upTo: number, refused: number, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s) return [];
+    if (upTo > s.delivered && upTo < s.delivering) {
+      s.delivered = upTo;
+      s.deliverAttempts = 0;
+    }
+    return this.deliverFailed(session, refused, now);
+  }
+
   /** Delivery n was not accepted: every one after it is sent again too, from the first not taken. */
   deliverFailed(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);

@@ -129,6 +129,18 @@ export interface DeliverMsg {
   tp?: string;
 }
 
+/** Several deliveries of one session in one message, in request order. */
+export interface DeliverBatchMsg {
+  epoch: number;
+  session: string;
+  batch: Array<Omit<DeliverMsg, "epoch" | "session">>;
+}
+
+/** The client's answer to a batch: per element, in order, accepted or why not. */
+export interface DeliverBatchReply {
+  results: Array<{ n: number; error?: WireErr }>;
+}
+
 export interface OpenReply {
   session: string;
   epoch: number;

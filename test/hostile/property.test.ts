@@ -53,7 +53,8 @@ type Target =
   | "resp" // a response or checkpoint, on the server's own subject or the real server's
   | "open" | "resume" | "close"
   | "register" | "heartbeat"
-  | "work" | "cancel" | "deliver" | "srv-restart" | "cli-restart";
+  | "work" | "cancel" | "deliver" | "srv-restart" | "cli-restart"
+  | "deliver-batch"; // a well-formed batch envelope to the legitimate session, its elements hostile
 
 interface Hostile {
   target: Target;
@@ -61,6 +62,8 @@ interface Hostile {
   body: { json: unknown } | { raw: string };
   /** For resp: write under the real server's id or a made-up one. */
   asRealServer: boolean;
+  /** For deliver-batch: the elements, none of which fits a delivery. */
+  items?: unknown[];
 }
 
 // The shapes each subject refuses: anything that fails its schema (and, for queue records, all
@@ -76,7 +79,8 @@ const refuses: Record<Target, (v: unknown) => boolean> = {
   heartbeat: (v) => !fits(V.heartbeat, v),
   work: (v) => !fits(V.work, v),
   cancel: (v) => !fits(V.cancel, v),
-  deliver: (v) => !fits(V.deliver, v),
+  deliver: (v) => !fits(V.deliver, v) && !fits(V.deliverBatch, v),
+  "deliver-batch": (v) => !fits(V.deliverItem, v),
   "srv-restart": (v) => !fits(V.restart, v),
   "cli-restart": (v) => !fits(V.restart, v),
 };
@@ -112,12 +116,17 @@ const hostile: fc.Arbitrary<Hostile> = fc
     }
     return refuses[h.target](h.body.json);
   });
+// A batch envelope that fits, to the legitimate session at its epoch, every element hostile: each
+// is refused on its own and dead-lettered with its own bytes (issue 17, batched deliveries).
+const hostileBatch: fc.Arbitrary<Hostile> = fc
+  .array(json.filter((v) => refuses["deliver-batch"](v)), { minLength: 1, maxLength: 5 })
+  .map((items) => ({ target: "deliver-batch" as const, body: { json: null }, asRealServer: false, items }));
 // Well-formed responses under made-up keys: refused as forged.
 const forgedResponse: fc.Arbitrary<Hostile> = fc
   .record({ n: fc.integer({ min: 1, max: 50 }), ok: fc.jsonValue({ maxDepth: 2 }), k: fc.stringMatching(/^[A-Za-z0-9_-]{22}$/), asRealServer: fc.boolean() })
   .map(({ n, ok, k, asRealServer }) => ({ target: "resp" as const, body: { json: { n, k, ok } }, asRealServer }));
 
-const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
+const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
 
 beforeAll(async () => {
   ns = await startNats();
@@ -150,12 +159,19 @@ afterAll(async () => {
 
 let sent = 0;
 
-async function send(h: Hostile, own: { client: string; session: string }): Promise<{ reply?: { ok: boolean; error?: { code?: string } } | "none"; dlq?: { subject: string; data: Uint8Array } }> {
-  const data = "json" in h.body ? encode(h.body.json) : new TextEncoder().encode(h.body.raw);
+type Sent = { reply?: { ok: boolean; error?: { code?: string }; value?: unknown } | "none"; dlq?: Array<{ subject: string; data: Uint8Array }> };
+
+async function send(h: Hostile, own: { client: string; session: string }): Promise<Sent> {
+  const data =
+    h.target === "deliver-batch"
+      ? encode({ epoch: session.epoch, session: session.id, batch: h.items })
+      : "json" in h.body
+        ? encode(h.body.json)
+        : new TextEncoder().encode(h.body.raw);
   const n = rt.names;
   const stored = async (subject: string) => {
     await rt.js.publish(subject, data, { msgID: `hostile.${++sent}.${Date.now()}` });
-    return { dlq: { subject, data } };
+    return { dlq: [{ subject, data }] };
   };
   const ask = async (subject: string) => {
     const r = await rt.nc.request(subject, data, { timeout: 4000 }).then(
@@ -185,6 +201,10 @@ async function send(h: Hostile, own: { client: string; session: string }): Promi
       return ask(n.cancel(SERVER, session.id));
     case "deliver":
       return ask(n.deliver("legit", session.id));
+    case "deliver-batch": {
+      const subject = n.deliver("legit", session.id);
+      return { ...(await ask(subject)), dlq: h.items!.map((i) => ({ subject, data: encode(i) })) };
+    }
     case "srv-restart":
       return ask(n.srv(SERVER, "restart"));
     case "cli-restart":
@@ -242,10 +262,16 @@ describe("hostile input (issue 13)", () => {
       for (const { h, out } of outcomes) {
         if (!out.reply) continue;
         const r = out.reply;
+        if (h.target === "deliver-batch") {
+          // Taken as a batch, each element refused with a code.
+          const results = r !== "none" && r.ok ? (r.value as { results?: Array<{ error?: { code?: string } }> }).results : undefined;
+          if (!results || results.length !== h.items!.length || !results.every((x) => /^TANDEM_/.test(x.error?.code ?? ""))) problems.push(`deliver-batch ${JSON.stringify(h.items).slice(0, 120)} got ${JSON.stringify(r).slice(0, 160)}`);
+          continue;
+        }
         if (r === "none" || r.ok || !/^TANDEM_/.test(r.error?.code ?? "")) problems.push(`${h.target} ${JSON.stringify(h.body).slice(0, 120)} got ${JSON.stringify(r).slice(0, 160)}`);
       }
       // Dead-lettered with their bytes where they went into a queue.
-      const wanted = outcomes.filter((o) => o.out.dlq).map((o) => o.out.dlq!);
+      const wanted = outcomes.flatMap((o) => o.out.dlq ?? []);
       const key = (subject: string, b64: string | null) => `${subject} ${b64}`;
       try {
         await eventually(async () => {

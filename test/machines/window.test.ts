@@ -57,6 +57,28 @@ describe("manager core - a window of requests at the server", () => {
     expect([...entry.inFlight.keys()].sort()).toEqual([4, 5, 6]);
   });
 
+  it("a batch answered in part: what the client took in order counts, the first it refused goes again with all after it", () => {
+    const { core, entry } = setup(4);
+    for (let n = 1; n <= 4; n++) core.onRequest(req(n), 0, false);
+    let fx: Effect[] = [];
+    for (const n of [2, 3, 4, 1]) fx = core.onResponse(resp(n, "s1"), 1, false);
+    expect(of(fx, "deliver").map((d) => d.n)).toEqual([1, 2, 3, 4]); // one batch on the wire
+    expect(core.deliverPartly("A", 2, 3, 2)).toEqual([]);
+    expect(entry.delivered).toBe(2);
+    expect(of(core.tick(3), "deliver")).toEqual([]); // backing off
+    expect(of(core.tick(500), "deliver").map((d) => d.n)).toEqual([3, 4]);
+    core.deliverAcked("A", 4, 501);
+    expect(entry.delivered).toBe(4);
+    // Nothing accepted at all: from the first again.
+    const b = setup(2);
+    for (let n = 1; n <= 2; n++) b.core.onRequest(req(n), 0, false);
+    b.core.onResponse(resp(2, "s1"), 1, false);
+    expect(of(b.core.onResponse(resp(1, "s1"), 1, false), "deliver").map((d) => d.n)).toEqual([1, 2]);
+    b.core.deliverPartly("A", 0, 1, 2);
+    expect(b.entry.delivered).toBe(0);
+    expect(of(b.core.tick(500), "deliver").map((d) => d.n)).toEqual([1, 2]);
+  });
+
   it("window 1 is one at a time; a hedged session has window 1 whatever it asked", () => {
     const one = setup(1).core;
     expect(of(one.onRequest(req(1), 0, false), "dispatch")).toHaveLength(1);
@@ -155,7 +177,7 @@ describe("manager core - a window of requests at the server", () => {
     expect(next.sessions.get("A")!.window).toBe(5);
   });
 
-  it("property: under any schedule of answers, losses, restarts and failed sends, at most `window` are out, all within the window, and every response reaches the client once, in order", () => {
+  it("property: under any schedule of answers, losses, restarts and failed sends, at most `window` are out, all within the window, and every response reaches the client once, in order (deliveries batched per turn)", () => {
     const step = fc.oneof(
       { weight: 4, arbitrary: fc.record({ t: fc.constant("request" as const) }) },
       { weight: 6, arbitrary: fc.record({ t: fc.constant("answer" as const), pick: fc.nat() }) },
@@ -164,6 +186,7 @@ describe("manager core - a window of requests at the server", () => {
       { weight: 1, arbitrary: fc.record({ t: fc.constant("takeover" as const), keep: fc.boolean() }) },
       { weight: 2, arbitrary: fc.record({ t: fc.constant("wait" as const), ms: fc.integer({ min: 1, max: 2000 }) }) },
       { weight: 1, arbitrary: fc.record({ t: fc.constant("loseDelivery" as const) }) },
+      { weight: 1, arbitrary: fc.record({ t: fc.constant("spoilElement" as const), at: fc.nat() }) },
     );
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 8 }), fc.array(step, { maxLength: 80 }), (window, steps) => {
@@ -179,26 +202,43 @@ describe("manager core - a window of requests at the server", () => {
         /** The client's in-order acceptance (what it has), and whether the next delivery is lost. */
         let accepted = 0;
         let lose = false;
+        /** The next batch's element at this index arrives spoilt: refused (malformed), as is all after it. */
+        let spoil: number | null = null;
         let lastReq = 0;
         const stream: Array<() => void> = []; // queue records not yet applied (read in order)
         const run = (fx: Effect[]) => {
+          // The deliveries of one turn travel as one batch, answered per element as the client
+          // does and read back as the effect executor does (manager/effects.ts, deliverBatch).
+          const batch = of(fx, "deliver").map((e) => e.n);
+          if (batch.length > 0) {
+            if (lose) {
+              lose = false;
+              stream.push(() => run(core.deliverFailed("A", batch[0]!, t)));
+            } else {
+              let upTo = 0;
+              let refused: number | null = null;
+              const spoilt = spoil === null ? -1 : spoil % batch.length;
+              spoil = null;
+              for (const [i, n] of batch.entries()) {
+                if (i === spoilt) {
+                  refused = n;
+                  break;
+                }
+                if (n === accepted + 1) {
+                  accepted = n;
+                  delivered.push(n);
+                } else if (n > accepted) {
+                  refused = n; // out of order: refused, and so is everything after it
+                  break;
+                } // else a repeat: has it
+                upTo = n;
+              }
+              stream.push(() => run(refused === null ? core.deliverAcked("A", upTo, t) : core.deliverPartly("A", upTo, refused, t)));
+            }
+          }
           for (const e of fx) {
             if (e.type === "dispatch") held.get(e.server)?.add(e.n);
-            else if (e.type === "deliver") {
-              const n = e.n;
-              if (lose) {
-                lose = false;
-                stream.push(() => run(core.deliverFailed("A", n, t)));
-              } else if (n <= accepted) {
-                stream.push(() => run(core.deliverAcked("A", n, t))); // a repeat: has it
-              } else if (n === accepted + 1) {
-                accepted = n;
-                delivered.push(n);
-                stream.push(() => run(core.deliverAcked("A", n, t)));
-              } else {
-                stream.push(() => run(core.deliverFailed("A", n, t))); // out of order: refused
-              }
-            } else if (e.type === "recordAttempt") {
+            else if (e.type === "recordAttempt") {
               const { n, server, error, at } = e;
               stream.push(() => run(core.onAttemptRecord({ seq: ++seq, client: "c", session: "A", n, server, error, at }, t)));
             } else if (e.type === "restartServer") {
@@ -263,6 +303,8 @@ describe("manager core - a window of requests at the server", () => {
             if (!st.keep) for (const ns of held.values()) ns.clear(); // the servers restarted too
           } else if (st.t === "loseDelivery") {
             lose = true;
+          } else if (st.t === "spoilElement") {
+            spoil = st.at;
           } else if (st.t === "wait") {
             t += st.ms;
             for (const srv of ["s1", "s2"]) core.heartbeat(srv, t, [...held.get(srv)!].map((n) => ["A", n] as const));

@@ -4,22 +4,31 @@
  * from the table at the moment it is sent, so an effect run late sends what is current.
  */
 import type { JsMsg } from "@nats-io/jetstream";
-import type { DispatchWork, Effect } from "../../machines/managerCore.js";
+import type { DispatchWork, Effect, StoredResponse } from "../../machines/managerCore.js";
 import { splitToFit } from "../../machines/parts.js";
-import type { ClientRestartAck, DeliverMsg, Reply, RestartMsg, RestartRecord, RestartSession, ServerRestartAck, WorkMsg } from "../../machines/types.js";
+import type { ClientRestartAck, DeliverBatchMsg, DeliverBatchReply, DeliverMsg, Reply, RestartMsg, RestartRecord, RestartSession, ServerRestartAck, WorkMsg } from "../../machines/types.js";
 import { withBackoff } from "../../runtime/backoff.js";
 import { dispatchKey } from "../../runtime/dispatch-key.js";
 import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { trace } from "../../runtime/trace.js";
-import { decode, encode, encodedSize, makeHeaders } from "../../runtime/wire.js";
+import { decode, encode, encodedSize, Header, makeHeaders } from "../../runtime/wire.js";
 import type { HedgeEffects, HedgeRecord } from "../hedgeProxy.js";
 import { MANAGER_WRITER, parseRequestMsg, publishDlq } from "../protocol.js";
+import { MAX_DELIVER_BATCH } from "../schemas.js";
 import { now, toWall, type PrimaryTerm, type TermEffects } from "./term.js";
 
 export class Effects implements TermEffects {
   private restartWarnedAt = -Infinity;
   /** When a session too large for any restart message was last reported (rate-limits it). */
   private restartOversizeWarnedAt = -Infinity;
+
+  /**
+   * Deliveries decided in this turn, per session, until it ends (a microtask: everything one read
+   * from the socket applied). One goes alone at once as before; several of a session (a window's
+   * pipeline) go as one message: one request and one reply instead of one each (issue 17).
+   */
+  private readonly outbox = new Map<string, { epoch: number; client: string; service: string; items: Array<{ n: number; response: StoredResponse }> }>();
+  private flushing = false;
 
   constructor(private readonly term: PrimaryTerm) {}
 
@@ -31,7 +40,6 @@ export class Effects implements TermEffects {
   private exec(e: Effect, epoch: number, source?: JsMsg): void {
     const { rt, core } = this.term;
     if (!this.term.acting) return;
-    const timeout = rt.config.ackTimeoutMs;
     switch (e.type) {
       case "dispatch": {
         rt.metrics.forService(e.service).dispatched.inc();
@@ -52,21 +60,17 @@ export class Effects implements TermEffects {
         return;
       }
       case "deliver": {
-        const resp = e.response;
-        const msg: DeliverMsg = { epoch, session: e.session, n: e.n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
-        if (resp.tp !== undefined) msg.tp = resp.tp;
-        const headers = makeHeaders({ session: e.session, request: e.n, epoch, kind: "response", ...(resp.tp !== undefined ? { traceparent: resp.tp } : {}) });
-        trace("manager.deliver", e.session, e.n);
-        rt.requester
-          .request(rt.names.deliver(e.client, e.session), encode(msg), { timeout, headers })
-          .then((r) => {
-            const rep = decode(r.data) as Reply<unknown>;
-            if (rep.ok) {
-              rt.metrics.forService(e.service).delivered.inc();
-              this.term.run(core.deliverAcked(e.session, e.n, now()));
-            } else this.term.run(core.deliverFailed(e.session, e.n, now()));
-          })
-          .catch(() => this.term.run(core.deliverFailed(e.session, e.n, now())));
+        // Sent when this turn's effects are all out: several of one session go as one message.
+        let box = this.outbox.get(e.session);
+        if (!box) {
+          box = { epoch, client: e.client, service: e.service, items: [] };
+          this.outbox.set(e.session, box);
+        }
+        box.items.push({ n: e.n, response: e.response });
+        if (!this.flushing) {
+          this.flushing = true;
+          queueMicrotask(() => this.flushDeliveries());
+        }
         return;
       }
       case "putRestart": {
@@ -163,6 +167,74 @@ export class Effects implements TermEffects {
    * Send request n of a session to a server as the table holds it now (a hedged copy, sent
    * after the decision); true when the server acknowledged it.
    */
+  private flushDeliveries(): void {
+    this.flushing = false;
+    const boxes = [...this.outbox];
+    this.outbox.clear();
+    if (!this.term.acting) return;
+    for (const [session, box] of boxes) {
+      for (const chunk of deliveryChunks(box.items)) {
+        if (chunk.length === 1) this.deliverOne(box.epoch, box.client, box.service, session, chunk[0]!.n, chunk[0]!.response);
+        else this.deliverBatch(box.epoch, box.client, box.service, session, chunk);
+      }
+    }
+  }
+
+  private deliverOne(epoch: number, client: string, service: string, session: string, n: number, resp: StoredResponse): void {
+    const { rt, core } = this.term;
+    const msg: DeliverMsg = { epoch, session, n, server: resp.server, ...(resp.error ? { error: resp.error } : { ok: resp.ok }) };
+    if (resp.tp !== undefined) msg.tp = resp.tp;
+    const headers = makeHeaders({ session, request: n, epoch, kind: "response", ...(resp.tp !== undefined ? { traceparent: resp.tp } : {}) });
+    trace("manager.deliver", session, n);
+    rt.requester
+      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers })
+      .then((r) => {
+        const rep = decode(r.data) as Reply<unknown>;
+        if (rep.ok) {
+          rt.metrics.forService(service).delivered.inc();
+          this.term.run(core.deliverAcked(session, n, now()));
+        } else this.term.run(core.deliverFailed(session, n, now()));
+      })
+      .catch(() => this.term.run(core.deliverFailed(session, n, now())));
+  }
+
+  /**
+   * Several deliveries of one session, in order, as one message on the session's deliver subject
+   * (so `nats sub` by session still follows it; every request number is a Tandem-Request header).
+   * The client answers per element; what it accepted in order counts, the first it refused is
+   * sent again with everything after it, as a refused single delivery is.
+   */
+  private deliverBatch(epoch: number, client: string, service: string, session: string, chunk: Array<{ n: number; response: StoredResponse }>): void {
+    const { rt, core } = this.term;
+    const msg: DeliverBatchMsg = {
+      epoch,
+      session,
+      batch: chunk.map(({ n, response: r }) => ({ n, server: r.server, ...(r.error ? { error: r.error } : { ok: r.ok }), ...(r.tp !== undefined ? { tp: r.tp } : {}) })),
+    };
+    const first = chunk[0]!;
+    const headers = makeHeaders({ session, request: first.n, epoch, kind: "response", ...(first.response.tp !== undefined ? { traceparent: first.response.tp } : {}) });
+    for (const { n } of chunk.slice(1)) headers.append(Header.Request, String(n));
+    trace("manager.deliver", session, first.n);
+    rt.requester
+      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers })
+      .then((r) => {
+        const rep = decode(r.data) as Reply<DeliverBatchReply>;
+        const results = rep.ok && Array.isArray(rep.value?.results) ? rep.value.results : [];
+        let upTo = 0;
+        for (const [i, { n }] of chunk.entries()) {
+          const x = results[i];
+          if (!x || x.n !== n || x.error !== undefined) {
+            this.term.run(core.deliverPartly(session, upTo, n, now()));
+            return;
+          }
+          rt.metrics.forService(service).delivered.inc();
+          upTo = n;
+        }
+        this.term.run(core.deliverAcked(session, upTo, now()));
+      })
+      .catch(() => this.term.run(core.deliverFailed(session, first.n, now())));
+  }
+
   async sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
     const s = this.term.core.sessions.get(session);
     const req = s?.requests.get(n);
@@ -280,4 +352,26 @@ export class Effects implements TermEffects {
       },
     };
   }
+}
+
+/** Bytes of stored responses one batched delivery carries at most (one larger goes alone). */
+const DELIVER_BATCH_BYTES = 256 * 1024;
+
+/** A session's deliveries cut into messages of at most MAX_DELIVER_BATCH and about DELIVER_BATCH_BYTES. */
+function deliveryChunks<T extends { response: StoredResponse }>(items: T[]): T[][] {
+  const out: T[][] = [];
+  let chunk: T[] = [];
+  let bytes = 0;
+  for (const it of items) {
+    const b = it.response.bytes ?? 0;
+    if (chunk.length > 0 && (chunk.length >= MAX_DELIVER_BATCH || bytes + b > DELIVER_BATCH_BYTES)) {
+      out.push(chunk);
+      chunk = [];
+      bytes = 0;
+    }
+    chunk.push(it);
+    bytes += b;
+  }
+  if (chunk.length) out.push(chunk);
+  return out;
 }
