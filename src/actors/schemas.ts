@@ -51,6 +51,8 @@ export const RetrySchema = Type.Object(
 const Deadline = Type.Integer({ minimum: 0, maximum: 8_640_000_000_000_000 });
 
 export const MAX_HEDGE_COPIES = 8;
+/** The most work messages or deliveries of one session one batched message carries (docs/design.md §6). */
+export const MAX_BATCH = 64;
 /** The most requests of one session at its server at once (OpenOptions.window). */
 export const MAX_WINDOW = 1024;
 export const HedgeSchema = Type.Object({
@@ -147,6 +149,8 @@ export const WorkMessage = Type.Object({
   attempt: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
   deadline: Type.Optional(Deadline),
 });
+/** Several work messages of one session in one (docs/design.md §6): each element is checked as a WorkMessage. */
+export const WorkBatchMessage = Type.Object({ batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH }) });
 export const CancelMessage = Type.Object({ epoch: Epoch, session: Token, n: Seq });
 export const DeliverMessage = Type.Object({
   epoch: Epoch,
@@ -162,11 +166,10 @@ export const DeliverMessage = Type.Object({
  * The envelope is checked here; each element on its own (DeliverItem), so one bad element is
  * refused and dead-lettered with its bytes while the rest are taken.
  */
-export const MAX_DELIVER_BATCH = 64;
 export const DeliverBatchMessage = Type.Object({
   epoch: Epoch,
   session: Token,
-  batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_DELIVER_BATCH }),
+  batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH }),
 });
 export const DeliverItem = Type.Object({
   n: Seq,
@@ -248,6 +251,7 @@ export const V = {
   register: compile("register", RegisterCall),
   heartbeat: compile("heartbeat", HeartbeatCall),
   work: compile("work", WorkMessage),
+  workBatch: compile("work batch", WorkBatchMessage),
   cancel: compile("cancel", CancelMessage),
   deliver: compile("delivery", DeliverMessage),
   deliverBatch: compile("delivery batch", DeliverBatchMessage),

@@ -6,11 +6,11 @@
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromPromise, waitFor, type Actor } from "xstate";
 import { serverSessionMachine, type ServerSessionEvent } from "../machines/serverSessionMachine.js";
-import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord, ServerRestartAck, WorkMsg } from "../machines/types.js";
+import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord, ServerRestartAck, WireErr, WorkMsg } from "../machines/types.js";
 import { ErrorCode, handlerErrorToWire, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
-import { decode, encode, encodedSize, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, encodedSize, isObject, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { pollUntil, withBackoff } from "../runtime/backoff.js";
@@ -259,10 +259,19 @@ export class TandemServer {
   }
 
   private stale(m: Msg, epoch: unknown): boolean {
+    const err = this.staleError(epoch);
+    if (!err) return false;
+    replyError(m, err);
+    void publishDlq(this.rt, err, m.subject, m.headers, m.data);
+    return true;
+  }
+
+  /** Why a message of this epoch is refused, or null (and the epoch is learned) when it is current. */
+  private staleError(epoch: unknown): TandemError | null {
     const problem = epochProblem(epoch, this.epoch);
     if (!problem) {
       this.epoch = epoch as number;
-      return false;
+      return null;
     }
     const err = new TandemError(
       ErrorCode.StaleEpoch,
@@ -277,9 +286,7 @@ export class TandemServer {
       this.epochAskedAt = performance.now();
       void this.heartbeat();
     }
-    replyError(m, err);
-    void publishDlq(this.rt, err, m.subject, m.headers, m.data);
-    return true;
+    return err;
   }
 
   private onRestart(m: Msg): void {
@@ -359,7 +366,9 @@ export class TandemServer {
   private onWork(m: Msg): void {
     let w: WorkMsg;
     try {
-      w = parse(V.work, decode(m.data)) as WorkMsg;
+      const raw = decode(m.data);
+      if (isObject(raw) && "batch" in raw) return this.onWorkBatch(m, raw);
+      w = parse(V.work, raw) as WorkMsg;
       if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
       trace("server.work", w.session, w.n);
     } catch (err) {
@@ -369,16 +378,53 @@ export class TandemServer {
       return;
     }
     if (this.stale(m, w.epoch)) return;
-    if (this.stopping) {
-      replyError(m, new TandemError(ErrorCode.Unavailable, "server is stopping"));
-      return;
+    const r = this.take(w);
+    if (r instanceof TandemError) replyError(m, r);
+    else replyOk(m, r);
+  }
+
+  /**
+   * Several work messages of one session (a window's dispatches in one turn of the manager). Each
+   * element is checked as a work message of its own: one that does not fit, or comes from a stale
+   * epoch, is refused and dead-lettered with its own bytes; the others are taken. The reply says
+   * per element, in order.
+   */
+  private onWorkBatch(m: Msg, raw: Record<string, unknown>): void {
+    const b = parse(V.workBatch, raw);
+    const results: Array<{ n: number; error?: WireErr }> = [];
+    for (const item of b.batch) {
+      const n = isObject(item) && Number.isSafeInteger(item.n) ? Number(item.n) : 0;
+      let w: WorkMsg;
+      try {
+        w = parse(V.work, item) as WorkMsg;
+        if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
+      } catch (err) {
+        const te = err instanceof TandemError ? err : malformed(String(err));
+        results.push({ n, error: te.toWire() });
+        void publishDlq(this.rt, te, m.subject, m.headers, encode(item));
+        continue;
+      }
+      const stale = this.staleError(w.epoch);
+      if (stale) {
+        results.push({ n, error: stale.toWire() });
+        void publishDlq(this.rt, stale, m.subject, m.headers, encode(item));
+        continue;
+      }
+      trace("server.work", w.session, w.n);
+      const r = this.take(w);
+      results.push(r instanceof TandemError ? { n, error: r.toWire() } : { n });
     }
+    replyOk(m, { results });
+  }
+
+  /** Take one work message whose epoch is current: start it, or say it runs here already. */
+  private take(w: WorkMsg): { accepted: true; running?: true } | TandemError {
+    if (this.stopping) return new TandemError(ErrorCode.Unavailable, "server is stopping");
     const key = `${w.session}.${w.n}`;
     if (this.running.has(key)) {
       // Sent again after a manager restart while still running here: one execution is enough.
       this.stats.duplicates++;
-      replyOk(m, { accepted: true, running: true });
-      return;
+      return { accepted: true, running: true };
     }
     const run = new Running(w.session, w.n);
     this.running.set(key, run);
@@ -388,16 +434,16 @@ export class TandemServer {
       if (ms <= 0) expire();
       else run.timer = setTimeout(expire, ms);
     }
-    replyOk(m, { accepted: true });
-    // After the acknowledgement is on its way (its write is queued first): a handler that
-    // computes for a long time without yielding must not hold the acknowledgement back, or the
-    // manager would give its work to another server meanwhile.
+    // After the acknowledgement is on its way (the caller replies before this microtask runs, so
+    // its write is queued first): a handler that computes for a long time without yielding must
+    // not hold the acknowledgement back, or the manager would give its work to another server.
     queueMicrotask(() => void this.execute(w, run));
     if (w.copy !== undefined) {
       // A hedged copy: record that this server took it (shown by `tandem status --session`).
       const rec = { server: this.id, n: w.n, copy: w.copy, at: new Date().toISOString() };
       this.rt.kv.sessions.put(`${w.session}.took.${w.n}.${this.id}`, encode(rec)).catch((err) => this.log.debug({ err }, "could not record a hedged copy"));
     }
+    return { accepted: true };
   }
 
   /** A free slot is taken at once (no await), so an idle server's handler starts synchronously. */

@@ -4,7 +4,8 @@
  * legitimate client runs a bounded load. fast-check generates the messages: random JSON shapes
  * that do not fit the subject's schema, bytes that are not JSON, nesting past the limit, strings
  * up to 300 kB, extreme numbers and epochs, ids that are not tokens, and well-formed responses
- * under made-up dispatch keys. For every run:
+ * under made-up dispatch keys, and batches (of deliveries, of work) whose elements are hostile.
+ * For every run:
  *   - no Tandem process exits (the manager and the server are real processes);
  *   - the legitimate client's requests are all answered, in order, once, with their own answer,
  *     and its p99 stays within 3× its baseline (plus 20 ms: one fsync on this host);
@@ -54,7 +55,8 @@ type Target =
   | "open" | "resume" | "close"
   | "register" | "heartbeat"
   | "work" | "cancel" | "deliver" | "srv-restart" | "cli-restart"
-  | "deliver-batch"; // a well-formed batch envelope to the legitimate session, its elements hostile
+  | "deliver-batch" // a well-formed batch envelope to the legitimate session, its elements hostile
+  | "work-batch"; // the same to the real server's work subject
 
 interface Hostile {
   target: Target;
@@ -77,10 +79,11 @@ const refuses: Record<Target, (v: unknown) => boolean> = {
   close: (v) => !fits(V.close, v),
   register: (v) => !fits(V.register, v),
   heartbeat: (v) => !fits(V.heartbeat, v),
-  work: (v) => !fits(V.work, v),
+  work: (v) => !fits(V.work, v) && !fits(V.workBatch, v),
   cancel: (v) => !fits(V.cancel, v),
   deliver: (v) => !fits(V.deliver, v) && !fits(V.deliverBatch, v),
   "deliver-batch": (v) => !fits(V.deliverItem, v),
+  "work-batch": (v) => !fits(V.work, v),
   "srv-restart": (v) => !fits(V.restart, v),
   "cli-restart": (v) => !fits(V.restart, v),
 };
@@ -121,12 +124,15 @@ const hostile: fc.Arbitrary<Hostile> = fc
 const hostileBatch: fc.Arbitrary<Hostile> = fc
   .array(json.filter((v) => refuses["deliver-batch"](v)), { minLength: 1, maxLength: 5 })
   .map((items) => ({ target: "deliver-batch" as const, body: { json: null }, asRealServer: false, items }));
+const hostileWorkBatch: fc.Arbitrary<Hostile> = fc
+  .array(json.filter((v) => refuses["work-batch"](v)), { minLength: 1, maxLength: 5 })
+  .map((items) => ({ target: "work-batch" as const, body: { json: null }, asRealServer: true, items }));
 // Well-formed responses under made-up keys: refused as forged.
 const forgedResponse: fc.Arbitrary<Hostile> = fc
   .record({ n: fc.integer({ min: 1, max: 50 }), ok: fc.jsonValue({ maxDepth: 2 }), k: fc.stringMatching(/^[A-Za-z0-9_-]{22}$/), asRealServer: fc.boolean() })
   .map(({ n, ok, k, asRealServer }) => ({ target: "resp" as const, body: { json: { n, k, ok } }, asRealServer }));
 
-const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
+const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }, { arbitrary: hostileWorkBatch, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
 
 beforeAll(async () => {
   ns = await startNats();
@@ -165,7 +171,9 @@ async function send(h: Hostile, own: { client: string; session: string }): Promi
   const data =
     h.target === "deliver-batch"
       ? encode({ epoch: session.epoch, session: session.id, batch: h.items })
-      : "json" in h.body
+      : h.target === "work-batch"
+        ? encode({ batch: h.items })
+        : "json" in h.body
         ? encode(h.body.json)
         : new TextEncoder().encode(h.body.raw);
   const n = rt.names;
@@ -201,8 +209,9 @@ async function send(h: Hostile, own: { client: string; session: string }): Promi
       return ask(n.cancel(SERVER, session.id));
     case "deliver":
       return ask(n.deliver("legit", session.id));
-    case "deliver-batch": {
-      const subject = n.deliver("legit", session.id);
+    case "deliver-batch":
+    case "work-batch": {
+      const subject = h.target === "work-batch" ? n.work(SERVER, session.id) : n.deliver("legit", session.id);
       return { ...(await ask(subject)), dlq: h.items!.map((i) => ({ subject, data: encode(i) })) };
     }
     case "srv-restart":
@@ -262,10 +271,10 @@ describe("hostile input (issue 13)", () => {
       for (const { h, out } of outcomes) {
         if (!out.reply) continue;
         const r = out.reply;
-        if (h.target === "deliver-batch") {
+        if (h.target === "deliver-batch" || h.target === "work-batch") {
           // Taken as a batch, each element refused with a code.
           const results = r !== "none" && r.ok ? (r.value as { results?: Array<{ error?: { code?: string } }> }).results : undefined;
-          if (!results || results.length !== h.items!.length || !results.every((x) => /^TANDEM_/.test(x.error?.code ?? ""))) problems.push(`deliver-batch ${JSON.stringify(h.items).slice(0, 120)} got ${JSON.stringify(r).slice(0, 160)}`);
+          if (!results || results.length !== h.items!.length || !results.every((x) => /^TANDEM_/.test(x.error?.code ?? ""))) problems.push(`${h.target} ${JSON.stringify(h.items).slice(0, 120)} got ${JSON.stringify(r).slice(0, 160)}`);
           continue;
         }
         if (r === "none" || r.ok || !/^TANDEM_/.test(r.error?.code ?? "")) problems.push(`${h.target} ${JSON.stringify(h.body).slice(0, 120)} got ${JSON.stringify(r).slice(0, 160)}`);

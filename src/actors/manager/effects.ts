@@ -14,7 +14,7 @@ import { trace } from "../../runtime/trace.js";
 import { decode, encode, encodedSize, Header, makeHeaders } from "../../runtime/wire.js";
 import type { HedgeEffects, HedgeRecord } from "../hedgeProxy.js";
 import { MANAGER_WRITER, parseRequestMsg, publishDlq } from "../protocol.js";
-import { MAX_DELIVER_BATCH } from "../schemas.js";
+import { MAX_BATCH } from "../schemas.js";
 import { now, toWall, type PrimaryTerm, type TermEffects } from "./term.js";
 
 export class Effects implements TermEffects {
@@ -28,6 +28,8 @@ export class Effects implements TermEffects {
    * pipeline) go as one message: one request and one reply instead of one each (issue 17).
    */
   private readonly outbox = new Map<string, { epoch: number; client: string; service: string; items: Array<{ n: number; response: StoredResponse }> }>();
+  /** Dispatches decided in this turn, per server and session, the same way. */
+  private readonly workbox = new Map<string, { epoch: number; server: string; session: string; service: string; items: Array<{ n: number; work: DispatchWork; acked: (ok: boolean) => void }> }>();
   private flushing = false;
 
   constructor(private readonly term: PrimaryTerm) {}
@@ -46,7 +48,18 @@ export class Effects implements TermEffects {
         const acked = (ok: boolean) => (ok ? core.dispatchAcked(e.session, e.n) : this.term.run(core.dispatchFailed(e.session, e.n, now())));
         // A hedged session's proxy sends the copies (the first one to this server).
         if (e.hedged) this.term.proxies.dispatch(e.session, e.n, e.server, acked);
-        else void this.send(epoch, e.server, e.session, e.n, e.service, e.work).then(acked);
+        else {
+          // Sent when this turn's effects are all out: several of one session to its server go
+          // as one message, as deliveries do.
+          const key = `${e.server} ${e.session}`;
+          let box = this.workbox.get(key);
+          if (!box) {
+            box = { epoch, server: e.server, session: e.session, service: e.service, items: [] };
+            this.workbox.set(key, box);
+          }
+          box.items.push({ n: e.n, work: e.work, acked });
+          this.flushSoon();
+        }
         return;
       }
       case "answered": {
@@ -67,10 +80,7 @@ export class Effects implements TermEffects {
           this.outbox.set(e.session, box);
         }
         box.items.push({ n: e.n, response: e.response });
-        if (!this.flushing) {
-          this.flushing = true;
-          queueMicrotask(() => this.flushDeliveries());
-        }
+        this.flushSoon();
         return;
       }
       case "putRestart": {
@@ -167,13 +177,28 @@ export class Effects implements TermEffects {
    * Send request n of a session to a server as the table holds it now (a hedged copy, sent
    * after the decision); true when the server acknowledged it.
    */
-  private flushDeliveries(): void {
+  private flushSoon(): void {
+    if (this.flushing) return;
+    this.flushing = true;
+    queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
     this.flushing = false;
-    const boxes = [...this.outbox];
+    const work = [...this.workbox.values()];
+    this.workbox.clear();
+    const deliveries = [...this.outbox];
     this.outbox.clear();
     if (!this.term.acting) return;
-    for (const [session, box] of boxes) {
-      for (const chunk of deliveryChunks(box.items)) {
+    for (const box of work) {
+      if (box.items.length === 1) {
+        const it = box.items[0]!;
+        void this.send(box.epoch, box.server, box.session, it.n, box.service, it.work).then(it.acked);
+      } else void this.sendBatch(box.epoch, box.server, box.session, box.service, box.items);
+    }
+    const maxBytes = batchBytes(this.term.rt.nc.info?.max_payload);
+    for (const [session, box] of deliveries) {
+      for (const chunk of chunks(box.items, (it) => it.response.bytes ?? 0, maxBytes)) {
         if (chunk.length === 1) this.deliverOne(box.epoch, box.client, box.service, session, chunk[0]!.n, chunk[0]!.response);
         else this.deliverBatch(box.epoch, box.client, box.service, session, chunk);
       }
@@ -249,6 +274,50 @@ export class Effects implements TermEffects {
   /** The work message of a dispatch, to its server; true when the server acknowledged it. */
   private async send(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, copy?: number): Promise<boolean> {
     const { rt } = this.term;
+    const work = await this.workMessage(epoch, server, session, n, service, w, copy);
+    if (!work) return false;
+    const headers = makeHeaders({ session, request: n, epoch, kind: w.kind, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) });
+    trace("manager.dispatch", session, n);
+    return rt.requester
+      .request(rt.names.work(server, session), encode(work), { timeout: rt.config.ackTimeoutMs, headers })
+      .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
+  }
+
+  /**
+   * Several dispatches of one session to its server as one message (`{batch}`, each element a
+   * whole work message, checked on its own by the server), cut to fit; each is acknowledged by
+   * its own element of the reply.
+   */
+  private async sendBatch(epoch: number, server: string, session: string, service: string, items: Array<{ n: number; work: DispatchWork; acked: (ok: boolean) => void }>): Promise<void> {
+    const { rt } = this.term;
+    const built: Array<{ n: number; json: string; kind: string; tp?: string; acked: (ok: boolean) => void }> = [];
+    for (const it of items) {
+      const work = await this.workMessage(epoch, server, session, it.n, service, it.work);
+      if (!work) it.acked(false);
+      else built.push({ n: it.n, json: JSON.stringify(work), kind: it.work.kind, ...(it.work.tp !== undefined ? { tp: it.work.tp } : {}), acked: it.acked });
+    }
+    if (!this.term.acting) return;
+    for (const chunk of chunks(built, (b) => b.json.length, batchBytes(rt.nc.info?.max_payload))) {
+      const first = chunk[0]!;
+      const headers = makeHeaders({ session, request: first.n, epoch, kind: first.kind as never, ...(first.tp !== undefined ? { traceparent: first.tp } : {}) });
+      for (const { n } of chunk.slice(1)) headers.append(Header.Request, String(n));
+      trace("manager.dispatch", session, first.n);
+      const data = chunk.length === 1 ? first.json : `{"batch":[${chunk.map((b) => b.json).join(",")}]}`;
+      rt.requester.request(rt.names.work(server, session), new TextEncoder().encode(data), { timeout: rt.config.ackTimeoutMs, headers }).then(
+        (r) => {
+          const rep = decode(r.data) as Reply<{ results?: Array<{ n: number; error?: unknown }> }>;
+          if (chunk.length === 1) return first.acked(rep.ok);
+          const results = rep.ok && Array.isArray(rep.value?.results) ? rep.value.results : [];
+          chunk.forEach((b, i) => b.acked(results[i]?.n === b.n && results[i]?.error === undefined));
+        },
+        () => chunk.forEach((b) => b.acked(false)),
+      );
+    }
+  }
+
+  /** The work message of request n for `server`, or null when its payload cannot be read back. */
+  private async workMessage(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, copy?: number): Promise<WorkMsg | null> {
+    const { rt } = this.term;
     let payload = w.payload;
     if (w.evicted) {
       // Not held in memory (read on replay past the byte bounds): the queue has it.
@@ -256,7 +325,7 @@ export class Effects implements TermEffects {
       const parsed = stored ? parseRequestMsg(rt.names, stored) : null;
       if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
         this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
-        return false;
+        return null;
       }
       payload = parsed.request.payload;
     }
@@ -275,11 +344,7 @@ export class Effects implements TermEffects {
       attempt: w.attempt,
       ...(w.deadline !== undefined ? { deadline: Math.round(toWall(w.deadline)) } : {}),
     };
-    const headers = makeHeaders({ session, request: n, epoch, kind: w.kind, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) });
-    trace("manager.dispatch", session, n);
-    return rt.requester
-      .request(rt.names.work(server, session), encode(work), { timeout: rt.config.ackTimeoutMs, headers })
-      .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
+    return work;
   }
 
   /**
@@ -354,23 +419,25 @@ export class Effects implements TermEffects {
   }
 }
 
-/** Bytes of stored responses one batched delivery carries at most (one larger goes alone). */
-const DELIVER_BATCH_BYTES = 256 * 1024;
+/** Bytes one batch carries at most: 256 kB, or half of what the NATS server takes (one larger item goes alone). */
+function batchBytes(maxPayload: number | undefined): number {
+  return Math.min(256 * 1024, Math.floor((maxPayload ?? 1024 * 1024) / 2));
+}
 
-/** A session's deliveries cut into messages of at most MAX_DELIVER_BATCH and about DELIVER_BATCH_BYTES. */
-function deliveryChunks<T extends { response: StoredResponse }>(items: T[]): T[][] {
+/** Items cut into batches of at most MAX_BATCH and about `maxBytes`, in order. */
+function chunks<T>(items: T[], bytes: (t: T) => number, maxBytes: number): T[][] {
   const out: T[][] = [];
   let chunk: T[] = [];
-  let bytes = 0;
+  let sum = 0;
   for (const it of items) {
-    const b = it.response.bytes ?? 0;
-    if (chunk.length > 0 && (chunk.length >= MAX_DELIVER_BATCH || bytes + b > DELIVER_BATCH_BYTES)) {
+    const b = bytes(it);
+    if (chunk.length > 0 && (chunk.length >= MAX_BATCH || sum + b > maxBytes)) {
       out.push(chunk);
       chunk = [];
-      bytes = 0;
+      sum = 0;
     }
     chunk.push(it);
-    bytes += b;
+    sum += b;
   }
   if (chunk.length) out.push(chunk);
   return out;

@@ -1,9 +1,11 @@
 /**
- * Batched deliveries (issue 17, item 4) against a real nats-server: responses of one session that
- * are ready together (a window's pipeline) travel as one message on the session's deliver
- * subject, every request number a Tandem-Request header, and still reach the application in
- * order and once. A batch is validated element by element: one bad element is refused with
- * TANDEM_MALFORMED and dead-lettered with its own bytes, the good ones are taken.
+ * Batching (issue 17, item 4) against a real nats-server: responses of one session that are ready
+ * together (a window's pipeline) travel as one message on the session's deliver subject, and
+ * dispatches of one session decided together as one message on its work subject, every request
+ * number a Tandem-Request header; responses still reach the application in order and once, and
+ * each request runs once. A batch is validated element by element: one bad element is refused
+ * (TANDEM_MALFORMED, or TANDEM_STALE_EPOCH) and dead-lettered with its own bytes, the good ones
+ * are taken.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Msg } from "@nats-io/transport-node";
@@ -45,21 +47,40 @@ afterAll(async () => {
   await ns?.cleanup();
 });
 
-describe("batched deliveries", () => {
-  it("responses of a session ready together go as one message, and reach the application in order, once", async () => {
+/** Every message on a subject: the request numbers it carries and its Tandem-Request headers. */
+function watch(subject: string) {
+  const messages: Array<{ batch: number[]; headers: string[] }> = [];
+  const sub = rt.nc.subscribe(subject, {
+    callback: (_e, m: Msg) => {
+      const b = decode(m.data) as { n?: number; batch?: Array<{ n: number }> };
+      messages.push({ batch: b.batch ? b.batch.map((x) => x.n) : [b.n!], headers: m.headers?.values(Header.Request) ?? [] });
+    },
+  });
+  return { messages, sub };
+}
+
+async function dead(reason: string, subject: string): Promise<Array<Record<string, unknown>>> {
+  const info = await rt.jsm.streams.info(rt.names.streamDlq);
+  const out: Array<Record<string, unknown>> = [];
+  for (let q = info.state.first_seq; q <= info.state.last_seq; q++) {
+    const m = await rt.jsm.streams.getMessage(rt.names.streamDlq, { seq: q }).catch(() => null);
+    const b = m?.json<Record<string, unknown>>();
+    if (b && b.subject === subject && m!.subject === rt.names.dlq(reason, "unsecured")) out.push(b);
+  }
+  return out;
+}
+
+describe("batching", () => {
+  it("responses of a session ready together go as one message, and reach the application in order, once; so do dispatches", async () => {
     const s = await client.open("slowfirst", { window: 8 });
-    const messages: Array<{ batch: number[]; headers: string[] }> = [];
-    const sub = rt.nc.subscribe(rt.names.deliver(client.id, s.id), {
-      callback: (_e, m: Msg) => {
-        const b = decode(m.data) as { n?: number; batch?: Array<{ n: number }> };
-        messages.push({ batch: b.batch ? b.batch.map((x) => x.n) : [b.n!], headers: m.headers?.values(Header.Request) ?? [] });
-      },
-    });
+    const { messages, sub } = watch(rt.names.deliver(client.id, s.id));
+    const work = watch(rt.names.work(servers[0]!.id, s.id));
     const order: number[] = [];
     const pending = [];
     for (let i = 1; i <= 40; i++) pending.push((await s.send(i)).response.then((r) => order.push((r.value as { n: number }).n)));
     await Promise.all(pending);
     sub.unsubscribe();
+    work.sub.unsubscribe();
     await s.close();
     expect(order).toEqual([...Array(40).keys()].map((k) => k + 1));
     const batches = messages.filter((m) => m.batch.length > 1);
@@ -70,6 +91,33 @@ describe("batched deliveries", () => {
     expect([...sent].sort((a, b) => a - b)).toEqual([...Array(40).keys()].map((k) => k + 1));
     for (const m of messages) expect(m.headers).toEqual(m.batch.map(String));
     console.log(`40 responses in ${messages.length} delivery messages; largest batch ${Math.max(...messages.map((m) => m.batch.length))}`);
+    // Dispatches: each request sent once (no server died), fewer messages than requests.
+    const dispatched = work.messages.flatMap((m) => m.batch);
+    expect([...dispatched].sort((a, b) => a - b)).toEqual([...Array(40).keys()].map((k) => k + 1));
+    expect(work.messages.some((m) => m.batch.length > 1)).toBe(true);
+    for (const m of work.messages) expect(m.headers).toEqual(m.batch.map(String));
+    console.log(`40 requests in ${work.messages.length} work messages; largest batch ${Math.max(...work.messages.map((m) => m.batch.length))}`);
+  });
+
+  it("a work batch: a bad element and one from a stale epoch are refused and dead-lettered with their bytes; the good one runs", async () => {
+    const s = await client.open("slowfirst");
+    await s.request("warm"); // the server knows the epoch now
+    const srv = servers[0]!;
+    const good = { epoch: s.epoch, session: "forged-batch", client: client.id, service: "slowfirst", n: 1, kind: "request", k: "k".repeat(22), payload: "p", restart: null };
+    const bad = { epoch: s.epoch, session: "forged-batch", n: -3 };
+    const stale = { ...good, n: 2, epoch: s.epoch - 1 };
+    const subject = rt.names.work(srv.id, "forged-batch");
+    const r = await rt.nc.request(subject, encode({ batch: [bad, good, stale] }), { timeout: 3000 });
+    const reply = decode(r.data) as { ok: boolean; value: { results: Array<{ n: number; error?: { code: string } }> } };
+    expect(reply.ok).toBe(true);
+    expect(reply.value.results.map((x) => [x.n, x.error?.code])).toEqual([
+      [-3, "TANDEM_MALFORMED"],
+      [1, undefined],
+      [2, "TANDEM_STALE_EPOCH"],
+    ]);
+    await eventually(async () => (await dead("malformed", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(bad)), "the bad element dead-lettered with its bytes");
+    await eventually(async () => (await dead("stale_epoch", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(stale)), "the stale element dead-lettered with its bytes");
+    await s.close();
   });
 
   it("a bad element is refused and dead-lettered with its bytes; the good ones around it are taken", async () => {
