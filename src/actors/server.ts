@@ -420,6 +420,13 @@ export class TandemServer {
   /** Take one work message whose epoch is current: start it, or say it runs here already. */
   private take(w: WorkMsg): { accepted: true; running?: true } | TandemError {
     if (this.stopping) return new TandemError(ErrorCode.Unavailable, "server is stopping");
+    // Work reaches this process's subjects before its registration does: a manager that has
+    // not seen it register takes it for the process that had this id before, and a death now
+    // would not cost the request an attempt (a poison request once ran 4 times for 3 attempts).
+    // Refused, the work comes again once the manager knows this process (docs/design.md §9).
+    if (!this.actor || this.actor.getSnapshot().matches("registering")) {
+      return new TandemError(ErrorCode.Unavailable, `server ${this.id} has not registered with the manager yet; the work is sent again once it has`);
+    }
     const key = `${w.session}.${w.n}`;
     if (this.running.has(key)) {
       // Sent again after a manager restart while still running here: one execution is enough.

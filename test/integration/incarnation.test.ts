@@ -10,6 +10,7 @@ import type { ManagerNode } from "../../src/actors/manager.js";
 import { TandemServer } from "../../src/actors/server.js";
 import { TandemClient } from "../../src/actors/client.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
+import { decode, encode } from "../../src/runtime/wire.js";
 import { primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 
 let ns: NatsServer;
@@ -50,4 +51,25 @@ describe("server incarnations", () => {
     await again.stop();
     await rtNew.close();
   }, 60_000);
+
+  it("a process takes no work before the manager has seen it register: its death could not cost that work an attempt", async () => {
+    // A prefix no manager serves: the server stays registering.
+    const rtX = await runtimeFor(ns, { prefix: "lonely" }, "lonely");
+    let ran = 0;
+    const srv = new TandemServer(rtX, { service: "svc", id: "fresh", handler: () => ++ran });
+    const started = srv.start().catch(() => {});
+    await new Promise((r) => setTimeout(r, 300));
+    expect(srv.state).toBe("registering");
+    const work = { epoch: 1, session: "s1", client: "c", service: "svc", n: 1, kind: "request", k: "k".repeat(22), payload: 1, restart: null };
+    for (const body of [work, { batch: [work] }]) {
+      const r = decode((await rtX.nc.request(rtX.names.work("fresh", "s1"), encode(body), { timeout: 3000 })).data) as { ok: boolean; error?: { code: string; message: string }; value?: { results: Array<{ error?: { code: string; message: string } }> } };
+      const error = r.ok ? r.value!.results[0]!.error : r.error;
+      expect(error).toMatchObject({ code: "TANDEM_UNAVAILABLE", message: expect.stringMatching(/not registered with the manager yet/) });
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    expect(ran).toBe(0);
+    await srv.stop();
+    await started;
+    await rtX.close();
+  }, 30_000);
 });

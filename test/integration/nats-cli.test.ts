@@ -21,6 +21,7 @@ let ns: NatsServer;
 let rt: Runtime;
 let mgr: ManagerNode;
 let server: TandemServer;
+let batchy: TandemServer;
 let client: TandemClient;
 
 /**
@@ -51,12 +52,16 @@ beforeAll(async () => {
   rt = await runtimeFor(ns);
   mgr = await primaryManager(rt);
   server = await TandemServer.start(rt, { service: "greet", id: "s1", handler: (req, ctx) => ({ hello: req.payload, traceparent: ctx.traceparent }) });
+  // The first of every 4 finishes last: with a window of 4, the others wait for it and all 4
+  // are delivered together.
+  batchy = await TandemServer.start(rt, { service: "batchy", id: "s2", handler: async (req) => (await new Promise((r) => setTimeout(r, req.n % 4 === 1 ? 150 : 5)), req.n) });
   client = await TandemClient.connect(rt, { id: "alice" });
 }, 60_000);
 
 afterAll(async () => {
   await client?.close();
   await server?.stop();
+  await batchy?.stop();
   await mgr?.stop();
   await rt?.close();
   await ns?.cleanup();
@@ -89,6 +94,23 @@ describe("the NATS CLI", () => {
       expect(b).toContain(`traceparent: ${tp}`);
       expect(b).toMatch(/\{"[a-z]+":/); // a JSON body, readable as it stands
     }
+    await session.close();
+  });
+
+  it("nats sub shows a batch of a windowed session as one message naming every request it carries", async () => {
+    const session = await client.open("batchy", { window: 4 });
+    const sub = natsSub(rt.names.deliver(client.id, session.id));
+    await sub.ready;
+    const pending = [];
+    for (let i = 1; i <= 4; i++) pending.push((await session.send(i)).response);
+    expect((await Promise.all(pending)).map((r) => r.value)).toEqual([1, 2, 3, 4]);
+    await eventually(() => /"batch":\[/.test(sub.out()) || null, "a batch in nats sub's output");
+    sub.stop();
+    const block = sub.out().split(/\[#\d+\]/).find((b) => b.includes('"batch":['))!;
+    const numbers = [...block.matchAll(/Tandem-Request: (\d+)/g)].map((m) => Number(m[1]));
+    expect(numbers.length).toBeGreaterThan(1);
+    const body = JSON.parse(block.slice(block.indexOf('{"'), block.lastIndexOf("}") + 1)) as { batch: Array<{ n: number }> };
+    expect(body.batch.map((x) => x.n)).toEqual(numbers);
     await session.close();
   });
 
