@@ -491,11 +491,18 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
       // responses in order. The rate against the same session's window-1 rate.
       {
         const payload = { x: "y".repeat(100) };
-        const byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency }> = [];
+        const byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip: number; deliveriesPerRoundTrip: number }> = [];
         for (const w of [1, 4, 16, 32, 64]) {
           const s = await client.open("bench", { window: w, maxPending: 1000 });
+          // Messages on the session's work and deliver subjects per round trip: what batching
+          // saves (one message carries several dispatches or deliveries of the session).
+          let work = 0;
+          let deliveries = 0;
+          const subs = [rt.nc.subscribe(rt.names.work("*", s.id), { callback: () => void work++ }), rt.nc.subscribe(rt.names.deliver(client.id, s.id), { callback: () => void deliveries++ })];
           const r = await load(w, D, async () => void (await s.request(payload)), `one session, window ${w}`);
-          byWindow.push({ window: w, ratePerS: r.rate, latencyMs: r.latency });
+          for (const sub of subs) sub.unsubscribe();
+          const trips = r.samples.length;
+          byWindow.push({ window: w, ratePerS: r.rate, latencyMs: r.latency, workPerRoundTrip: work / trips, deliveriesPerRoundTrip: deliveries / trips });
           await s.close();
         }
         const w1 = byWindow[0]!.ratePerS;
@@ -946,11 +953,11 @@ function markdown(result: Record<string, unknown>): string {
       lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${xr} | ${f(r.latencyMs.p50, 2)} | ${xl} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
     }
   }
-  const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency }> } | undefined;
+  const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip?: number; deliveriesPerRoundTrip?: number }> } | undefined;
   if (win) {
-    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms |", "|---|---|---|---|---|");
+    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | work messages per round trip | delivery messages per round trip |", "|---|---|---|---|---|---|---|");
     const one = win.byWindow[0]!.ratePerS;
-    for (const r of win.byWindow) lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} |`);
+    for (const r of win.byWindow) lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} |`);
   }
   const pr = result.paired as { msPerMeasurement: number; rounds: Array<Record<string, number>> } | undefined;
   if (pr && pr.rounds[0]?.rawWqRate !== undefined) {
