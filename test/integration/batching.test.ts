@@ -154,3 +154,42 @@ describe("batching", () => {
     await s.close();
   });
 });
+
+describe("a cancel and its dispatch decided in one turn", () => {
+  it("the server never runs to the end, unaborted, a request its caller cancelled right after sending", async () => {
+    let unaborted = 0;
+    let started = 0;
+    const srv = await TandemServer.start(rt, {
+      service: "cancellable",
+      handler: async (_req, ctx) => {
+        started++;
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 150);
+          ctx.signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
+        });
+        if (!ctx.signal.aborted) unaborted++;
+        return "done";
+      },
+    });
+    const sessions = await Promise.all(Array.from({ length: 16 }, () => client.open("cancellable", { window: 4 })));
+    const outcomes = await Promise.all(
+      sessions.map(async (s) => {
+        const codes: string[] = [];
+        for (let i = 0; i < 12; i++) {
+          const ac = new AbortController();
+          const { response } = await s.send(i, { signal: ac.signal });
+          ac.abort();
+          const r = await response;
+          codes.push(r.ok ? "ok" : String(r.error?.code));
+        }
+        return codes;
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    console.log(`cancelled right after sending: ${started} of ${16 * 12} started at a server, ${unaborted} ran to the end unaborted; outcomes ${JSON.stringify(outcomes.flat().reduce<Record<string, number>>((t, c) => ({ ...t, [c]: (t[c] ?? 0) + 1 }), {}))}`);
+    for (const s of sessions) await s.close();
+    await srv.stop();
+    expect(outcomes.flat().every((c) => c === "TANDEM_CANCELLED")).toBe(true);
+    expect(unaborted).toBe(0);
+  }, 60_000);
+});

@@ -67,6 +67,14 @@ export class Effects implements TermEffects {
         return;
       }
       case "cancel": {
+        // Its dispatch may still wait for this turn's end: then it is never sent, and a cancel
+        // that overtook it cannot leave the server running what its caller gave up.
+        const box = this.workbox.get(`${e.server} ${e.session}`);
+        const held = box?.items.findIndex((it) => it.n === e.n) ?? -1;
+        if (held >= 0) {
+          box!.items.splice(held, 1);
+          return;
+        }
         rt.nc.publish(rt.names.cancel(e.server, e.session), encode({ epoch, session: e.session, n: e.n }), {
           headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control" }),
         });
@@ -173,10 +181,6 @@ export class Effects implements TermEffects {
     }
   }
 
-  /**
-   * Send request n of a session to a server as the table holds it now (a hedged copy, sent
-   * after the decision); true when the server acknowledged it.
-   */
   private flushSoon(): void {
     if (this.flushing) return;
     this.flushing = true;
@@ -191,6 +195,7 @@ export class Effects implements TermEffects {
     this.outbox.clear();
     if (!this.term.acting) return;
     for (const box of work) {
+      if (box.items.length === 0) continue; // cancelled before it went
       if (box.items.length === 1) {
         const it = box.items[0]!;
         void this.send(box.epoch, box.server, box.session, it.n, box.service, it.work).then(it.acked);
@@ -260,6 +265,10 @@ export class Effects implements TermEffects {
       .catch(() => this.term.run(core.deliverFailed(session, first.n, now())));
   }
 
+  /**
+   * Send request n of a session to a server as the table holds it now (a hedged copy, sent
+   * after the decision); true when the server acknowledged it.
+   */
   async sendWork(epoch: number, server: string, session: string, n: number, copy?: number): Promise<boolean> {
     const s = this.term.core.sessions.get(session);
     const req = s?.requests.get(n);
