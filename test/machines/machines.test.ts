@@ -179,12 +179,11 @@ describe("server session machine", () => {
   it("is working while requests are in the handler and ready otherwise", async () => {
     const a = createActor(m, { input: { server: "s", service: "svc" } }).start();
     await waitFor(a, (s) => s.matches({ serving: "ready" }));
-    a.send({ type: "WORK_STARTED" });
-    a.send({ type: "WORK_STARTED" });
+    a.send({ type: "BUSY" });
     expect(a.getSnapshot().matches({ serving: "working" })).toBe(true);
-    a.send({ type: "WORK_FINISHED" });
+    a.send({ type: "BUSY" }); // (told twice: still working)
     expect(a.getSnapshot().matches({ serving: "working" })).toBe(true);
-    a.send({ type: "WORK_FINISHED" });
+    a.send({ type: "IDLE" });
     expect(a.getSnapshot().matches({ serving: "ready" })).toBe(true);
   });
 
@@ -209,10 +208,10 @@ describe("server session machine", () => {
   it("persists and restores its snapshot", async () => {
     const a = createActor(m, { input: { server: "s", service: "svc" } }).start();
     await waitFor(a, (s) => s.matches("serving"));
-    a.send({ type: "WORK_STARTED" });
+    a.send({ type: "BUSY" });
     const b = createActor(m, { snapshot: JSON.parse(JSON.stringify(a.getPersistedSnapshot())), input: { server: "s", service: "svc" } }).start();
     expect(b.getSnapshot().value).toEqual(a.getSnapshot().value);
-    b.send({ type: "WORK_FINISHED" });
+    b.send({ type: "IDLE" });
     expect(b.getSnapshot().matches({ serving: "ready" })).toBe(true);
   });
 });
