@@ -114,7 +114,6 @@ export class TandemServer {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private epochAskedAt = -Infinity;
   private running = new Map<string, Running>();
-  /** Work started minus finished in this I/O turn, not yet applied to the machine (see note()). */
   /** Requests in the handler now, and whether the machine was last told some are (BUSY). */
   private handling = 0;
   private toldBusy = false;

@@ -299,7 +299,7 @@ export class Effects implements TermEffects {
    */
   private async sendBatch(epoch: number, server: string, session: string, service: string, items: Array<{ n: number; work: DispatchWork; acked: (ok: boolean) => void }>): Promise<void> {
     const { rt } = this.term;
-    const built: Array<{ n: number; json: string; kind: string; tp?: string; acked: (ok: boolean) => void }> = [];
+    const built: Array<{ n: number; json: string; kind: DispatchWork["kind"]; tp?: string; acked: (ok: boolean) => void }> = [];
     for (const it of items) {
       const work = await this.workMessage(epoch, server, session, it.n, service, it.work);
       if (!work) it.acked(false);
@@ -308,11 +308,11 @@ export class Effects implements TermEffects {
     if (!this.term.acting) return;
     for (const chunk of chunks(built, (b) => b.json.length, batchBytes(rt.nc.info?.max_payload))) {
       const first = chunk[0]!;
-      const headers = makeHeaders({ session, request: first.n, epoch, kind: first.kind as never, ...(first.tp !== undefined ? { traceparent: first.tp } : {}) });
+      const headers = makeHeaders({ session, request: first.n, epoch, kind: first.kind, ...(first.tp !== undefined ? { traceparent: first.tp } : {}) });
       for (const { n } of chunk.slice(1)) headers.append(Header.Request, String(n));
       trace("manager.dispatch", session, first.n);
       const data = chunk.length === 1 ? first.json : `{"batch":[${chunk.map((b) => b.json).join(",")}]}`;
-      rt.requester.request(rt.names.work(server, session), new TextEncoder().encode(data), { timeout: rt.config.ackTimeoutMs, headers }).then(
+      rt.requester.request(rt.names.work(server, session), utf8.encode(data), { timeout: rt.config.ackTimeoutMs, headers }).then(
         (r) => {
           const rep = decode(r.data) as Reply<{ results?: Array<{ n: number; error?: unknown }> }>;
           if (chunk.length === 1) return first.acked(rep.ok);
@@ -427,6 +427,8 @@ export class Effects implements TermEffects {
     };
   }
 }
+
+const utf8 = new TextEncoder();
 
 /** Bytes one batch carries at most: 256 kB, or half of what the NATS server takes (one larger item goes alone). */
 function batchBytes(maxPayload: number | undefined): number {
