@@ -6,7 +6,8 @@
  */
 import type { Msg, Subscription } from "@nats-io/transport-node";
 import { createActor, fromPromise, waitFor, type Actor, type Snapshot } from "xstate";
-import { DeliveryCore, type HandOver } from "../machines/clientDelivery.js";
+import { DeliveryCore, type HandOver, type ReceiptBody, type SessionDelivery } from "../machines/clientDelivery.js";
+import { PoolDeliveryCore } from "../machines/poolDelivery.js";
 import { clientSessionMachine } from "../machines/clientSessionMachine.js";
 import type {
   ClientRestartAck,
@@ -44,6 +45,12 @@ export interface OpenOptions {
    * concurrently at the session's server. Not with `hedge`.
    */
   window?: number;
+  /**
+   * false: an unordered pool (README: Pools). Requests of the session go to any server of the
+   * service with room (up to `window` at once, by default as many as may be pending) and
+   * responses reach the application as they complete, each once. Not with `hedge`.
+   */
+  ordered?: boolean;
   /**
    * Hedged requests (docs/design.md §5): each request goes to one server and, with no response after
    * `after` ms (0 = at once, "p95" = the service's learned 95th percentile), to up to
@@ -354,7 +361,7 @@ export class TandemClient {
       // Not attached yet: its resume, in flight, synchronises it with the manager.
       if (!s || !s.isAttached) continue;
       s.restartFromManager(msg.epoch);
-      acks.push({ session: s.id, taken: s.acceptedUpTo });
+      acks.push({ session: s.id, ...s.acceptedBody() });
     }
     this.log.info({ epoch: msg.epoch, sessions: acks.length }, "restarted by the manager");
     replyOk<ClientRestartAck>(m, { client: this.id, sessions: acks });
@@ -371,7 +378,7 @@ export class ClientSession {
   private serviceName: string;
   private log: Logger;
   /** The delivery rules and watermarks (machines/clientDelivery.ts): this class carries them out. */
-  private readonly delivery = new DeliveryCore<DeliverMsg>(Date.now());
+  private delivery: SessionDelivery<DeliverMsg>;
   private maxPending: number;
   private openError: unknown = null;
   private maxPayload = Infinity;
@@ -407,6 +414,7 @@ export class ClientSession {
   ) {
     this.sessionId = resumeId;
     this.serviceName = service;
+    this.delivery = opts.ordered === false ? new PoolDeliveryCore<DeliverMsg>(Date.now()) : new DeliveryCore<DeliverMsg>(Date.now());
     this.maxPending = opts.maxPending ?? client.rt.config.maxPending;
     this.restartData = opts.restart;
     this.storedRestart = opts.restart !== undefined ? JSON.stringify(opts.restart) : undefined;
@@ -432,7 +440,7 @@ export class ClientSession {
   }
   /** Requests sent whose responses the application has not been handed. */
   get pending(): number {
-    return this.delivery.lastReq - this.delivery.handed;
+    return this.delivery.lastReq - this.delivery.handedCount;
   }
   get lastRequest(): number {
     return this.delivery.lastReq;
@@ -441,9 +449,17 @@ export class ClientSession {
   get takenUpTo(): number {
     return this.delivery.taken;
   }
-  /** @internal */
-  get acceptedUpTo(): number {
-    return this.delivery.accepted;
+  /** @internal what it accepted, as a restart's acknowledgement says it. */
+  acceptedBody(): ReceiptBody {
+    return this.delivery.acceptedBody();
+  }
+  /** Receipts committed, with a pool's numbers above the watermark. */
+  get takenSet(): { upTo: number; also?: number[] } {
+    return this.delivery.takenMarks();
+  }
+  /** An unordered pool (opened with `ordered: false`). */
+  get ordered(): boolean {
+    return this.delivery.ordered;
   }
   /** @internal the manager knows this incarnation (open or resume finished). */
   get isAttached(): boolean {
@@ -513,6 +529,7 @@ export class ClientSession {
       ...(this.opts.restart !== undefined ? { restart: this.opts.restart } : {}),
       ...(this.opts.maxPending !== undefined ? { maxPending: this.opts.maxPending } : {}),
       ...(this.opts.window !== undefined ? { window: this.opts.window } : {}),
+      ...(this.opts.ordered === false ? { ordered: false } : {}),
       ...(this.opts.hedge !== undefined ? { hedge: this.opts.hedge } : {}),
       ...(this.opts.retry !== undefined ? { retry: this.opts.retry } : {}),
     });
@@ -542,6 +559,8 @@ export class ClientSession {
   private async doResume(session: string): Promise<{ session: string; epoch: number }> {
     const rep = await this.call<ResumeReply>("resume", { client: this.client.id, session, lastReq: this.delivery.lastReq, taken: this.delivery.taken });
     this.serviceName = rep.service;
+    // Resumed by id in a new process: the manager says whether the session is a pool.
+    if (rep.pool === true && this.delivery.ordered) this.delivery = new PoolDeliveryCore<DeliverMsg>(Date.now());
     // Requests this process sent that the manager still lacks: send them again (same message
     // id: stored at most once). Says in the log whether JetStream already had them.
     for (let n = rep.lastReq + 1; n <= this.delivery.lastReq; n++) {
@@ -631,7 +650,7 @@ export class ClientSession {
       kind,
       payload: payload ?? null,
       ...(newRestart ? { restart: opts.restart } : {}),
-      ...(carry ? { taken: carry } : {}),
+      ...(carry ? this.delivery.receipt(carry) : {}),
       tp,
       ...(deadline !== undefined ? { deadline } : {}),
       ...(notBefore !== undefined && notBefore > Date.now() ? { notBefore } : {}),
@@ -776,7 +795,7 @@ export class ClientSession {
     const r = this.delivery.accept(d.n, d, Date.now());
     if (!r.accepted) {
       // Again after a manager restart: already have it. Out of order: refused, it comes again.
-      return r.duplicate ? true : new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${r.expected}`);
+      return r.duplicate ? true : new TandemError(ErrorCode.Malformed, `delivery of ${d.n} out of order; expected ${r.duplicate === false ? r.expected : "?"}`);
     }
     void this.pumpTake();
     return true;
@@ -819,7 +838,7 @@ export class ClientSession {
           return;
         }
         try {
-          await this.publishDurable(commit, encode({ taken: commit }), "control", undefined, `${this.id}.t${commit}`);
+          await this.publishDurable(commit, encode(d.receipt(commit)), "control", undefined, `${this.id}.t${commit}`);
         } catch {
           // The connection is closed: the receipt stays uncommitted, and a resume hands these
           // responses again with `takenUpTo` saying so (I2).
@@ -836,6 +855,7 @@ export class ClientSession {
   /** Carry out one hand-over the delivery rules decided. */
   private handOver({ n, delivery: d, to }: HandOver<DeliverMsg>): void {
     this.giveUps.get(n)?.();
+    this.unanswered.delete(n); // answered: never sent again
     // Its caller was told already (it gave up): taken, handed to nobody.
     if (to === "nobody") return;
     const resp: Response = d.error ? { n, ok: false, error: TandemError.fromWire(d.error), server: d.server } : { n, ok: true, value: d.ok, server: d.server };
@@ -851,9 +871,9 @@ export class ClientSession {
     }
   }
 
-  private committed(upTo: number): void {
-    if (!this.delivery.committed(upTo)) return;
-    for (const f of this.commitListeners) f(upTo);
+  private committed(token: number): void {
+    if (!this.delivery.committed(token)) return;
+    for (const f of this.commitListeners) f(this.delivery.taken);
   }
 
   /** Called with the watermark each time receipts up to it are committed. */

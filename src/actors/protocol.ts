@@ -21,8 +21,10 @@ export type ParsedRequest =
       restartSize: number;
       /** Receipts committed along with this request (the client's `taken` riding on it). */
       taken?: number;
+      /** A pool's receipts above `taken`. */
+      takenAlso?: number[];
     }
-  | { type: "taken"; client: string; session: string; taken: number }
+  | { type: "taken"; client: string; session: string; taken: number; takenAlso?: number[] }
   | { type: "cancel"; client: string; session: string; n: number; reason: "cancelled" | "deadline" }
   | {
       type: "open";
@@ -68,6 +70,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
           service: o.service,
           maxPending: o.maxPending ?? 1000,
           ...(o.window !== undefined ? { window: o.window } : {}),
+          ...(o.pool === true ? { pool: true } : {}),
           ...("restart" in o ? { restart: o.restart } : {}),
           ...(o.hedge !== undefined ? { hedge: parseHedge(o.hedge) } : {}),
           ...(o.retry !== undefined ? { retry: o.retry } : {}),
@@ -77,7 +80,8 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
         const c = parse(V.cancelRecord, v);
         return { type: "cancel", ...ids, n: c.cancel, reason: c.reason };
       }
-      return { type: "taken", ...ids, taken: parse(V.taken, v).taken };
+      const t = parse(V.taken, v);
+      return { type: "taken", ...ids, taken: t.taken, ...(t.takenAlso !== undefined ? { takenAlso: t.takenAlso } : {}) };
     }
     const r = parse(V.request, v);
     if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
@@ -100,6 +104,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
       size,
       restartSize,
       ...(r.taken !== undefined ? { taken: r.taken } : {}),
+      ...(r.takenAlso !== undefined ? { takenAlso: r.takenAlso } : {}),
     };
   } catch (err) {
     const n = Number(m.headers?.get(Header.Request));

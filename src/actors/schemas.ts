@@ -55,6 +55,8 @@ export const MAX_HEDGE_COPIES = 8;
 export const MAX_BATCH = 64;
 /** The most requests of one session at its server at once (OpenOptions.window). */
 export const MAX_WINDOW = 1024;
+/** A pool's receipts above its floor: within its window, so at most MAX_WINDOW of them. */
+const TakenAlso = Type.Array(Seq, { maxItems: MAX_WINDOW });
 export const HedgeSchema = Type.Object({
   copies: Type.Integer({ minimum: 2, maximum: MAX_HEDGE_COPIES }),
   after: Type.Union([Type.Literal("p95"), Type.Number({ minimum: 0, maximum: 3_600_000 })]),
@@ -70,18 +72,22 @@ export const RequestRecord = Type.Object({
   tp: Type.Optional(Type.Unknown()),
   /** Receipts riding on the request: the client's `taken`. */
   taken: Type.Optional(Count),
+  /** A pool's receipts above `taken` (bounded by its window). */
+  takenAlso: Type.Optional(TakenAlso),
   deadline: Type.Optional(Deadline),
   /** Dispatch no earlier than this, ms since the epoch (a delayed request). */
   notBefore: Type.Optional(Deadline),
   retry: Type.Optional(RetrySchema),
 });
-export const TakenRecord = Type.Object({ taken: Count });
+export const TakenRecord = Type.Object({ taken: Count, takenAlso: Type.Optional(TakenAlso) });
 /** The caller gave up on request `cancel` (an abort, or its deadline passed). */
 export const CancelRecord = Type.Object({ cancel: Seq, reason: Type.Union([Type.Literal("cancelled"), Type.Literal("deadline")]) });
 export const OpenRecord = Type.Object({
   open: Type.Object({
     service: Token,
     ordered: Type.Optional(Type.Boolean()),
+    /** An unordered pool (`ordered` was written by earlier managers and never acted on). */
+    pool: Type.Optional(Type.Literal(true)),
     maxPending: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
     window: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_WINDOW })),
     restart: Type.Optional(Type.Unknown()),
@@ -194,6 +200,8 @@ const SessionRecordSchema = Type.Object({
   ordered: Type.Optional(Type.Boolean()),
   maxPending: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
   window: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_WINDOW })),
+  pool: Type.Optional(Type.Literal(true)),
+  takenAlso: Type.Optional(TakenAlso),
   hedge: Type.Optional(HedgeSchema),
   retry: Type.Optional(RetrySchema),
   server: Type.Union([Type.Null(), Token]),

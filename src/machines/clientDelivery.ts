@@ -14,6 +14,8 @@
  * - taken:    the last receipt committed (durable in the request queue)
  */
 
+import type { MarksWire } from "./marks.js";
+
 /** Where a response goes: its waiting request, a `responses()` reader, or nobody (its caller gave up). */
 export type HandTo = "waiter" | "reader" | "nobody";
 
@@ -25,7 +27,61 @@ export interface HandOver<D> {
 
 export type AcceptOutcome = { accepted: true } | { accepted: false; duplicate: true } | { accepted: false; duplicate: false; expected: number };
 
-export class DeliveryCore<D> {
+/** A receipt as it travels on a request or a TAKEN record (`takenAlso`: pools only). */
+export interface ReceiptBody {
+  taken: number;
+  takenAlso?: number[];
+}
+
+/** What the manager says of a session on resume. */
+export interface ManagerView {
+  lastReq: number;
+  taken: number;
+  takenAlso?: number[];
+}
+
+/**
+ * The delivery rules of a session as the actor uses them: in order (DeliveryCore) or as they
+ * complete (PoolDeliveryCore, machines/poolDelivery.ts). A receipt is named by a token, a number
+ * that grows with every new receipt; `receipt(token)` is what it says on the wire.
+ */
+export interface SessionDelivery<D> {
+  readonly ordered: boolean;
+  lastReq: number;
+  lastDelivery: number;
+  /** Floors: every n up to these is accepted, handed, committed (a pool may have more above). */
+  readonly accepted: number;
+  readonly handed: number;
+  readonly taken: number;
+  /** How many responses were handed (for `pending`). */
+  readonly handedCount: number;
+  sent(n: number, now: number, notBefore?: number): void;
+  carryable(): number;
+  carry(token: number): void;
+  receipt(token: number): ReceiptBody;
+  accept(n: number, delivery: D, now: number): AcceptOutcome;
+  wantRead(): void;
+  abandon(n: number): boolean;
+  answeredElsewhere(n: number): boolean;
+  isWaiting(n: number): boolean;
+  handOvers(): Array<HandOver<D>>;
+  handable(): boolean;
+  receiptDue(): number | null;
+  receiptFailed(): void;
+  committed(token: number): boolean;
+  resumed(manager: ManagerView): void;
+  unclaimed(): number;
+  outstanding(): number;
+  stalled(now: number, stallMs: number): boolean;
+  finish(): void;
+  /** What the session accepted, for a manager's restart (its deliveries restart from there). */
+  acceptedBody(): ReceiptBody;
+  /** What is committed: the watermark, and a pool's numbers above it. */
+  takenMarks(): MarksWire;
+}
+
+export class DeliveryCore<D> implements SessionDelivery<D> {
+  readonly ordered = true;
   lastReq = 0;
   accepted = 0;
   handed = 0;
@@ -53,6 +109,23 @@ export class DeliveryCore<D> {
     if (notBefore !== undefined && notBefore > this.lastDelivery) this.lastDelivery = notBefore;
     this.lastReq = Math.max(this.lastReq, n);
     this.waiting.add(n);
+  }
+
+  get handedCount(): number {
+    return this.handed;
+  }
+
+  /** In order, a receipt's token is its watermark. */
+  receipt(token: number): ReceiptBody {
+    return { taken: token };
+  }
+
+  acceptedBody(): ReceiptBody {
+    return { taken: this.accepted };
+  }
+
+  takenMarks(): MarksWire {
+    return { upTo: this.taken };
   }
 
   /** The receipt a request about to be sent could carry (0: none); `carry` marks it carried. */
@@ -154,7 +227,7 @@ export class DeliveryCore<D> {
    * in this process starts from the committed watermark: responses handed to an earlier process
    * but not committed are handed again.
    */
-  resumed(manager: { lastReq: number; taken: number }): void {
+  resumed(manager: ManagerView): void {
     const live = this.handed > 0 || this.lastReq > 0;
     this.lastReq = Math.max(this.lastReq, manager.lastReq);
     this.taken = Math.max(this.taken, manager.taken);

@@ -102,6 +102,22 @@ export interface SessionEntry {
   inFlight: Map<number, InFlight>;
   /** Requests of the session that may be at its server at once (1: one at a time). */
   window: number;
+  /**
+   * False for an unordered pool (docs/design.md §6, pools): each request goes to any server of the
+   * service with room, and responses are delivered as they complete. A pool has no one server
+   * (`server` stays null): `synced` says which servers may take its work in this epoch.
+   */
+  ordered: boolean;
+  /** Pools: servers restarted with this session in this epoch (or live when it opened). */
+  synced: Set<string>;
+  /** Pools: servers a restart naming this session was sent to, not yet acknowledged. */
+  restarting: Set<string>;
+  /** Pools: responses the client took above `taken` (its receipts name them). */
+  takenAlso: Set<number>;
+  /** Pools: responses the live client accepted above `delivered`. */
+  deliveredAlso: Set<number>;
+  /** Pools: deliveries in flight (in order, `delivering` is the highest one). */
+  deliveringSet: Set<number>;
   dispatchRetryAt: number;
   dispatchAttempts: number;
   clientRestart: RestartRecord | null;
@@ -177,6 +193,10 @@ export interface SessionRecord {
   maxPending: number;
   /** Absent: 1 (records written before windows). */
   window?: number;
+  /** An unordered pool (absent: ordered). */
+  pool?: true;
+  /** Pools: receipts above `taken`. */
+  takenAlso?: number[];
   hedge?: HedgeOptions;
   retry?: RetryOptions;
   server: string | null;
@@ -348,11 +368,13 @@ export class ManagerCore {
 
   /** Open a session; the caller checked the service is known. */
   open(
-    args: { session: string; client: string; service: string; maxPending: number; window?: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    args: { session: string; client: string; service: string; maxPending: number; window?: number; pool?: boolean; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
   ): { entry: SessionEntry; effects: Effect[] } {
-    const entry = this.newEntry(args.session, args.client, args.service, args.maxPending, args.hedge, args.retry, args.window);
-    entry.server = this.pickServer(args.service);
+    const entry = this.newEntry(args.session, args.client, args.service, args.maxPending, args.hedge, args.retry, args.window, args.pool);
+    if (entry.ordered) entry.server = this.pickServer(args.service);
+    // Nothing of a new session runs anywhere: every live server may take its work at once.
+    else for (const v of this.byLoad(args.service)) entry.synced.add(v.id);
     entry.serverSynced = true;
     if (args.restart !== undefined) entry.clientRestart = { data: args.restart, n: 0, seq: 0 };
     this.add(entry);
@@ -371,7 +393,7 @@ export class ManagerCore {
    * for services nobody serves, by writing open records into their own queues).
    */
   onOpenRecord(
-    m: { seq: number; client: string; session: string; service: string; maxPending: number; window?: number; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
+    m: { seq: number; client: string; session: string; service: string; maxPending: number; window?: number; pool?: boolean; restart?: unknown; hedge?: HedgeOptions; retry?: RetryOptions },
     now: number,
     replaying = true,
   ): Effect[] {
@@ -382,8 +404,8 @@ export class ManagerCore {
       return [{ type: "dlq", code: "TANDEM_MALFORMED", message, context: { client: m.client, session: m.session, seq: m.seq } }];
     }
     const maxPending = Math.min(m.maxPending, this.limits.maxPending);
-    const entry = this.newEntry(m.session, m.client, m.service, maxPending, m.hedge, m.retry, m.window);
-    entry.server = this.pickServer(m.service);
+    const entry = this.newEntry(m.session, m.client, m.service, maxPending, m.hedge, m.retry, m.window, m.pool);
+    if (entry.ordered) entry.server = this.pickServer(m.service);
     entry.serverSynced = false; // whichever server gets it must be restarted with it
     if (m.restart !== undefined) entry.clientRestart = { data: m.restart, n: 0, seq: m.seq };
     this.add(entry);
@@ -404,6 +426,8 @@ export class ManagerCore {
     if (!s || s.client !== client) return { entry: null, effects: [] };
     s.delivered = s.taken;
     s.delivering = 0;
+    s.deliveredAlso = new Set(s.takenAlso);
+    s.deliveringSet.clear();
     s.deliverRetryAt = 0;
     s.deliverAttempts = 0;
     const c = this.client(client);
@@ -433,15 +457,15 @@ export class ManagerCore {
       client: s.client,
       service: s.service,
       restart: null,
-      requests: [...s.requests.keys()].filter((n) => n > s.answered).sort((a, b) => a - b),
-      responses: [...s.responses.keys()].filter((n) => n > s.taken).sort((a, b) => a - b),
+      requests: [...s.requests.keys()].filter((n) => n > s.answered && !s.takenAlso.has(n)).sort((a, b) => a - b),
+      responses: [...s.responses.keys()].filter((n) => n > s.taken && !s.takenAlso.has(n)).sort((a, b) => a - b),
       lastReq: s.lastReq,
       taken: s.taken,
     };
   }
 
   pendingCount(s: SessionEntry): number {
-    return s.lastReq - s.taken;
+    return s.lastReq - s.taken - s.takenAlso.size;
   }
 
   // ---- queue events (from the streams, in stream order) -------------------------------
@@ -488,8 +512,8 @@ export class ManagerCore {
         effects.push({ type: "putRestart", session: s.id, side: "client", record: rec });
       }
     }
-    // A duplicate, or on replay a request whose answer was read first: nothing to hold.
-    if (m.n <= s.answered || s.requests.has(m.n) || s.responses.has(m.n)) return effects;
+    // A duplicate, or on replay a request whose answer was read first (or, in a pool, taken): nothing to hold.
+    if (m.n <= s.answered || s.requests.has(m.n) || s.responses.has(m.n) || s.takenAlso.has(m.n)) return effects;
     s.lastReq = Math.max(s.lastReq, m.n);
     s.dirty = true;
     let reject: WireErr | null = null;
@@ -543,7 +567,7 @@ export class ManagerCore {
   onUnreadableRequest(m: { seq: number; client: string; session: string; n: number; error: WireErr }, now: number): Effect[] {
     this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
-    if (!s || s.client !== m.client || m.n <= s.answered || s.requests.has(m.n) || m.n > s.taken + s.maxPending) return [];
+    if (!s || s.client !== m.client || m.n <= s.answered || s.requests.has(m.n) || s.takenAlso.has(m.n) || m.n > s.taken + s.maxPending) return [];
     s.lastReq = Math.max(s.lastReq, m.n);
     s.dirty = true;
     s.requests.set(m.n, { kind: "request", payload: null, seq: m.seq, rejected: true });
@@ -552,21 +576,38 @@ export class ManagerCore {
     return effects;
   }
 
-  onTaken(m: { seq: number; client: string; session: string; taken: number }, now: number): Effect[] {
+  /** A receipt: the client took every response up to `taken` (a pool's: and those in `also`). */
+  onTaken(m: { seq: number; client: string; session: string; taken: number; also?: readonly number[] }, now: number): Effect[] {
     this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
-    if (!s || s.client !== m.client || m.taken <= s.taken) return [];
+    if (!s || s.client !== m.client) return [];
+    let moved = m.taken > s.taken;
+    if (moved) s.taken = m.taken;
+    if (m.also && !s.ordered) {
+      for (const n of m.also) {
+        if (n > s.taken && n <= s.lastReq && !s.takenAlso.has(n)) {
+          s.takenAlso.add(n);
+          moved = true;
+        }
+      }
+    }
+    if (!moved) return [];
+    for (const n of s.takenAlso) if (n <= s.taken) s.takenAlso.delete(n);
+    while (s.takenAlso.delete(s.taken + 1)) s.taken++;
     // Not clipped to `answered`: on replay the two streams are read independently, and the
     // client only takes what was answered, so taken implies answered.
-    s.taken = m.taken;
     if (s.answered < s.taken) s.answered = s.taken;
-    for (const n of s.responses.keys()) if (n <= s.taken) this.dropResponse(s, n);
-    for (const n of s.requests.keys()) if (n <= s.answered) this.dropRequest(s, n);
-    for (const n of s.attempts.keys()) if (n <= s.answered) s.attempts.delete(n);
-    for (const n of s.sentTo.keys()) if (n <= s.answered) s.sentTo.delete(n);
-    for (const n of s.inFlight.keys()) if (n <= s.answered) s.inFlight.delete(n);
-    for (const n of s.suspects) if (n <= s.answered) s.suspects.delete(n);
+    while (s.responses.has(s.answered + 1) || s.takenAlso.has(s.answered + 1)) s.answered++;
+    const gone = (n: number) => n <= s.answered || s.takenAlso.has(n);
+    for (const n of s.responses.keys()) if (n <= s.taken || s.takenAlso.has(n)) this.dropResponse(s, n);
+    for (const n of s.requests.keys()) if (gone(n)) this.dropRequest(s, n);
+    for (const n of s.attempts.keys()) if (gone(n)) s.attempts.delete(n);
+    for (const n of s.sentTo.keys()) if (gone(n)) s.sentTo.delete(n);
+    for (const n of s.inFlight.keys()) if (gone(n)) s.inFlight.delete(n);
+    for (const n of s.suspects) if (gone(n)) s.suspects.delete(n);
     if (s.delivered < s.taken) s.delivered = s.taken;
+    for (const n of s.takenAlso) if (n > s.delivered) s.deliveredAlso.add(n);
+    this.collapseDelivered(s);
     s.dirty = true;
     const effects: Effect[] = [];
     this.pump(s, now, effects);
@@ -607,7 +648,7 @@ export class ManagerCore {
         effects.push({ type: "putRestart", session: s.id, side: "server", record: rec });
       }
     }
-    if (m.n <= s.taken || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
+    if (m.n <= s.taken || s.takenAlso.has(m.n) || s.responses.has(m.n)) return effects; // JetStream de-duplicated already; belt and braces
     if (m.server !== MANAGER) {
       const req = s.requests.get(m.n);
       // Stored after the request's deadline: too late to be its answer, on replay as live (the
@@ -632,7 +673,7 @@ export class ManagerCore {
     s.attempts.delete(m.n);
     s.sentTo.delete(m.n);
     s.suspects.delete(m.n);
-    while (s.responses.has(s.answered + 1) || (s.answered + 1 <= s.taken)) s.answered++;
+    while (s.responses.has(s.answered + 1) || s.answered + 1 <= s.taken || s.takenAlso.has(s.answered + 1)) s.answered++;
     const d = s.inFlight.get(m.n);
     if (d) {
       this.budget(s.service).observe(now - d.at);
@@ -694,7 +735,7 @@ export class ManagerCore {
   }
 
   private attemptFailed(s: SessionEntry, f: { seq: number; n: number; server: string; error: WireErr; at: number }, now: number, effects: Effect[]): void {
-    if (f.n <= s.answered || s.responses.has(f.n)) return;
+    if (f.n <= s.answered || s.responses.has(f.n) || s.takenAlso.has(f.n)) return;
     const req = s.requests.get(f.n);
     if (req?.rejected) return;
     let a = s.attempts.get(f.n);
@@ -739,7 +780,7 @@ export class ManagerCore {
   /** Answer a request TANDEM_DEADLINE or TANDEM_CANCELLED, unless it has its answer; stop it where it runs. */
   private giveUp(s: SessionEntry, n: number, reason: "deadline" | "cancelled", effects: Effect[]): void {
     const req = s.requests.get(n);
-    if (!req || req.rejected || n <= s.answered || s.responses.has(n)) return;
+    if (!req || req.rejected || n <= s.answered || s.responses.has(n) || s.takenAlso.has(n)) return;
     req.rejected = true;
     const d = s.inFlight.get(n);
     if (d) {
@@ -764,6 +805,7 @@ export class ManagerCore {
   diagnose(session: string, now: number): { reason: string; effects: Effect[] } | null {
     const s = this.sessions.get(session);
     if (!s || s.answered >= s.lastReq || s.inFlight.has(s.answered + 1)) return null;
+    if (!s.ordered) return this.diagnosePool(s, now);
     const req = s.requests.get(s.answered + 1);
     const srv = s.server ? this.servers.get(s.server) : undefined;
     const c = this.clients.get(s.client);
@@ -800,6 +842,24 @@ export class ManagerCore {
     return { reason, effects };
   }
 
+  private diagnosePool(s: SessionEntry, now: number): { reason: string; effects: Effect[] } {
+    const live = this.byLoad(s.service);
+    const reason =
+      live.length === 0
+        ? "no server for the service"
+        : !live.some((v) => s.synced.has(v.id))
+          ? s.restarting.size > 0
+            ? "servers not restarted with the pool yet (restart in flight)"
+            : "servers not restarted with the pool yet"
+          : s.inFlight.size > 0
+            ? `${s.inFlight.size} request(s) at servers; the oldest unanswered waits`
+            : "nothing (pump ran again)";
+    for (const v of live) if (v.restartInFlight && now >= v.restartRetryAt) v.restartInFlight = false;
+    const effects: Effect[] = [];
+    this.pump(s, now, effects);
+    return { reason, effects };
+  }
+
   /** Send request n at the server again (it may have lost it); the server ignores a duplicate it runs. */
   redispatch(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
@@ -824,9 +884,18 @@ export class ManagerCore {
     return [];
   }
 
-  /** The client accepted delivery n (it accepts in order only: everything before it too). */
+  /** The client accepted delivery n (in order it accepts in order only: everything before it too; a pool: n alone). */
   deliverAcked(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
+    if (s && !s.ordered) {
+      if (!s.deliveringSet.delete(n)) return [];
+      if (n > s.delivered) s.deliveredAlso.add(n);
+      this.collapseDelivered(s);
+      s.deliverAttempts = 0;
+      const effects: Effect[] = [];
+      this.pump(s, now, effects);
+      return effects;
+    }
     if (!s || n <= s.delivered || n > s.delivering) return [];
     s.delivered = n;
     if (s.delivering <= n) s.delivering = 0;
@@ -840,6 +909,7 @@ export class ManagerCore {
   deliverPartly(session: string, upTo: number, refused: number, now: number): Effect[] {
     const s = this.sessions.get(session);
     if (!s) return [];
+    if (!s.ordered) return this.deliverFailed(session, refused, now);
     if (upTo > s.delivered && upTo < s.delivering) {
       s.delivered = upTo;
       s.deliverAttempts = 0;
@@ -850,7 +920,12 @@ export class ManagerCore {
   /** Delivery n was not accepted: every one after it is sent again too, from the first not taken. */
   deliverFailed(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || n <= s.delivered || n > s.delivering) return [];
+    if (!s) return [];
+    if (!s.ordered) {
+      // A pool sends every one not accepted again (an ack still on its way only makes a repeat).
+      if (!s.deliveringSet.has(n)) return [];
+      s.deliveringSet.clear();
+    } else if (n <= s.delivered || n > s.delivering) return [];
     s.delivering = 0;
     s.deliverAttempts++;
     s.deliverRetryAt = now + backoff(this.limits.ackTimeoutMs / 4, s.deliverAttempts);
@@ -859,6 +934,11 @@ export class ManagerCore {
       effects.push({ type: "report", level: "warn", message: "client does not take deliveries; retrying with back-off", context: { client: s.client, session: s.id, n } });
     }
     return effects;
+  }
+
+  private collapseDelivered(s: SessionEntry): void {
+    for (const n of s.deliveredAlso) if (n <= s.delivered) s.deliveredAlso.delete(n);
+    while (s.deliveredAlso.delete(s.delivered + 1)) s.delivered++;
   }
 
   // ---- servers ---------------------------------------------------------------------------
@@ -889,7 +969,12 @@ export class ManagerCore {
     const mine: string[] = [];
     for (const s of this.sessions.values()) {
       if (s.service !== service) continue;
-      if (s.server === id && !s.serverSynced) mine.push(s.id);
+      // A pool takes a server only once it has said what of the pool it runs (a paused process
+      // declared dead may come back running work of it).
+      if (!s.ordered) {
+        s.synced.delete(id);
+        mine.push(s.id);
+      } else if (s.server === id && !s.serverSynced) mine.push(s.id);
       else if (s.server === null) {
         this.setServer(s, id);
         s.serverSynced = false;
@@ -921,7 +1006,7 @@ export class ManagerCore {
     if (running) {
       for (const [session, n] of running) {
         const s = this.sessions.get(session);
-        const d = s && s.server === id ? s.inFlight.get(n) : undefined;
+        const d = s && (s.server === id || !s.ordered) ? s.inFlight.get(n) : undefined;
         if (d && d.server === id) {
           d.acked = true;
           d.runningAt = now;
@@ -944,7 +1029,19 @@ export class ManagerCore {
     srv.presumed = false;
     const working = new Map<string, number[]>();
     for (const w of ack.working) working.set(w.session, [...(working.get(w.session) ?? []), w.n]);
+    // A pool is synced only by a restart that named it (its `working` then covers the pool).
+    const named = new Set(ack.sessions ?? []);
     for (const s of this.sessions.values()) {
+      if (!s.ordered) {
+        if (!named.has(s.id) || !s.restarting.delete(ack.server)) continue;
+        s.synced.add(ack.server);
+        for (const [n, d] of s.inFlight) if (d.server === ack.server) s.inFlight.delete(n);
+        for (const n of working.get(s.id) ?? []) {
+          if (n > s.answered && n <= s.answered + s.window && !s.responses.has(n) && !s.takenAlso.has(n) && !s.inFlight.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
+        }
+        this.pump(s, now, effects);
+        continue;
+      }
       if (s.server !== ack.server || s.serverSynced) continue;
       s.serverSynced = true;
       s.inFlight.clear();
@@ -969,6 +1066,10 @@ export class ManagerCore {
     const srv = this.servers.get(server);
     if (!srv) return;
     srv.restartInFlight = true;
+    for (const id of sessions) {
+      const s = this.sessions.get(id);
+      if (s && !s.ordered) s.restarting.add(server);
+    }
     effects.push({ type: "restartServer", server, sessions });
   }
 
@@ -1073,6 +1174,10 @@ export class ManagerCore {
     const moved = new Map<string, string[]>();
     let waiting = 0;
     for (const s of this.sessions.values()) {
+      if (!s.ordered) {
+        this.poolServerDown(s, srv, why, effects);
+        continue;
+      }
       if (s.server !== srv.id) continue;
       const held = new Set<number>();
       for (const [n, d] of s.inFlight) if (d.server === srv.id) held.add(n);
@@ -1107,6 +1212,25 @@ export class ManagerCore {
     for (const [to, ids] of moved) this.requestServerRestart(to, ids, effects);
   }
 
+  /** A pool's requests at a dead server: each costs an attempt, and waits for its record (as in order). */
+  private poolServerDown(s: SessionEntry, srv: ServerEntry, why: string, effects: Effect[]): void {
+    s.synced.delete(srv.id);
+    s.restarting.delete(srv.id);
+    const held = new Set<number>();
+    for (const [n, d] of s.inFlight) if (d.server === srv.id) held.add(n);
+    for (const [n, to] of s.sentTo) if (to === srv.id && n > s.answered && s.requests.has(n)) held.add(n);
+    if (held.size === 0) return;
+    if (held.size > 1) for (const n of held) s.suspects.add(n);
+    for (const n of [...held].sort((a, b) => a - b)) {
+      const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${n} (${why.split(";")[0]})`, context: { server: srv.id } };
+      effects.push({ type: "recordAttempt", session: s.id, n, server: srv.id, error, at: srv.lastSeen });
+      s.awaitingAttempt.add(n);
+      s.inFlight.delete(n);
+      s.sentTo.delete(n);
+    }
+    s.dirty = true;
+  }
+
   // ---- clients ---------------------------------------------------------------------------
 
   private client(id: string): ClientEntry {
@@ -1126,6 +1250,7 @@ export class ManagerCore {
     c.attempts = 0;
     const effects: Effect[] = [];
     const taken = new Map(ack.sessions.map((x) => [x.session, x.taken]));
+    const also = new Map(ack.sessions.map((x) => [x.session, x.takenAlso ?? []]));
     for (const s of this.sessions.values()) {
       if (s.client !== ack.client) continue;
       const t = taken.get(s.id);
@@ -1133,6 +1258,11 @@ export class ManagerCore {
       s.deliverRetryAt = 0;
       // The client's taken may be ahead of ours (its TAKEN message still in the queue).
       s.delivered = Math.max(s.taken, t ?? 0);
+      if (!s.ordered) {
+        s.deliveringSet.clear();
+        s.deliveredAlso = new Set([...s.takenAlso, ...(also.get(s.id) ?? [])]);
+        this.collapseDelivered(s);
+      }
       this.pump(s, now, effects);
     }
     return effects;
@@ -1158,6 +1288,9 @@ export class ManagerCore {
       s.serverSynced = false;
       s.inFlight.clear();
       s.delivering = 0;
+      s.deliveringSet.clear();
+      s.synced.clear();
+      s.restarting.clear();
       this.client(s.client).synced = false;
     }
     for (const srv of this.servers.values()) {
@@ -1170,11 +1303,15 @@ export class ManagerCore {
     // failover. Their acknowledgement proves them alive; the registration that follows still
     // brings their capacity. A dead one fails the restart and times out as before.
     const byServer = new Map<string, string[]>();
+    const add = (server: string, id: string) => byServer.set(server, [...(byServer.get(server) ?? []), id]);
     for (const s of this.sessions.values()) {
+      // A pool may have work at any server of its service: each says what of it runs there.
+      if (!s.ordered) {
+        for (const v of this.servers.values()) if (v.service === s.service) add(v.id, s.id);
+        continue;
+      }
       if (s.server === null || !this.servers.has(s.server)) continue;
-      const list = byServer.get(s.server) ?? [];
-      list.push(s.id);
-      byServer.set(s.server, list);
+      add(s.server, s.id);
     }
     for (const [server, sessions] of byServer) this.requestServerRestart(server, sessions, effects);
     effects.push(...this.tick(now));
@@ -1201,6 +1338,14 @@ export class ManagerCore {
     }
     const byServer = new Map<string, string[]>();
     for (const s of this.sessions.values()) {
+      if (!s.ordered) {
+        for (const v of this.servers.values()) {
+          if (v.service !== s.service || s.synced.has(v.id) || !v.alive || v.presumed || v.restartInFlight || now < v.restartRetryAt) continue;
+          byServer.set(v.id, [...(byServer.get(v.id) ?? []), s.id]);
+        }
+        this.pump(s, now, effects);
+        continue;
+      }
       if (s.server === null) {
         // Waiting for a server: one may be live now without having registered again (a takeover
         // replays open records while every server is presumed, and a server that acknowledges
@@ -1269,7 +1414,7 @@ export class ManagerCore {
     for (const s of this.sessions.values()) {
       if (s.lastReq > s.answered && s.inFlight.size === 0 && !s.requests.has(s.answered + 1) && !s.responses.has(s.answered + 1)) {
         out.push({ session: s.id, missing: "request", n: s.answered + 1 });
-      } else if (s.answered > s.delivered && s.delivering === 0 && !s.responses.has(s.delivered + 1) && s.delivered >= s.taken) {
+      } else if (s.ordered && s.answered > s.delivered && s.delivering === 0 && !s.responses.has(s.delivered + 1) && s.delivered >= s.taken) {
         out.push({ session: s.id, missing: "response", n: s.delivered + 1 });
       }
     }
@@ -1288,6 +1433,7 @@ export class ManagerCore {
     };
     if (late(s.answered + 1)) this.giveUp(s, s.answered + 1, "deadline", effects);
     if (s.inFlight.size > 0) for (const n of [...s.inFlight.keys()]) if (late(n)) this.giveUp(s, n, "deadline", effects);
+    if (!s.ordered) return this.pumpPool(s, now, late, effects);
     // Dispatch: up to `window` requests of the session at its server, the oldest unanswered
     // first; responses still reach the client in request order (I3: the delivery pump below).
     const srv = s.server ? this.servers.get(s.server) : undefined;
@@ -1304,15 +1450,58 @@ export class ManagerCore {
       // Answered by its error response soon; an attempt not yet counted, a retry's back-off.
       if (req.rejected || s.awaitingAttempt.has(n) || now < (s.attempts.get(n)?.retryAt ?? 0)) continue;
       if (s.dispatchAttempts === 0) this.budget(s.service).deposit(); // retries are not new load
-      s.inFlight.set(n, { server: s.server, at: now, acked: false, runningAt: 0 });
-      s.sentTo.set(n, s.server);
-      const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
-      if (req.evicted) work.evicted = true;
-      if (req.tp !== undefined) work.tp = req.tp;
-      if (req.deadline !== undefined) work.deadline = req.deadline;
-      effects.push({ type: "dispatch", server: s.server, session: s.id, n, service: s.service, hedged: s.hedge !== null, work });
+      this.dispatchTo(s, n, req, s.server, now, effects);
     }
     this.pumpDelivery(s, now, effects);
+  }
+
+  /**
+   * A pool's dispatch: up to `window` requests at servers, each to the server with the most room
+   * (its share of them per unit of capacity; at most twice its capacity, so each handler slot has
+   * the next request waiting at the server rather than a round trip away). A delayed request does
+   * not hold back the ones after it: there is no order to keep.
+   */
+  private pumpPool(s: SessionEntry, now: number, late: (n: number) => boolean, effects: Effect[]): void {
+    const window = s.suspects.size > 0 ? 1 : s.window;
+    if (now < s.dispatchRetryAt || s.inFlight.size >= window || s.answered >= s.lastReq) return this.pumpDelivery(s, now, effects);
+    const room: Array<{ srv: ServerEntry; load: number }> = [];
+    for (const id of s.synced) {
+      const srv = this.servers.get(id);
+      if (srv && srv.alive && !srv.presumed) room.push({ srv, load: 0 });
+    }
+    if (room.length === 0) return this.pumpDelivery(s, now, effects);
+    for (const d of s.inFlight.values()) {
+      const r = room.find((x) => x.srv.id === d.server);
+      if (r) r.load++;
+    }
+    for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < window; n++) {
+      if (s.inFlight.has(n) || s.responses.has(n) || s.takenAlso.has(n)) continue;
+      if (late(n)) this.giveUp(s, n, "deadline", effects);
+      const req = s.requests.get(n);
+      if (!req) break; // not read yet: nor are the ones after it
+      if (now < (req.notBefore ?? 0)) continue;
+      if (req.rejected || s.awaitingAttempt.has(n) || now < (s.attempts.get(n)?.retryAt ?? 0)) continue;
+      let best: { srv: ServerEntry; load: number } | undefined;
+      for (const r of room) {
+        if (r.load >= 2 * r.srv.capacity) continue;
+        if (!best || r.load / r.srv.capacity < best.load / best.srv.capacity) best = r;
+      }
+      if (!best) break; // every server is full: the next response frees room
+      best.load++;
+      if (s.dispatchAttempts === 0) this.budget(s.service).deposit();
+      this.dispatchTo(s, n, req, best.srv.id, now, effects);
+    }
+    this.pumpDelivery(s, now, effects);
+  }
+
+  private dispatchTo(s: SessionEntry, n: number, req: PendingRequest, server: string, now: number, effects: Effect[]): void {
+    s.inFlight.set(n, { server, at: now, acked: false, runningAt: 0 });
+    s.sentTo.set(n, server);
+    const work: DispatchWork = { client: s.client, kind: req.kind, payload: req.payload, seq: req.seq, restart: s.serverRestart, attempt: (s.attempts.get(n)?.failures ?? 0) + 1 };
+    if (req.evicted) work.evicted = true;
+    if (req.tp !== undefined) work.tp = req.tp;
+    if (req.deadline !== undefined) work.deadline = req.deadline;
+    effects.push({ type: "dispatch", server, session: s.id, n, service: s.service, hedged: s.hedge !== null, work });
   }
 
   private pumpDelivery(s: SessionEntry, now: number, effects: Effect[]): void {
@@ -1321,6 +1510,16 @@ export class ManagerCore {
     if (now < s.deliverRetryAt) return;
     const c = this.clients.get(s.client);
     if (!c || !c.synced) return;
+    if (!s.ordered) {
+      // As they complete (the table holds responses in the order they were stored).
+      for (const [n, response] of s.responses) {
+        if (s.deliveringSet.size >= s.window) break;
+        if (n <= s.delivered || s.deliveredAlso.has(n) || s.deliveringSet.has(n)) continue;
+        s.deliveringSet.add(n);
+        effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response });
+      }
+      return;
+    }
     for (let n = Math.max(s.delivering, s.delivered) + 1; n <= s.delivered + s.window; n++) {
       const response = s.responses.get(n);
       if (!response) break;
@@ -1331,7 +1530,7 @@ export class ManagerCore {
 
   // ---- persistence -----------------------------------------------------------------------
 
-  private newEntry(id: string, client: string, service: string, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions, window = 1): SessionEntry {
+  private newEntry(id: string, client: string, service: string, maxPending: number, hedge?: HedgeOptions, retry?: RetryOptions, window = 1, pool = false): SessionEntry {
     return {
       id,
       client,
@@ -1350,6 +1549,12 @@ export class ManagerCore {
       inFlight: new Map(),
       // A hedged session races copies of one request: one at a time (calls.ts refuses more).
       window: hedge ? 1 : Math.max(1, Math.min(window, maxPending)),
+      ordered: !pool || hedge !== undefined,
+      synced: new Set(),
+      restarting: new Set(),
+      takenAlso: new Set(),
+      deliveredAlso: new Set(),
+      deliveringSet: new Set(),
       dispatchRetryAt: 0,
       dispatchAttempts: 0,
       clientRestart: null,
@@ -1374,6 +1579,8 @@ export class ManagerCore {
       service: s.service,
       maxPending: s.maxPending,
       ...(s.window > 1 ? { window: s.window } : {}),
+      ...(!s.ordered ? { pool: true as const } : {}),
+      ...(s.takenAlso.size > 0 ? { takenAlso: [...s.takenAlso].sort((a, b) => a - b) } : {}),
       ...(s.hedge ? { hedge: s.hedge } : {}),
       ...(s.retry ? { retry: s.retry } : {}),
       server: s.server,
@@ -1432,12 +1639,14 @@ export class ManagerCore {
     now: number,
   ): void {
     for (const r of records) {
-      const s = this.newEntry(r.session, r.client, r.service, r.maxPending, r.hedge, r.retry, r.window);
-      s.server = r.server;
+      const s = this.newEntry(r.session, r.client, r.service, r.maxPending, r.hedge, r.retry, r.window, r.pool === true);
+      s.server = s.ordered ? r.server : null;
       s.lastReq = r.lastReq;
       s.answered = r.answered;
       s.taken = r.taken;
       s.delivered = r.taken;
+      for (const n of r.takenAlso ?? []) if (n > r.taken && n <= r.lastReq) s.takenAlso.add(n);
+      s.deliveredAlso = new Set(s.takenAlso);
       s.dirty = false;
       const rs = restarts.get(r.session);
       s.clientRestart = rs?.client ?? null;

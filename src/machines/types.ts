@@ -109,12 +109,14 @@ export interface RestartMsg {
 export interface ServerRestartAck {
   server: string;
   working: Array<{ session: string; n: number }>;
+  /** The sessions the restart named (the manager adds them; the server's reply need not). */
+  sessions?: string[];
 }
 
 /** Client -> manager reply to a restart: how far its application has taken responses. */
 export interface ClientRestartAck {
   client: string;
-  sessions: Array<{ session: string; taken: number }>;
+  sessions: Array<{ session: string; taken: number; takenAlso?: number[] }>;
 }
 
 /** Manager -> client: a stored response. */
@@ -147,6 +149,8 @@ export interface OpenReply {
   maxPending: number;
   /** Requests of the session that may be at its server at once. */
   window: number;
+  /** An unordered pool. */
+  pool?: boolean;
   maxPayload: number;
 }
 
@@ -157,6 +161,10 @@ export interface ResumeReply {
   restart: RestartRecord | null;
   lastReq: number;
   taken: number;
+  /** A pool's receipts above `taken`. */
+  takenAlso?: number[];
+  /** An unordered pool. */
+  pool?: boolean;
   requests: number[];
   responses: number[];
   maxPending: number;

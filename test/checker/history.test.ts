@@ -15,6 +15,9 @@ const resumed = (at: number, sent: number): Line => ({ type: "resumed", session:
 const summary: Line = { type: "summary", complete: true };
 
 const check = (lines: Line[], expected: number) => checkHistory([{ name: "c", expected, lines }]).problems;
+const poolTaken = (upTo: number, also: number[]): Line => ({ type: "taken", session: S, upTo, also });
+const poolResumed = (at: number, also: number[], sent: number): Line => ({ type: "resumed", session: S, taken: at, takenAlso: also, unordered: true, restart: { sent } });
+const checkPool = (lines: Line[], expected: number) => checkHistory([{ name: "p", expected, lines, unordered: true }]).problems;
 
 describe("history checker", () => {
   it("passes a session answered once, in order", () => {
@@ -52,5 +55,25 @@ describe("history checker", () => {
 
   it("names a last incarnation that did not finish", () => {
     expect(check([ok(1)], 1)).toEqual(['I1 c: the last incarnation did not finish (null)']);
+  });
+
+  describe("an unordered pool", () => {
+    it("passes answers in any order, each once", () => {
+      expect(checkPool([ok(3), ok(1), poolTaken(1, [3]), ok(2), poolTaken(3, []), summary], 3)).toEqual([]);
+    });
+
+    it("sets aside what a resumed set lacks, and names a committed one delivered again", () => {
+      // 3 committed above the floor, 2 handed but not committed: 2 may come again, 3 may not.
+      expect(checkPool([ok(3), ok(2), poolTaken(0, [3]), poolResumed(0, [3], 3), ok(1), ok(2), poolTaken(3, []), summary], 3)).toEqual([]);
+      expect(checkPool([ok(3), poolTaken(0, [3]), poolResumed(0, [3], 3), ok(3), ok(1), ok(2), summary], 3)).toEqual(["I2 p: s1.3 reached the application twice"]);
+    });
+
+    it("names a resumed set that lost a commit", () => {
+      expect(checkPool([ok(3), poolTaken(0, [3]), poolResumed(0, [], 3), ok(1), ok(2), summary], 3)).toEqual(["I2 p: session s1 resumed without 3, which it had committed", "I1 p: 2 of 3 requests answered; missing (after the last answered)"]);
+    });
+
+    it("still names a request answered twice in one incarnation", () => {
+      expect(checkPool([ok(2), ok(1), ok(2), summary], 2)).toEqual(["I2 p: s1.2 reached the application twice"]);
+    });
   });
 });

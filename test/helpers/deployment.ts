@@ -66,7 +66,7 @@ export class ClientRunner {
 
   history(): ClientHistory {
     this.collect();
-    return { name: this.name, expected: this.expected, lines: this.lines };
+    return { name: this.name, expected: this.expected, lines: this.lines, ...(this.args.includes("--unordered") ? { unordered: true } : {}) };
   }
 }
 

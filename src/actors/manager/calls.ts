@@ -11,7 +11,7 @@ import { newId } from "../../runtime/ids.js";
 import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { decode, encode, encodedSize, makeHeaders, malformed, type ClientCall } from "../../runtime/wire.js";
 import { MANAGER_WRITER, parseHedge, publishDlq, replyError, replyOk } from "../protocol.js";
-import { parse, V } from "../schemas.js";
+import { MAX_WINDOW, parse, V } from "../schemas.js";
 import { now, type PrimaryTerm, type TermCalls } from "./term.js";
 
 /** A client that re-syncs while its request has been at a server this long gets it checked. */
@@ -93,18 +93,23 @@ export class Calls implements TermCalls {
     const maxPending = Math.min((body.maxPending as number | undefined) ?? term.rt.config.maxPending, term.rt.config.maxPending);
     const hedge = body.hedge as HedgeOptions | undefined;
     const retry = body.retry as RetryOptions | undefined;
+    // An unordered pool (docs/design.md §6): its window defaults to as many as may be pending.
+    const pool = body.ordered === false;
+    if (hedge && pool) {
+      return this.reject(m, new TandemError(ErrorCode.Hedge, "a hedged session races copies of one request at a time; an unordered pool cannot be hedged", { context: { ordered: false } }));
+    }
     // At most the pending limit: more could never be at a server at once.
-    const window = Math.min((body.window as number | undefined) ?? 1, maxPending);
+    const window = Math.min((body.window as number | undefined) ?? (pool ? Math.min(maxPending, MAX_WINDOW) : 1), maxPending);
     if (hedge && window > 1) {
       return this.reject(m, new TandemError(ErrorCode.Hedge, "a hedged session runs one request at a time (its copies race); open it without a window, or open an unhedged session with one", { context: { window } }));
     }
-    const { entry, effects } = core.open({ session, client, service, maxPending, window, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
+    const { entry, effects } = core.open({ session, client, service, maxPending, window, pool, restart: body.restart, ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) }, now());
     try {
       // The session's existence goes into its own request queue first: a standby that takes
       // over from a backup older than this open recreates the session when it replays it.
       await term.store.queues.append(
         term.rt.names.req(client, session),
-        encode({ open: { service, maxPending, ...(window > 1 ? { window } : {}), ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
+        encode({ open: { service, maxPending, ...(window > 1 ? { window } : {}), ...(pool ? { pool: true } : {}), ...(body.restart !== undefined ? { restart: body.restart } : {}), ...(hedge ? { hedge } : {}), ...(retry ? { retry } : {}) } }),
         { msgID: `${session}.open`, headers: makeHeaders({ session, epoch, kind: "control", client }), timeout: JS_TIMEOUT_MS },
       );
       await term.kv.sessions.create(session, core.record(entry));
@@ -117,7 +122,7 @@ export class Calls implements TermCalls {
       replyError(m, new TandemError(ErrorCode.NotLeader, "this manager lost its lease; retry the open"));
       return;
     }
-    replyOk<OpenReply>(m, { session, epoch, maxPending, window, maxPayload: term.rt.config.maxPayload });
+    replyOk<OpenReply>(m, { session, epoch, maxPending, window, ...(pool ? { pool: true } : {}), maxPayload: term.rt.config.maxPayload });
     term.log.debug({ session, client, service, server: entry.server }, "session opened");
     term.run(effects);
   }
@@ -203,6 +208,7 @@ export class Calls implements TermCalls {
       restart: entry.clientRestart,
       lastReq: entry.lastReq,
       taken: entry.taken,
+      ...(entry.ordered ? {} : { pool: true, ...(entry.takenAlso.size > 0 ? { takenAlso: [...entry.takenAlso].sort((a, b) => a - b) } : {}) }),
       requests: info.requests,
       responses: info.responses,
       maxPending: entry.maxPending,

@@ -148,7 +148,7 @@ export class Effects implements TermEffects {
         }
         this.sendRestart<ServerRestartAck>(rt.names.srv(e.server, "restart"), epoch, sessions).then((acks) => {
           if (!acks) return core.serverRestartFailed(e.server, now());
-          const ack: ServerRestartAck = { server: e.server, working: acks.flatMap((a) => a.working) };
+          const ack: ServerRestartAck = { server: e.server, working: acks.flatMap((a) => a.working), sessions: e.sessions };
           this.term.log.info({ server: e.server, sessions: e.sessions.length, working: ack.working.length, parts: acks.length }, "server session restarted");
           this.term.run(core.serverRestartAcked(ack, now()));
         });
@@ -250,6 +250,20 @@ export class Effects implements TermEffects {
       .then((r) => {
         const rep = decode(r.data) as Reply<DeliverBatchReply>;
         const results = rep.ok && Array.isArray(rep.value?.results) ? rep.value.results : [];
+        if (core.sessions.get(session)?.ordered === false) {
+          // A pool takes each on its own: the accepted ones count, a refused one comes again.
+          let refused = 0;
+          for (const [i, { n }] of chunk.entries()) {
+            const x = results[i];
+            if (!x || x.n !== n || x.error !== undefined) refused ||= n;
+            else {
+              rt.metrics.forService(service).delivered.inc();
+              this.term.run(core.deliverAcked(session, n, now()));
+            }
+          }
+          if (refused) this.term.run(core.deliverFailed(session, refused, now()));
+          return;
+        }
         let upTo = 0;
         for (const [i, { n }] of chunk.entries()) {
           const x = results[i];

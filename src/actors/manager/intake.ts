@@ -31,7 +31,7 @@ export class QueueIntake implements TermIntake {
       return;
     }
     if (parsed.type === "taken") {
-      term.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken }, now()));
+      term.run(core.onTaken({ seq: m.seq, client: parsed.client, session: parsed.session, taken: parsed.taken, ...(parsed.takenAlso ? { also: parsed.takenAlso } : {}) }, now()));
     } else if (parsed.type === "cancel") {
       const { type: _t, ...cancel } = parsed;
       term.run(core.onCancelRecord({ seq: m.seq, ...cancel }, now()));
@@ -40,7 +40,7 @@ export class QueueIntake implements TermIntake {
       term.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying), m);
     } else {
       if (parsed.taken !== undefined) {
-        term.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken }, now()));
+        term.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken, ...(parsed.takenAlso ? { also: parsed.takenAlso } : {}) }, now()));
       }
       trace("manager.request", parsed.request.session, parsed.request.n);
       // The parse gives an upper bound (the message's size): measure exactly only past the limit.

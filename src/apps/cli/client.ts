@@ -20,8 +20,10 @@ Opens C sessions and sends N requests over them (each session in order).
   --service S        service to call
   --requests N       requests in all (default 100)
   --concurrency C    sessions in parallel (default 1)
-  --window W         requests of each session at its server at once (default 1); the
-                     responses still come in request order
+  --window W         requests of each session at its server at once (default 1; 32 with
+                     --unordered); the responses still come in request order
+  --unordered        each session an unordered pool: its requests go to any server of the
+                     service with room, its responses come as they complete
   --json             one JSON line per response on stdout (request id, response, latency),
                      then a summary line
   --state FILE       keep the sessions in FILE: a client killed and started again with the
@@ -66,6 +68,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
     requests: { type: "string" },
     concurrency: { type: "string" },
     window: { type: "string" },
+    unordered: { type: "boolean" },
     json: { type: "boolean" },
     state: { type: "string" },
     id: { type: "string" },
@@ -103,8 +106,10 @@ export async function cmdClient(argv: string[]): Promise<void> {
   const service = state?.service ?? (typeof v.service === "string" ? v.service : fail("--service is required (run `tandem client --help`)"));
   const total = state?.requests ?? int(v.requests, "requests", 100, 1);
   const concurrency = int(v.concurrency, "concurrency", 1, 1);
-  const window = int(v.window, "window", 1, 1);
+  const unordered = v.unordered === true;
+  const window = int(v.window, "window", unordered ? 32 : 1, 1);
   if (hedge && window > 1) fail("--window and --hedge do not go together: a hedged session runs one request at a time");
+  if (hedge && unordered) fail("--unordered and --hedge do not go together: a hedged session races copies of one request at a time");
   let payloadTemplate: unknown;
   if (typeof v.payload === "string") {
     try {
@@ -138,11 +143,12 @@ export async function cmdClient(argv: string[]): Promise<void> {
       for (const p of state.sessions) {
         const s = await client.resume(p);
         sessions.push(s);
-        out({ type: "resumed", session: s.id, restart: s.restart ?? null, lastReq: s.lastRequest, taken: s.takenUpTo });
+        const also = s.takenSet.also;
+        out({ type: "resumed", session: s.id, restart: s.restart ?? null, lastReq: s.lastRequest, taken: s.takenUpTo, ...(s.ordered ? {} : { unordered: true, takenAlso: also ?? [] }) });
       }
       log.info({ sessions: sessions.length }, "resumed sessions from the state file");
     } else {
-      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, { ...(hedge ? { hedge } : {}), ...(window > 1 ? { window } : {}), ...(mix !== undefined ? { retry: CHAOS_SESSION_RETRY } : {}) }));
+      for (let i = 0; i < Math.min(concurrency, total); i++) sessions.push(await client.open(service, { ...(hedge ? { hedge } : {}), ...(window > 1 ? { window } : {}), ...(unordered ? { ordered: false } : {}), ...(mix !== undefined ? { retry: CHAOS_SESSION_RETRY } : {}) }));
       state = { client: client.id, service, requests: total, sessions: sessions.map((s) => s.snapshot()) };
       if (stateFile) writeAtomic(stateFile, JSON.stringify(state));
     }
@@ -150,7 +156,7 @@ export async function cmdClient(argv: string[]): Promise<void> {
     fail(err instanceof TandemError ? `${err.code}: ${err.message}` : String(err), 1);
   }
   // Committed receipts, for anyone checking exactly-once on this output.
-  for (const s of sessions) s.onCommit((upTo) => out({ type: "taken", session: s.id, upTo }));
+  for (const s of sessions) s.onCommit((upTo) => out({ type: "taken", session: s.id, upTo, ...(s.ordered ? {} : { also: s.takenSet.also ?? [] }) }));
   const k = sessions.length;
   for (let i = 0; i < k; i++) quotas.push(Math.floor(total / k) + (i < total % k ? 1 : 0));
   // Progress as a line of its own every 2 s (a line rewritten in place ran into log lines).
@@ -196,9 +202,9 @@ export async function cmdClient(argv: string[]): Promise<void> {
         }
       }
       const quota = quotas[i]!;
-      // Up to `window` requests out at once; their responses come in order, so the oldest is
-      // always the next to finish being awaited.
-      const outstanding: Array<Promise<boolean>> = [];
+      // Up to `window` requests out at once; the next goes when one is answered (in order, the
+      // oldest; in a pool, whichever completes first).
+      const outstanding = new Set<Promise<boolean>>();
       while (!stopping && s.lastRequest < quota) {
         const n = s.lastRequest + 1;
         const b = mix !== undefined ? chaosBehaviour(mix, i, n) : null;
@@ -220,14 +226,14 @@ export async function cmdClient(argv: string[]): Promise<void> {
             ...(b?.retry ? { retry: b.retry } : {}),
             ...(signal ? { signal } : {}),
           });
-          outstanding.push(
-            response.then((r) => {
-              if (!r.ok && r.error?.code === "TANDEM_CLOSED") return false;
-              record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
-              return true;
-            }),
-          );
-          if (outstanding.length >= window && !(await outstanding.shift()!)) break;
+          const done = response.then((r) => {
+            outstanding.delete(done);
+            if (!r.ok && r.error?.code === "TANDEM_CLOSED") return false;
+            record(s, n, r.ok, r.value, r.error, performance.now() - t0, r.server);
+            return true;
+          });
+          outstanding.add(done);
+          if (outstanding.size >= window && !(await Promise.race(outstanding))) break;
         } catch (err) {
           // Refused before queueing (back-pressure, too large): nothing was sent.
           sent--;
