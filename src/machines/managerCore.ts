@@ -1037,7 +1037,7 @@ export class ManagerCore {
         s.synced.add(ack.server);
         for (const [n, d] of s.inFlight) if (d.server === ack.server) s.inFlight.delete(n);
         for (const n of working.get(s.id) ?? []) {
-          if (n > s.answered && n <= s.answered + s.window && !s.responses.has(n) && !s.takenAlso.has(n) && !s.inFlight.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
+          if (n > s.answered && n <= s.answered + s.maxPending && !s.responses.has(n) && !s.takenAlso.has(n) && !s.inFlight.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
         }
         this.pump(s, now, effects);
         continue;
@@ -1456,7 +1456,7 @@ export class ManagerCore {
   }
 
   /**
-   * A pool's dispatch: up to `window` requests at servers, each to the server with the most room
+   * A pool's dispatch: up to `window` requests at servers, the oldest waiting first, each to the server with the most room
    * (its share of them per unit of capacity; at most twice its capacity, so each handler slot has
    * the next request waiting at the server rather than a round trip away). A delayed request does
    * not hold back the ones after it: there is no order to keep.
@@ -1474,7 +1474,10 @@ export class ManagerCore {
       const r = room.find((x) => x.srv.id === d.server);
       if (r) r.load++;
     }
-    for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < window; n++) {
+    // Past a long request, as far as the session may have pending (at most 1,024 in a pool): a
+    // request that runs long holds back none of the others until that many have gone past it.
+    const last = Math.min(s.lastReq, s.answered + s.maxPending);
+    for (let n = s.answered + 1; n <= last && s.inFlight.size < window; n++) {
       if (s.inFlight.has(n) || s.responses.has(n) || s.takenAlso.has(n)) continue;
       if (late(n)) this.giveUp(s, n, "deadline", effects);
       const req = s.requests.get(n);

@@ -90,11 +90,12 @@ export class Calls implements TermCalls {
       );
     }
     const session = newId();
-    const maxPending = Math.min((body.maxPending as number | undefined) ?? term.rt.config.maxPending, term.rt.config.maxPending);
+    const pool = body.ordered === false;
+    // A pool's receipts name what it took above its floor: at most 1,024 pending keeps them small.
+    const maxPending = Math.min((body.maxPending as number | undefined) ?? term.rt.config.maxPending, term.rt.config.maxPending, pool ? MAX_WINDOW : Infinity);
     const hedge = body.hedge as HedgeOptions | undefined;
     const retry = body.retry as RetryOptions | undefined;
     // An unordered pool (docs/design.md §6): its window defaults to as many as may be pending.
-    const pool = body.ordered === false;
     if (hedge && pool) {
       return this.reject(m, new TandemError(ErrorCode.Hedge, "a hedged session races copies of one request at a time; an unordered pool cannot be hedged", { context: { ordered: false } }));
     }
