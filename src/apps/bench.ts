@@ -4,7 +4,7 @@
  * table, and draws SVG charts (latency CDF, throughput vs sessions, failover timeline).
  *
  *   --quick          a run of about a minute
- *   --part P         raw,brokered,path,scale,failover,restart,hedging (comma-separated; default all)
+ *   --part P         raw,brokered,pool,path,scale,failover,restart,hedging (comma-separated; default all)
  *   --out DIR        where results go (default bench-results)
  *   --report FILE    print the tables of an earlier run's JSON again
  *   --logs DIR       keep the log of every process the bench starts (info level) in DIR
@@ -313,11 +313,11 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     return;
   }
   if (values.help) {
-    process.stdout.write("Usage: npm run bench -- [--quick] [--part raw,brokered,path,scale,failover,restart,hedging] [--out DIR] [--logs DIR] | --report FILE.json\n");
+    process.stdout.write("Usage: npm run bench -- [--quick] [--part raw,brokered,pool,path,scale,failover,restart,hedging] [--out DIR] [--logs DIR] | --report FILE.json\n");
     return;
   }
   const quick = values.quick === true;
-  const parts = new Set((values.part ?? "raw,brokered,sync,path,scale,failover,restart,hedging").split(","));
+  const parts = new Set((values.part ?? "raw,brokered,pool,sync,path,scale,failover,restart,hedging").split(","));
   const outDir = values.out ?? "bench-results";
   const D = quick ? 2500 : 8000; // ms per measurement
   mkdirSync(outDir, { recursive: true });
@@ -340,7 +340,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   let rawKit: { run: (what: RawWhat, ms: number) => Promise<{ p50: number; rate: number; count: number }>; pids: number[]; close: () => Promise<void> } | null = null;
   try {
     // ---- raw NATS: the physical limits ----------------------------------------------
-    if (parts.has("raw") || parts.has("brokered")) {
+    if (parts.has("raw") || parts.has("brokered") || parts.has("pool")) {
       process.stderr.write("raw NATS\n");
       // The same client settings as Tandem's own connections, so the ratios compare like with like.
       const a = await connect({ servers: ns.url, noAsyncTraces: true });
@@ -568,6 +568,57 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
           rateRatioAsync: span(paired.map((p) => p.rateRatioAsync)),
         };
       }
+      await undeploy(d);
+    }
+
+    // ---- an unordered pool (issue 17): one session, 128 in flight, spread over 4 servers ------
+    // Paired with the raw work-queue round trip at 128 in flight, as the brokered ratios are.
+    if (parts.has("pool")) {
+      process.stderr.write("an unordered pool on 4 servers\n");
+      const d = await deploy(4);
+      const payload = { x: "y".repeat(100) };
+      const rounds = quick ? 3 : 5;
+      const T = quick ? 1000 : 2000;
+      {
+        const warm = await client.open("bench", { ordered: false, window: 128 });
+        await load(128, 2000, async () => void (await warm.request(payload)), "pool warm-up");
+        await warm.close();
+      }
+      const pool = await client.open("bench", { ordered: false, window: 128 });
+      const byServer = new Map<string, number>();
+      const pids = [...d.managers, ...d.servers].map((p) => p.child.pid!).concat(ns.pid!);
+      const cpuOf = (ps: number[]) => ps.reduce<number>((t, pid) => t + cpuUs(pid), cpuUs());
+      const poolRounds: Array<{ rawWqRate: number; poolRate: number; rateRatio: number; poolCpuUs: number; rawCpuUs: number; cpuRatio: number }> = [];
+      for (let i = 0; i < rounds; i++) {
+        process.stderr.write(`  pool round ${i + 1}/${rounds}\n`);
+        let raw = { rate: 0, count: 1 };
+        let rawCpu = 0;
+        if (rawKit) {
+          await rt.jsm.streams.purge("BENCH");
+          const r0 = rawKit.pids.concat(ns.pid!).reduce<number>((t, pid) => t + cpuUs(pid), 0);
+          raw = await rawKit.run("wq128", T);
+          rawCpu = (rawKit.pids.concat(ns.pid!).reduce<number>((t, pid) => t + cpuUs(pid), 0) - r0) / raw.count;
+        }
+        const c0 = cpuOf(pids);
+        const r = await load(128, T, async () => {
+          const resp = await pool.send(payload).then((x) => x.response);
+          byServer.set(resp.server, (byServer.get(resp.server) ?? 0) + 1);
+        }, `pool round ${i + 1}/${rounds}: 128 in flight`);
+        const poolCpu = (cpuOf(pids) - c0) / r.samples.length;
+        poolRounds.push({ rawWqRate: raw.rate, poolRate: r.rate, rateRatio: raw.rate ? r.rate / raw.rate : 0, poolCpuUs: Math.round(poolCpu), rawCpuUs: Math.round(rawCpu), cpuRatio: rawCpu ? poolCpu / rawCpu : 0 });
+      }
+      await pool.close();
+      const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+      result.pool = {
+        servers: 4,
+        inFlight: 128,
+        rounds: poolRounds,
+        rateRatio: med(poolRounds.map((x) => x.rateRatio)),
+        cpuRatio: med(poolRounds.map((x) => x.cpuRatio)),
+        ratePerS: med(poolRounds.map((x) => x.poolRate)),
+        // How evenly the pool spread: responses per server over all rounds.
+        byServer: Object.fromEntries([...byServer].sort()),
+      };
       await undeploy(d);
     }
 
@@ -958,6 +1009,12 @@ function markdown(result: Record<string, unknown>): string {
     lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | work messages per round trip | delivery messages per round trip |", "|---|---|---|---|---|---|---|");
     const one = win.byWindow[0]!.ratePerS;
     for (const r of win.byWindow) lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} |`);
+  }
+  const pool = result.pool as { servers: number; inFlight: number; rateRatio: number; cpuRatio: number; byServer: Record<string, number>; rounds: Array<Record<string, number>> } | undefined;
+  if (pool) {
+    lines.push("", `| unordered pool, one session on ${pool.servers} servers, ${pool.inFlight} in flight (paired round) | raw work-queue round trips/s (128) | pool round trips/s | ratio | CPU µs/rt raw / pool | ratio |`, "|---|---|---|---|---|---|");
+    pool.rounds.forEach((x, i) => lines.push(`| ${i + 1} | ${f(x.rawWqRate)} | ${f(x.poolRate)} | ${f(x.rateRatio, 3)} | ${f(x.rawCpuUs)} / ${f(x.poolCpuUs)} | ${f(x.cpuRatio, 2)} |`));
+    lines.push(`| median | | | ${f(pool.rateRatio, 3)} | | ${f(pool.cpuRatio, 2)} |`, "", `Responses per server: ${Object.entries(pool.byServer).map(([k, v]) => `${k} ${v}`).join(", ")}.`);
   }
   const pr = result.paired as { msPerMeasurement: number; rounds: Array<Record<string, number>> } | undefined;
   if (pr && pr.rounds[0]?.rawWqRate !== undefined) {
