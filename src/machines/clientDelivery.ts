@@ -80,26 +80,72 @@ export interface SessionDelivery<D> {
   takenMarks(): MarksWire;
 }
 
-export class DeliveryCore<D> implements SessionDelivery<D> {
+/**
+ * Who waits for a session's responses, in either kind of session: the requests of this process,
+ * callers that gave up, `responses()` readers; and the stall rule over them.
+ */
+export abstract class Callers {
+  /** When the manager last delivered, or the session last started waiting (for the stall rule). */
+  lastDelivery: number;
+  /** Requests of this process waiting for their response. */
+  protected readonly waiting = new Set<number>();
+  /** Requests whose caller gave up and was answered locally: taken when delivered, handed to nobody. */
+  protected readonly abandoned = new Set<number>();
+  /** `responses()` reads waiting for a response no request of this process waits for. */
+  protected readers = 0;
+
+  constructor(now: number) {
+    this.lastDelivery = now;
+  }
+
+  /** Responses someone is waiting for (a request of this process, or a reader of earlier ones). */
+  abstract outstanding(): number;
+
+  /** A `responses()` read is waiting. */
+  wantRead(): void {
+    this.readers++;
+  }
+
+  /** The caller of request n gave up and was told so: its delivery, when it comes, is taken for nobody. */
+  abandon(n: number): boolean {
+    if (!this.waiting.delete(n)) return false;
+    this.abandoned.add(n);
+    return true;
+  }
+
+  /** Request n was answered without a delivery (the manager refused it): nobody waits any more. */
+  answeredElsewhere(n: number): boolean {
+    return this.waiting.delete(n);
+  }
+
+  isWaiting(n: number): boolean {
+    return this.waiting.has(n);
+  }
+
+  /**
+   * The stall rule: something is awaited and nothing was delivered for `stallMs`. The actor then
+   * re-syncs with the manager (a safety net: never expected; logged when it happens).
+   */
+  stalled(now: number, stallMs: number): boolean {
+    return this.outstanding() > 0 && now - this.lastDelivery >= stallMs;
+  }
+
+  /** The session is finished in this process: nobody waits or reads any more. */
+  finish(): void {
+    this.waiting.clear();
+    this.abandoned.clear();
+    this.readers = 0;
+  }
+}
+
+export class DeliveryCore<D> extends Callers implements SessionDelivery<D> {
   readonly ordered = true;
   lastReq = 0;
   accepted = 0;
   handed = 0;
   carrying = 0;
   taken = 0;
-  /** When the manager last delivered, or the session last started waiting (for the stall rule). */
-  lastDelivery: number;
   private readonly held = new Map<number, D>();
-  /** Requests of this process waiting for their response. */
-  private readonly waiting = new Set<number>();
-  /** Requests whose caller gave up and was answered locally: taken when delivered, handed to nobody. */
-  private readonly abandoned = new Set<number>();
-  /** `responses()` reads waiting for a response no request of this process waits for. */
-  private readers = 0;
-
-  constructor(now: number) {
-    this.lastDelivery = now;
-  }
 
   /** A request of this process took number n; its caller waits for the response (from `notBefore`, when delayed). */
   sent(n: number, now: number, notBefore?: number): void {
@@ -146,27 +192,6 @@ export class DeliveryCore<D> implements SessionDelivery<D> {
     this.accepted = n;
     this.held.set(n, delivery);
     return { accepted: true };
-  }
-
-  /** A `responses()` read is waiting. */
-  wantRead(): void {
-    this.readers++;
-  }
-
-  /** The caller of request n gave up and was told so: its delivery, when it comes, is taken for nobody. */
-  abandon(n: number): boolean {
-    if (!this.waiting.delete(n)) return false;
-    this.abandoned.add(n);
-    return true;
-  }
-
-  /** Request n was answered without a delivery (the manager refused it): nobody waits any more. */
-  answeredElsewhere(n: number): boolean {
-    return this.waiting.delete(n);
-  }
-
-  isWaiting(n: number): boolean {
-    return this.waiting.has(n);
   }
 
   /**
@@ -249,20 +274,5 @@ export class DeliveryCore<D> implements SessionDelivery<D> {
     let c = 0;
     for (const n of this.waiting) if (n > this.handed) c++;
     return c + (this.unclaimed() > 0 ? this.readers : 0);
-  }
-
-  /**
-   * The stall rule: something is awaited and nothing was delivered for `stallMs`. The actor then
-   * re-syncs with the manager (a safety net: never expected; logged when it happens).
-   */
-  stalled(now: number, stallMs: number): boolean {
-    return this.outstanding() > 0 && now - this.lastDelivery >= stallMs;
-  }
-
-  /** The session is finished in this process: nobody waits or reads any more. */
-  finish(): void {
-    this.waiting.clear();
-    this.abandoned.clear();
-    this.readers = 0;
   }
 }

@@ -7,13 +7,12 @@
  * A receipt names the whole handed set, so the manager never has to guess which responses above
  * the floor were taken; its token is the set's count, which grows with every new receipt.
  */
-import type { AcceptOutcome, HandOver, HandTo, ManagerView, ReceiptBody, SessionDelivery } from "./clientDelivery.js";
+import { Callers, type AcceptOutcome, type HandOver, type HandTo, type ManagerView, type ReceiptBody, type SessionDelivery } from "./clientDelivery.js";
 import { Marks, type MarksWire } from "./marks.js";
 
-export class PoolDeliveryCore<D> implements SessionDelivery<D> {
+export class PoolDeliveryCore<D> extends Callers implements SessionDelivery<D> {
   readonly ordered = false;
   lastReq = 0;
-  lastDelivery: number;
   private acceptedSet = new Marks();
   private handedSet = new Marks();
   private readonly takenSet = new Marks();
@@ -23,13 +22,6 @@ export class PoolDeliveryCore<D> implements SessionDelivery<D> {
   private readonly receipts = new Map<number, MarksWire>();
   /** Accepted and not handed yet, in arrival order. */
   private readonly held = new Map<number, D>();
-  private readonly waiting = new Set<number>();
-  private readonly abandoned = new Set<number>();
-  private readers = 0;
-
-  constructor(now: number) {
-    this.lastDelivery = now;
-  }
 
   get accepted(): number {
     return this.acceptedSet.floor;
@@ -92,24 +84,6 @@ export class PoolDeliveryCore<D> implements SessionDelivery<D> {
     if (!this.acceptedSet.add(n)) return { accepted: false, duplicate: true };
     this.held.set(n, delivery);
     return { accepted: true };
-  }
-
-  wantRead(): void {
-    this.readers++;
-  }
-
-  abandon(n: number): boolean {
-    if (!this.waiting.delete(n)) return false;
-    this.abandoned.add(n);
-    return true;
-  }
-
-  answeredElsewhere(n: number): boolean {
-    return this.waiting.delete(n);
-  }
-
-  isWaiting(n: number): boolean {
-    return this.waiting.has(n);
   }
 
   private whoTakes(n: number): HandTo | null {
@@ -181,15 +155,5 @@ export class PoolDeliveryCore<D> implements SessionDelivery<D> {
     let c = 0;
     for (const n of this.waiting) if (!this.handedSet.has(n)) c++;
     return c + (this.unclaimed() > 0 ? this.readers : 0);
-  }
-
-  stalled(now: number, stallMs: number): boolean {
-    return this.outstanding() > 0 && now - this.lastDelivery >= stallMs;
-  }
-
-  finish(): void {
-    this.waiting.clear();
-    this.abandoned.clear();
-    this.readers = 0;
   }
 }
