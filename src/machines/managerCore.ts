@@ -887,21 +887,35 @@ export class ManagerCore {
   /** The client accepted delivery n (in order it accepts in order only: everything before it too; a pool: n alone). */
   deliverAcked(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (s && !s.ordered) {
-      if (!s.deliveringSet.delete(n)) return [];
-      if (n > s.delivered) s.deliveredAlso.add(n);
-      this.collapseDelivered(s);
-      s.deliverAttempts = 0;
-      const effects: Effect[] = [];
-      this.pump(s, now, effects);
-      return effects;
-    }
+    if (s && !s.ordered) return this.poolDeliveries(session, [n], 0, now);
     if (!s || n <= s.delivered || n > s.delivering) return [];
     s.delivered = n;
     if (s.delivering <= n) s.delivering = 0;
     s.deliverAttempts = 0;
     const effects: Effect[] = [];
     this.pump(s, now, effects);
+    return effects;
+  }
+
+  /**
+   * A pool's batch of deliveries came back: these were accepted, and `refused` (when not 0) was
+   * not. One pump for the whole batch: a pump per element walked the pool once per element.
+   */
+  poolDeliveries(session: string, accepted: readonly number[], refused: number, now: number): Effect[] {
+    const s = this.sessions.get(session);
+    if (!s || s.ordered) return [];
+    let any = false;
+    for (const n of accepted) {
+      if (!s.deliveringSet.delete(n)) continue;
+      any = true;
+      if (n > s.delivered) s.deliveredAlso.add(n);
+    }
+    if (any) {
+      this.collapseDelivered(s);
+      s.deliverAttempts = 0;
+    }
+    const effects = refused ? this.deliverFailed(session, refused, now) : [];
+    if (any) this.pump(s, now, effects);
     return effects;
   }
 

@@ -20,7 +20,7 @@ export interface ServiceMetrics {
   handlerSeconds: { observe(seconds: number): void };
   serverInFlight: { inc(): void; dec(): void };
   dispatched: { inc(): void };
-  delivered: { inc(): void };
+  delivered: { inc(by?: number): void };
 }
 
 export class Metrics {

@@ -253,15 +253,14 @@ export class Effects implements TermEffects {
         if (core.sessions.get(session)?.ordered === false) {
           // A pool takes each on its own: the accepted ones count, a refused one comes again.
           let refused = 0;
+          const accepted: number[] = [];
           for (const [i, { n }] of chunk.entries()) {
             const x = results[i];
             if (!x || x.n !== n || x.error !== undefined) refused ||= n;
-            else {
-              rt.metrics.forService(service).delivered.inc();
-              this.term.run(core.deliverAcked(session, n, now()));
-            }
+            else accepted.push(n);
           }
-          if (refused) this.term.run(core.deliverFailed(session, refused, now()));
+          if (accepted.length) rt.metrics.forService(service).delivered.inc(accepted.length);
+          this.term.run(core.poolDeliveries(session, accepted, refused, now()));
           return;
         }
         let upTo = 0;
