@@ -264,6 +264,7 @@ export class TandemClient {
       const raw = decode(m.data);
       if (isObject(raw) && "batch" in raw) return this.onDeliverBatch(m, raw);
       d = parse(V.deliver, raw) as DeliverMsg;
+      this.checkAddressed(m.subject, d.session);
       trace("client.delivered", d.session, d.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -273,6 +274,12 @@ export class TandemClient {
     }
     const s = this.attachedOrWait(m, d.session, (s) => this.deliverTo(s, m, d));
     if (s) this.deliverTo(s, m, d);
+  }
+
+  /** A delivery names its session in its subject (docs/design.md §2): one for another session is refused. */
+  private checkAddressed(subject: string, session: string): void {
+    const named = this.rt.names.subjectSession(subject);
+    if (named !== session) throw malformed(`a delivery for session ${session} came on the subject of session ${named}; the manager delivers a session's responses on that session's subject only`, { field: "session" });
   }
 
   /**
@@ -320,6 +327,7 @@ export class TandemClient {
    */
   private onDeliverBatch(m: Msg, raw: Record<string, unknown>): void {
     const b = parse(V.deliverBatch, raw);
+    this.checkAddressed(m.subject, b.session);
     const run = (s: ClientSession) => {
       if (this.stale(m, b.epoch, s.epoch)) return;
       this.seeEpoch(b.epoch);

@@ -371,6 +371,7 @@ export class TandemServer {
       if (isObject(raw) && "batch" in raw) return this.onWorkBatch(m, raw);
       w = parse(V.work, raw) as WorkMsg;
       if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
+      this.checkAddressed(m.subject, w.session);
       trace("server.work", w.session, w.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -399,6 +400,7 @@ export class TandemServer {
       try {
         w = parse(V.work, item) as WorkMsg;
         if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
+        this.checkAddressed(m.subject, w.session);
       } catch (err) {
         const te = err instanceof TandemError ? err : malformed(String(err));
         results.push({ n, error: te.toWire() });
@@ -416,6 +418,12 @@ export class TandemServer {
       results.push(r instanceof TandemError ? { n, error: r.toWire() } : { n });
     }
     replyOk(m, { results });
+  }
+
+  /** Work names its session in its subject (docs/design.md §2): one for another session is refused. */
+  private checkAddressed(subject: string, session: string): void {
+    const named = this.rt.names.subjectSession(subject);
+    if (named !== session) throw malformed(`work for session ${session} came on the subject of session ${named}; the manager sends a session's work on that session's subject only`, { field: "session" });
   }
 
   /** Take one work message whose epoch is current: start it, or say it runs here already. */

@@ -185,6 +185,13 @@ export class Names {
     if (!isToken(owner) || !isToken(session)) return null;
     return { owner, session };
   }
+  /**
+   * The session a work, cancel or deliver subject names (its last token): a message on it must be
+   * that session's, or `nats sub` on the session would not show all of its traffic.
+   */
+  subjectSession(subject: string): string {
+    return subject.slice(subject.lastIndexOf(".") + 1);
+  }
 }
 
 export interface HeaderFields {

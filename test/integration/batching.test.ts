@@ -106,16 +106,25 @@ describe("batching", () => {
     const good = { epoch: s.epoch, session: "forged-batch", client: client.id, service: "slowfirst", n: 1, kind: "request", k: "k".repeat(22), payload: "p", restart: null };
     const bad = { epoch: s.epoch, session: "forged-batch", n: -3 };
     const stale = { ...good, n: 2, epoch: s.epoch - 1 };
+    // Fits the schema, at the current epoch, but for another session than the subject names: a
+    // `nats sub` on that session would never see it.
+    const elsewhere = { ...good, n: 3, session: "another-session" };
     const subject = rt.names.work(srv.id, "forged-batch");
-    const r = await rt.nc.request(subject, encode({ batch: [bad, good, stale] }), { timeout: 3000 });
-    const reply = decode(r.data) as { ok: boolean; value: { results: Array<{ n: number; error?: { code: string } }> } };
+    const r = await rt.nc.request(subject, encode({ batch: [bad, good, stale, elsewhere] }), { timeout: 3000 });
+    const reply = decode(r.data) as { ok: boolean; value: { results: Array<{ n: number; error?: { code: string; message: string } }> } };
     expect(reply.ok).toBe(true);
     expect(reply.value.results.map((x) => [x.n, x.error?.code])).toEqual([
       [-3, "TANDEM_MALFORMED"],
       [1, undefined],
       [2, "TANDEM_STALE_EPOCH"],
+      [3, "TANDEM_MALFORMED"],
     ]);
+    expect(reply.value.results[3]!.error!.message).toMatch(/another-session.*forged-batch/);
     await eventually(async () => (await dead("malformed", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(bad)), "the bad element dead-lettered with its bytes");
+    await eventually(async () => (await dead("malformed", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(elsewhere)), "the misaddressed element dead-lettered with its bytes");
+    // Alone, not in a batch, the same: refused, and never run.
+    const single = await rt.nc.request(subject, encode({ ...elsewhere, n: 4 }), { timeout: 3000 });
+    expect(decode(single.data)).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
     await eventually(async () => (await dead("stale_epoch", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(stale)), "the stale element dead-lettered with its bytes");
     await s.close();
   });
@@ -142,6 +151,29 @@ describe("batching", () => {
       return b && b.subject === rt.names.deliver(client.id, s.id) ? b : null;
     }, "the bad element in the dead-letter stream");
     expect(JSON.parse(Buffer.from(entry.data as string, "base64").toString())).toEqual(bad);
+    await s.close();
+  });
+
+  it("a delivery, or a batch of them, for another session than its subject names is refused and dead-lettered; the session goes on", async () => {
+    const s = await client.open("held");
+    const other = await client.open("held");
+    const one = (await s.send("a")).response;
+    // On the other session's subject, naming this one: taken, it would answer this one's request.
+    const subject = rt.names.deliver(client.id, other.id);
+    const single = { epoch: s.epoch, session: s.id, n: 1, server: "x", ok: "not yours" };
+    const batch = { epoch: s.epoch, session: s.id, batch: [{ n: 1, server: "x", ok: "not yours" }] };
+    for (const body of [single, batch]) {
+      const r = await rt.nc.request(subject, encode(body), { timeout: 3000 });
+      const reply = decode(r.data) as { ok: boolean; error?: { code: string; message: string } };
+      expect(reply).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
+      expect(reply.error!.message).toContain(other.id);
+      await eventually(async () => (await dead("malformed", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(body)), "the misaddressed delivery dead-lettered with its bytes");
+    }
+    // Nothing was taken: the request is still open, and the delivery on its own subject answers it.
+    const r = await rt.nc.request(rt.names.deliver(client.id, s.id), encode({ ...single, ok: "mine" }), { timeout: 3000 });
+    expect(decode(r.data)).toMatchObject({ ok: true });
+    await expect(one).resolves.toMatchObject({ n: 1, value: "mine" });
+    await other.close();
     await s.close();
   });
 
