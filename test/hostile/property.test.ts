@@ -4,7 +4,10 @@
  * legitimate client runs a bounded load. fast-check generates the messages: random JSON shapes
  * that do not fit the subject's schema, bytes that are not JSON, nesting past the limit, strings
  * up to 300 kB, extreme numbers and epochs, ids that are not tokens, and well-formed responses
- * under made-up dispatch keys, and batches (of deliveries, of work) whose elements are hostile.
+ * under made-up dispatch keys, batches (of deliveries, of work) whose elements are hostile, and
+ * receipts for the hostile client's own pool session (a receipt is a batch too: `takenAlso`, up to
+ * 1,024 request numbers) naming numbers never sent, numbers far past the last, repeats, and
+ * near misses of the schema (1,025 numbers, 0, fractions, strings).
  * For every run:
  *   - no Tandem process exits (the manager and the server are real processes);
  *   - the legitimate client's requests are all answered, in order, once, with their own answer,
@@ -12,7 +15,10 @@
  *   - every hostile message is refused: a reply with a TANDEM_* code where one was asked for, or
  *     a dead-letter entry holding its subject and bytes for what went into a queue;
  *   - the manager's RSS stays under its bound (a 128 MB heap, and 320 MB in all);
- *   - no hostile message opened a session or registered a server.
+ *   - no hostile message opened a session or registered a server;
+ *   - the hostile client's own pool session still answers new requests, each once: a receipt that
+ *     fits is kept only for numbers above its floor and at or below its last request, so numbers
+ *     never sent do not count as taken when they are sent.
  *
  * Bounded: TANDEM_PROPERTY_RUNS (default 6; TANDEM_DEEP=1 makes it 40) within a time budget; the
  * seed is printed and TANDEM_SEED replays it.
@@ -56,7 +62,8 @@ type Target =
   | "register" | "heartbeat"
   | "work" | "cancel" | "deliver" | "srv-restart" | "cli-restart"
   | "deliver-batch" // a well-formed batch envelope to the legitimate session, its elements hostile
-  | "work-batch"; // the same to the real server's work subject
+  | "work-batch" // the same to the real server's work subject
+  | "receipt"; // a receipt record for the hostile client's own pool session
 
 interface Hostile {
   target: Target;
@@ -66,6 +73,8 @@ interface Hostile {
   asRealServer: boolean;
   /** For deliver-batch: the elements, none of which fits a delivery. */
   items?: unknown[];
+  /** For receipt: whether it fits the receipt schema (then kept in part), or is a near miss (dead-lettered). */
+  fits?: boolean;
 }
 
 // The shapes each subject refuses: anything that fails its schema (and, for queue records, all
@@ -86,6 +95,7 @@ const refuses: Record<Target, (v: unknown) => boolean> = {
   "work-batch": (v) => !fits(V.work, v),
   "srv-restart": (v) => !fits(V.restart, v),
   "cli-restart": (v) => !fits(V.restart, v),
+  receipt: (v) => !isRecord(v),
 };
 function isRecord(v: unknown): boolean {
   return fits(V.openRecord, v) || fits(V.taken, v) || (fits(V.request, v) && typeof v === "object" && v !== null && "payload" in v);
@@ -132,7 +142,25 @@ const forgedResponse: fc.Arbitrary<Hostile> = fc
   .record({ n: fc.integer({ min: 1, max: 50 }), ok: fc.jsonValue({ maxDepth: 2 }), k: fc.stringMatching(/^[A-Za-z0-9_-]{22}$/), asRealServer: fc.boolean() })
   .map(({ n, ok, k, asRealServer }) => ({ target: "resp" as const, body: { json: { n, k, ok } }, asRealServer }));
 
-const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }, { arbitrary: hostileWorkBatch, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
+// Receipts for the hostile client's own pool (which has answered requests 1..POOL_WARM when they
+// are sent): an honest floor with `takenAlso` naming numbers never sent (past the last request,
+// up to 2^53 - 1), repeats and already-taken ones; or a near miss of the receipt schema.
+const POOL_WARM = 3;
+const alsoNumber = fc.oneof(fc.integer({ min: 1, max: POOL_WARM }), fc.integer({ min: POOL_WARM + 1, max: POOL_WARM + 12 }), fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }));
+const fittingReceipt: fc.Arbitrary<Hostile> = fc
+  .record({ taken: fc.integer({ min: 0, max: POOL_WARM }), takenAlso: fc.array(alsoNumber, { maxLength: 1024, size: "medium" }) })
+  .map((r) => ({ target: "receipt" as const, body: { json: r }, asRealServer: false, fits: true }));
+const nearMissReceipt: fc.Arbitrary<Hostile> = fc
+  .oneof(
+    fc.constant({ taken: 1, takenAlso: Array.from({ length: 1025 }, (_, i) => i + 2) }),
+    fc.record({ taken: fc.integer({ min: 0, max: POOL_WARM }), takenAlso: fc.array(fc.oneof(fc.constantFrom(0, -1, 0.5, 1e308, 2 ** 53, "7", null), alsoNumber), { minLength: 1, maxLength: 8 }) }),
+    fc.record({ taken: fc.constantFrom(-1, 0.5, "2", null), takenAlso: fc.array(alsoNumber, { maxLength: 4 }) }),
+    fc.record({ taken: fc.integer({ min: 0, max: POOL_WARM }), takenAlso: fc.oneof(fc.constant("1,2"), fc.constant({ 4: true }), fc.integer()) }),
+  )
+  .filter((v) => refuses.receipt(v))
+  .map((v) => ({ target: "receipt" as const, body: { json: v }, asRealServer: false, fits: false }));
+
+const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }, { arbitrary: hostileWorkBatch, weight: 1 }, { arbitrary: fittingReceipt, weight: 1 }, { arbitrary: nearMissReceipt, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
 
 beforeAll(async () => {
   ns = await startNats();
@@ -167,7 +195,7 @@ let sent = 0;
 
 type Sent = { reply?: { ok: boolean; error?: { code?: string }; value?: unknown } | "none"; dlq?: Array<{ subject: string; data: Uint8Array }> };
 
-async function send(h: Hostile, own: { client: string; session: string }): Promise<Sent> {
+async function send(h: Hostile, own: { client: string; session: string; pool: string }): Promise<Sent> {
   const data =
     h.target === "deliver-batch"
       ? encode({ epoch: session.epoch, session: session.id, batch: h.items })
@@ -193,6 +221,13 @@ async function send(h: Hostile, own: { client: string; session: string }): Promi
       return stored(n.req(own.client, own.session));
     case "req-other":
       return stored(n.req("legit", session.id));
+    case "receipt":
+      if (h.fits) {
+        // Fits: taken in part, nothing to dead-letter; what it must not do is checked after the run.
+        await rt.js.publish(n.req(own.client, own.pool), data, { msgID: `hostile.${++sent}.${Date.now()}` });
+        return {};
+      }
+      return stored(n.req(own.client, own.pool));
     case "resp":
       return stored(n.resp(h.asRealServer ? SERVER : "mallory", h.asRealServer ? session.id : own.session));
     case "open":
@@ -242,7 +277,9 @@ describe("hostile input (issue 13)", () => {
       const problems: string[] = [];
       round++;
       const mallory = await TandemClient.connect(rt, { id: `mallory${round}` });
-      const own = { client: mallory.id, session: (await mallory.open("svc")).id };
+      const pool = await mallory.open("svc", { ordered: false, window: 4 });
+      for (let i = 1; i <= POOL_WARM; i++) await pool.request({ pool: i });
+      const own = { client: mallory.id, session: (await mallory.open("svc")).id, pool: pool.id };
       const before = await status();
       const dlqFrom = (await rt.jsm.streams.info(rt.names.streamDlq)).state.last_seq + 1;
       // The legitimate load, alongside.
@@ -292,6 +329,19 @@ describe("hostile input (issue 13)", () => {
         for (const w of wanted) if (!have.has(key(w.subject, Buffer.from(w.data).toString("base64")))) problems.push(`not dead-lettered: ${w.subject} ${new TextDecoder().decode(w.data).slice(0, 120)}`);
         if (!problems.length) problems.push(String(err));
       }
+      // The hostile client's own pool goes on: numbers its receipts named before they were sent
+      // are answered when they are sent, each once.
+      const later = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          Promise.race([
+            pool.request({ pool: POOL_WARM + 1 + i }),
+            new Promise((r) => setTimeout(() => r("no answer in 15 s"), 15_000)),
+          ]),
+        ),
+      );
+      later.forEach((v, i) => {
+        if (JSON.stringify(v) !== JSON.stringify({ pool: POOL_WARM + 1 + i })) problems.push(`the hostile client's pool: request ${POOL_WARM + 1 + i} got ${JSON.stringify(v)}`);
+      });
       for (const p of [mgr, srv]) if (!p.running()) problems.push(`${p.name} exited: ${p.stderr().slice(-800)}`);
       if (mgr.running() && rssMiB(mgr.pid) > RSS_BOUND_MIB) problems.push(`manager RSS ${rssMiB(mgr.pid).toFixed(0)} MiB > ${RSS_BOUND_MIB}`);
       const after = await status().catch(() => null);
