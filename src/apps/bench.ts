@@ -1072,7 +1072,7 @@ function svg(width: number, height: number, body: string, title: string): string
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="${width / 2}" y="18" text-anchor="middle" font-size="14">${title}</text>${body}</svg>\n`;
 }
 
-function linePlot(series: Array<{ name: string; points: Array<[number, number]>; color: string }>, opts: { title: string; xLabel: string; yLabel: string; logX?: boolean }): string {
+function linePlot(series: Array<{ name: string; points: Array<[number, number]>; color: string }>, opts: { title: string; xLabel: string; yLabel: string; logX?: boolean; legendLeft?: boolean }): string {
   const W = 640, H = 400, L = 60, R = 20, T = 30, B = 50;
   const all = series.flatMap((s) => s.points);
   if (all.length === 0) return svg(W, H, "", opts.title);
@@ -1091,7 +1091,10 @@ function linePlot(series: Array<{ name: string; points: Array<[number, number]>;
   }
   series.forEach((s, i) => {
     body += `<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${s.points.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ")}"/>`;
-    body += `<rect x="${W - R - 190}" y="${T + 8 + i * 18}" width="12" height="12" fill="${s.color}"/><text x="${W - R - 172}" y="${T + 18 + i * 18}">${s.name}</text>`;
+    // A mark on every point: a series of one point (the pool, a reference) has no line to show it.
+    for (const [x, y] of s.points) body += `<circle cx="${X(x).toFixed(1)}" cy="${Y(y).toFixed(1)}" r="4" fill="${s.color}"/>`;
+    const lx = opts.legendLeft ? L + 10 : W - R - 190;
+    body += `<rect x="${lx}" y="${T + 8 + i * 18}" width="12" height="12" fill="${s.color}"/><text x="${lx + 18}" y="${T + 18 + i * 18}">${s.name}</text>`;
   });
   return svg(W, H, body, opts.title);
 }
@@ -1108,8 +1111,19 @@ function writeCharts(dir: string, cdf: Record<string, number[]>, result: Record<
   if (cdfSeries.length) writeFileSync(join(dir, "latency-cdf.svg"), linePlot(cdfSeries, { title: "Round-trip latency CDF (sequential)", xLabel: "latency, ms (log)", yLabel: "fraction", logX: true }));
   const s = result.scale as { bySessions: Array<{ sessions: number; ratePerS: number }> } | undefined;
   if (s) writeFileSync(join(dir, "throughput-vs-sessions.svg"), linePlot([{ name: "round trips/s", points: s.bySessions.map((r) => [r.sessions, r.ratePerS] as [number, number]), color: colors[0]! }], { title: "Throughput vs open sessions (128 in flight)", xLabel: "open sessions (log)", yLabel: "round trips/s", logX: true }));
+  // Throughput by requests in flight: one session's window, the pool, and at 128 in flight the
+  // paired references (128 sessions of window 1, and raw JetStream's work-queue round trip).
   const w = result.windows as { byWindow: Array<{ window: number; ratePerS: number }> } | undefined;
-  if (w) writeFileSync(join(dir, "throughput-vs-window.svg"), linePlot([{ name: "round trips/s", points: w.byWindow.map((r) => [r.window, r.ratePerS] as [number, number]), color: colors[0]! }], { title: "One session: throughput vs its window", xLabel: "window (log)", yLabel: "round trips/s", logX: true }));
+  const pool = result.pool as { servers: number; inFlight: number; ratePerS: number; rounds: Array<{ rawWqRate: number }> } | undefined;
+  const paired = result.paired as { rounds: Array<{ brokeredRate: number; rawWqRate: number }> } | undefined;
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const inFlight: Array<{ name: string; points: Array<[number, number]>; color: string }> = [];
+  if (w) inFlight.push({ name: "one session, window w", points: w.byWindow.map((r) => [r.window, r.ratePerS] as [number, number]), color: colors[0]! });
+  if (pool) inFlight.push({ name: `one pool on ${pool.servers} servers`, points: [[pool.inFlight, pool.ratePerS]], color: colors[1]! });
+  if (paired?.rounds.length) inFlight.push({ name: "128 sessions, window 1", points: [[128, median(paired.rounds.map((r) => r.brokeredRate))]], color: colors[2]! });
+  const rawWq = [...(paired?.rounds ?? []), ...(pool?.rounds ?? [])].map((r) => r.rawWqRate);
+  if (rawWq.length && inFlight.length) inFlight.push({ name: "raw JetStream work queue", points: [[128, median(rawWq)]], color: colors[3]! });
+  if (inFlight.length) writeFileSync(join(dir, "throughput-vs-window.svg"), linePlot(inFlight, { title: "Throughput vs requests in flight", xLabel: "requests in flight (log)", yLabel: "round trips/s", logX: true, legendLeft: true }));
   const f = result.failover as { kills: Array<{ kill: number; allServingMs: number; firstMs: number }> } | undefined;
   if (f) {
     writeFileSync(
