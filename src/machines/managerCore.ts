@@ -100,12 +100,6 @@ export interface SessionEntry {
    * (answered, answered + window] (docs/design.md §6, windows).
    */
   inFlight: Map<number, InFlight>;
-  /**
-   * A pool's dispatch walk starts here: every request below it (above `answered`) is at a server,
-   * answered or taken. A request that leaves a server unanswered (`unsend`) lowers it, so a walk
-   * per event no longer steps over the whole window of requests already out.
-   */
-  poolScan: number;
   /** Requests of the session that may be at its server at once (1: one at a time). */
   window: number;
   /**
@@ -752,7 +746,7 @@ export class ManagerCore {
     const out = countFailure(a, this.policy(s, f.n), { ...f, seed: `${s.id}.${f.n}` });
     if (!out) return;
     s.sentTo.delete(f.n); // this execution is accounted for
-    if (this.unsend(s, f.n)) s.dispatchAttempts = 0;
+    if (s.inFlight.delete(f.n)) s.dispatchAttempts = 0;
     s.dirty = true;
     if (out.action === "quarantine") {
       // On replay the request may come later in its queue: afterRequest quarantines it then.
@@ -791,7 +785,7 @@ export class ManagerCore {
     const d = s.inFlight.get(n);
     if (d) {
       effects.push({ type: "cancel", server: d.server, session: s.id, n });
-      this.unsend(s, n);
+      s.inFlight.delete(n);
     }
     s.awaitingAttempt.delete(n);
     const error: WireErr =
@@ -869,7 +863,7 @@ export class ManagerCore {
   /** Send request n at the server again (it may have lost it); the server ignores a duplicate it runs. */
   redispatch(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || !this.unsend(s, n)) return [];
+    if (!s || !s.inFlight.delete(n)) return [];
     s.dispatchAttempts++; // not new load for the hedging budget
     const effects: Effect[] = [];
     this.pump(s, now, effects);
@@ -884,7 +878,7 @@ export class ManagerCore {
 
   dispatchFailed(session: string, n: number, now: number): Effect[] {
     const s = this.sessions.get(session);
-    if (!s || !this.unsend(s, n)) return [];
+    if (!s || !s.inFlight.delete(n)) return [];
     s.dispatchAttempts++;
     s.dispatchRetryAt = now + backoff(50, s.dispatchAttempts);
     return [];
@@ -1055,7 +1049,7 @@ export class ManagerCore {
       if (!s.ordered) {
         if (!named.has(s.id) || !s.restarting.delete(ack.server)) continue;
         s.synced.add(ack.server);
-        for (const [n, d] of s.inFlight) if (d.server === ack.server) this.unsend(s, n);
+        for (const [n, d] of s.inFlight) if (d.server === ack.server) s.inFlight.delete(n);
         for (const n of working.get(s.id) ?? []) {
           if (n > s.answered && n <= s.answered + s.maxPending && !s.responses.has(n) && !s.takenAlso.has(n) && !s.inFlight.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
         }
@@ -1064,7 +1058,7 @@ export class ManagerCore {
       }
       if (s.server !== ack.server || s.serverSynced) continue;
       s.serverSynced = true;
-      this.unsendAll(s);
+      s.inFlight.clear();
       for (const n of working.get(s.id) ?? []) {
         // Still running there: don't send it twice.
         if (n > s.answered && n <= s.answered + s.window && !s.responses.has(n)) s.inFlight.set(n, { server: ack.server, at: now, acked: true, runningAt: 0 });
@@ -1215,7 +1209,7 @@ export class ManagerCore {
         }
       }
       s.sentTo.clear();
-      this.unsendAll(s);
+      s.inFlight.clear();
       this.setServer(s, this.pickServer(s.service));
       s.serverSynced = false;
       s.dirty = true;
@@ -1245,7 +1239,7 @@ export class ManagerCore {
       const error: WireErr = { code: "TANDEM_SERVER_LOST", message: `server ${srv.id} was lost while it held request ${n} (${why.split(";")[0]})`, context: { server: srv.id } };
       effects.push({ type: "recordAttempt", session: s.id, n, server: srv.id, error, at: srv.lastSeen });
       s.awaitingAttempt.add(n);
-      this.unsend(s, n);
+      s.inFlight.delete(n);
       s.sentTo.delete(n);
     }
     s.dirty = true;
@@ -1306,7 +1300,7 @@ export class ManagerCore {
     const effects: Effect[] = [];
     for (const s of this.sessions.values()) {
       s.serverSynced = false;
-      this.unsendAll(s);
+      s.inFlight.clear();
       s.delivering = 0;
       s.deliveringSet.clear();
       s.synced.clear();
@@ -1497,14 +1491,8 @@ export class ManagerCore {
     // Past a long request, as far as the session may have pending (at most 1,024 in a pool): a
     // request that runs long holds back none of the others until that many have gone past it.
     const last = Math.min(s.lastReq, s.answered + s.maxPending);
-    // Below `poolScan` all is out or answered; past it, as long as that holds, the cursor follows.
-    let out = true;
-    for (let n = Math.max(s.answered + 1, s.poolScan); n <= last && s.inFlight.size < window; n++) {
-      if (s.inFlight.has(n) || s.responses.has(n) || s.takenAlso.has(n)) {
-        if (out) s.poolScan = n + 1;
-        continue;
-      }
-      out = false;
+    for (let n = s.answered + 1; n <= last && s.inFlight.size < window; n++) {
+      if (s.inFlight.has(n) || s.responses.has(n) || s.takenAlso.has(n)) continue;
       if (late(n)) this.giveUp(s, n, "deadline", effects);
       const req = s.requests.get(n);
       if (!req) break; // not read yet: nor are the ones after it
@@ -1521,18 +1509,6 @@ export class ManagerCore {
       this.dispatchTo(s, n, req, best.srv.id, now, effects);
     }
     this.pumpDelivery(s, now, effects);
-  }
-
-  /** Request n is no longer at a server, and not answered: a pool's walk must reach it again. */
-  private unsend(s: SessionEntry, n: number): boolean {
-    if (!s.inFlight.delete(n)) return false;
-    if (n < s.poolScan) s.poolScan = n;
-    return true;
-  }
-
-  private unsendAll(s: SessionEntry): void {
-    s.inFlight.clear();
-    s.poolScan = 0;
   }
 
   private dispatchTo(s: SessionEntry, n: number, req: PendingRequest, server: string, now: number, effects: Effect[]): void {
@@ -1588,7 +1564,6 @@ export class ManagerCore {
       deliverRetryAt: 0,
       deliverAttempts: 0,
       inFlight: new Map(),
-      poolScan: 0,
       // A hedged session races copies of one request: one at a time (calls.ts refuses more).
       window: hedge ? 1 : Math.max(1, Math.min(window, maxPending)),
       ordered: !pool || hedge !== undefined,
