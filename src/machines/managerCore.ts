@@ -581,8 +581,12 @@ export class ManagerCore {
     this.passed("req", m.seq);
     const s = this.sessions.get(m.session);
     if (!s || s.client !== m.client) return [];
-    let moved = m.taken > s.taken;
-    if (moved) s.taken = m.taken;
+    // Never past the last request: a receipt follows its requests in the same queue, so only a
+    // hand-written one names more, and taken as is it made every later request of the session
+    // look taken already, unanswered and silent. Its numbers above the floor are kept the same way.
+    const taken = Math.min(m.taken, s.lastReq);
+    let moved = taken > s.taken;
+    if (moved) s.taken = taken;
     if (m.also && !s.ordered) {
       for (const n of m.also) {
         if (n > s.taken && n <= s.lastReq && !s.takenAlso.has(n)) {

@@ -53,6 +53,17 @@ describe("manager core - responses past the last request (issue 13)", () => {
     expect(of(core.onResponse(resp(1), 0, false), "deliver")).toHaveLength(1);
   });
 
+  it("a receipt naming more than the session's last request counts only up to it; later requests still run", () => {
+    const { core } = setup();
+    core.onRequest(req(1), 0, false);
+    core.onResponse(resp(1), 0, false);
+    core.onTaken({ seq: ++seq, client: "c", session: "A", taken: 2 ** 53 - 1 }, 0);
+    const s = core.sessions.get("A")!;
+    expect(s.taken).toBe(1);
+    // Taken as is, request 2 looked taken already and was never dispatched.
+    expect(of(core.onRequest(req(2), 0, false), "dispatch").map((d) => d.n)).toEqual([2]);
+  });
+
   it("on replay a response may come before its request, and is kept", () => {
     const { core } = setup();
     core.onResponse(resp(3), 0, true);
