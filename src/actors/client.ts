@@ -32,7 +32,7 @@ import { withBackoff } from "../runtime/backoff.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { fits, parse, V } from "./schemas.js";
-import { epochProblem, flushed, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { checkAddressed, epochProblem, flushed, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface OpenOptions {
   /** Initial client restart data. */
@@ -264,7 +264,7 @@ export class TandemClient {
       const raw = decode(m.data);
       if (isObject(raw) && "batch" in raw) return this.onDeliverBatch(m, raw);
       d = parse(V.deliver, raw) as DeliverMsg;
-      this.checkAddressed(m.subject, d.session);
+      checkAddressed(this.rt.names, m.subject, d.session, "a delivery");
       trace("client.delivered", d.session, d.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -274,12 +274,6 @@ export class TandemClient {
     }
     const s = this.attachedOrWait(m, d.session, (s) => this.deliverTo(s, m, d));
     if (s) this.deliverTo(s, m, d);
-  }
-
-  /** A delivery names its session in its subject (docs/design.md §2): one for another session is refused. */
-  private checkAddressed(subject: string, session: string): void {
-    const named = this.rt.names.subjectSession(subject);
-    if (named !== session) throw malformed(`a delivery for session ${session} came on the subject of session ${named}; the manager delivers a session's responses on that session's subject only`, { field: "session" });
   }
 
   /**
@@ -327,7 +321,7 @@ export class TandemClient {
    */
   private onDeliverBatch(m: Msg, raw: Record<string, unknown>): void {
     const b = parse(V.deliverBatch, raw);
-    this.checkAddressed(m.subject, b.session);
+    checkAddressed(this.rt.names, m.subject, b.session, "a delivery");
     const run = (s: ClientSession) => {
       if (this.stale(m, b.epoch, s.epoch)) return;
       this.seeEpoch(b.epoch);

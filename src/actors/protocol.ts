@@ -170,6 +170,16 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
  * open, resume), never from a message anyone could send (an epoch of 1e18 once made a server
  * refuse the real manager for good).
  */
+/**
+ * Work, cancels and deliveries name their session as the subject's last token (docs/design.md
+ * §2): one for another session is refused, or `nats sub` on a session would miss traffic that
+ * acts on it.
+ */
+export function checkAddressed(names: Names, subject: string, session: string, what: string): void {
+  const named = names.subjectSession(subject);
+  if (named !== session) throw malformed(`${what} for session ${session} came on the subject of session ${named}; the manager sends a session's messages on that session's subject only`, { field: "session" });
+}
+
 export function epochProblem(epoch: unknown, seen: number): "stale" | "implausible" | null {
   if (typeof epoch !== "number" || !Number.isSafeInteger(epoch) || epoch < 0) return "implausible";
   if (epoch < seen) return "stale";

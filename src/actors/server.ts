@@ -18,7 +18,7 @@ import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
 import { parse, V } from "./schemas.js";
-import { epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+import { checkAddressed, epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
   session: string;
@@ -324,6 +324,7 @@ export class TandemServer {
   private onCancel(m: Msg): void {
     try {
       const v: CancelMsg = parse(V.cancel, decode(m.data));
+      checkAddressed(this.rt.names, m.subject, v.session, "a cancel");
       if (this.stale(m, v.epoch)) return;
       const r = this.running.get(`${v.session}.${v.n}`);
       if (r) {
@@ -371,7 +372,7 @@ export class TandemServer {
       if (isObject(raw) && "batch" in raw) return this.onWorkBatch(m, raw);
       w = parse(V.work, raw) as WorkMsg;
       if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
-      this.checkAddressed(m.subject, w.session);
+      checkAddressed(this.rt.names, m.subject, w.session, "work");
       trace("server.work", w.session, w.n);
     } catch (err) {
       const te = err instanceof TandemError ? err : malformed(String(err));
@@ -400,7 +401,7 @@ export class TandemServer {
       try {
         w = parse(V.work, item) as WorkMsg;
         if (w.tp !== undefined && !isTraceParent(w.tp)) delete w.tp;
-        this.checkAddressed(m.subject, w.session);
+        checkAddressed(this.rt.names, m.subject, w.session, "work");
       } catch (err) {
         const te = err instanceof TandemError ? err : malformed(String(err));
         results.push({ n, error: te.toWire() });
@@ -418,12 +419,6 @@ export class TandemServer {
       results.push(r instanceof TandemError ? { n, error: r.toWire() } : { n });
     }
     replyOk(m, { results });
-  }
-
-  /** Work names its session in its subject (docs/design.md §2): one for another session is refused. */
-  private checkAddressed(subject: string, session: string): void {
-    const named = this.rt.names.subjectSession(subject);
-    if (named !== session) throw malformed(`work for session ${session} came on the subject of session ${named}; the manager sends a session's work on that session's subject only`, { field: "session" });
   }
 
   /** Take one work message whose epoch is current: start it, or say it runs here already. */

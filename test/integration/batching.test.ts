@@ -125,6 +125,9 @@ describe("batching", () => {
     // Alone, not in a batch, the same: refused, and never run.
     const single = await rt.nc.request(subject, encode({ ...elsewhere, n: 4 }), { timeout: 3000 });
     expect(decode(single.data)).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
+    // So is a cancel on this session's cancel subject naming another session.
+    const cancel = await rt.nc.request(rt.names.cancel(srv.id, "forged-batch"), encode({ epoch: s.epoch, session: "another-session", n: 3 }), { timeout: 3000 });
+    expect(decode(cancel.data)).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
     await eventually(async () => (await dead("stale_epoch", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(stale)), "the stale element dead-lettered with its bytes");
     await s.close();
   });
