@@ -333,7 +333,9 @@ export class TandemServer {
       }
       replyOk(m, { cancelled: r !== undefined });
     } catch (err) {
-      replyError(m, err instanceof TandemError ? err : malformed(String(err)));
+      const te = err instanceof TandemError ? err : malformed(String(err));
+      replyError(m, te);
+      void publishDlq(this.rt, te, m.subject, m.headers, m.data);
     }
   }
 

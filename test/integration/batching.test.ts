@@ -126,8 +126,11 @@ describe("batching", () => {
     const single = await rt.nc.request(subject, encode({ ...elsewhere, n: 4 }), { timeout: 3000 });
     expect(decode(single.data)).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
     // So is a cancel on this session's cancel subject naming another session.
-    const cancel = await rt.nc.request(rt.names.cancel(srv.id, "forged-batch"), encode({ epoch: s.epoch, session: "another-session", n: 3 }), { timeout: 3000 });
+    const cancelBody = { epoch: s.epoch, session: "another-session", n: 3 };
+    const cancelSubject = rt.names.cancel(srv.id, "forged-batch");
+    const cancel = await rt.nc.request(cancelSubject, encode(cancelBody), { timeout: 3000 });
     expect(decode(cancel.data)).toMatchObject({ ok: false, error: { code: "TANDEM_MALFORMED" } });
+    await eventually(async () => (await dead("malformed", cancelSubject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(cancelBody)), "the misaddressed cancel dead-lettered with its bytes");
     await eventually(async () => (await dead("stale_epoch", subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(stale)), "the stale element dead-lettered with its bytes");
     await s.close();
   });
