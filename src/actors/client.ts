@@ -32,7 +32,16 @@ import { withBackoff } from "../runtime/backoff.js";
 import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { fits, parse, V } from "./schemas.js";
+import { batchBytes, batchRecord, TurnBatcher } from "./batches.js";
 import { checkAddressed, epochProblem, flushed, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
+
+/** A request on its way into the session's queue. */
+interface OutgoingRequest {
+  n: number;
+  data: Uint8Array;
+  kind: RequestKind;
+  tp: string;
+}
 
 export interface OpenOptions {
   /** Initial client restart data. */
@@ -406,6 +415,17 @@ export class ClientSession {
   private storedRestart: string | undefined;
   /** Set once the manager knows this incarnation (open or resume done). */
   private attached = false;
+  /**
+   * This session's request publishes, those of one turn as one batch record (docs/design.md §6):
+   * a window refilled by a batch of deliveries sends its requests as one message. Not used with
+   * message tracing, which follows one message per request.
+   */
+  private readonly outbox = new TurnBatcher<OutgoingRequest>(
+    (r) => this.publishDurable(r.n, r.data, r.kind, r.tp),
+    (rs) => this.publishBatch(rs),
+    (r) => r.data.length,
+    () => batchBytes(this.client.rt.nc.info?.max_payload),
+  );
 
   /** @internal */
   constructor(
@@ -678,7 +698,8 @@ export class ClientSession {
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     this.observe(response);
     this.unanswered.set(n, { data, kind, tp });
-    await this.publishDurable(n, data, kind, tp);
+    if (this.client.traceDest === undefined) await this.outbox.push({ n, data, kind, tp });
+    else await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (newRestart) this.storedRestart = restartJson;
     if (carry) this.committed(carry);
@@ -748,13 +769,29 @@ export class ClientSession {
     }
   }
 
-  private async publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", tp?: string, msgID = `${this.id}.${n}`): Promise<void> {
+  private publishDurable(n: number, data: Uint8Array, kind: RequestKind | "control", tp?: string, msgID = `${this.id}.${n}`): Promise<void> {
+    return this.publishRecord(n, data, msgID, this.requestHeaders(n, this.epoch, kind, tp));
+  }
+
+  /**
+   * Requests of one turn as one record, `{"batch":[...]}` of their own bodies, every request
+   * number a Tandem-Request header; its message id names the first and the count, and a retry
+   * sends the same record again, so JetStream stores it once.
+   */
+  private publishBatch(rs: OutgoingRequest[]): Promise<void> {
+    const first = rs[0]!;
+    const headers = this.requestHeaders(first.n, this.epoch, first.kind, first.tp);
+    for (const r of rs.slice(1)) headers.append(Header.Request, String(r.n));
+    return this.publishRecord(first.n, batchRecord(rs.map((r) => r.data)), `${this.id}.${first.n}+${rs.length}`, headers);
+  }
+
+  private async publishRecord(n: number, data: Uint8Array, msgID: string, headers: ReturnType<typeof makeHeaders>): Promise<void> {
     const rt = this.client.rt;
     // A number once taken must reach the queue, or the session would wait for it forever: retry
     // with the same message id (JetStream keeps one copy).
     // ... until the connection is closed for good (the application closed it): then nothing can
     // reach the queue, and retrying forever only fills the log.
-    await withBackoff(() => publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, { msgID, headers: this.requestHeaders(n, this.epoch, kind, tp), timeout: JS_TIMEOUT_MS }), {
+    await withBackoff(() => publishToQueue(rt.requester, rt.names.req(this.client.id, this.id), data, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
       fatal: () => rt.nc.isClosed(),
       onFailure: (err, attempt) => attempt === 6 && !rt.nc.isClosed() && this.log.warn({ err, n }, "queueing keeps failing (NATS unavailable?); retrying"),
     }).catch((err: unknown) => {

@@ -12,18 +12,25 @@ import { dispatchKey } from "../runtime/dispatch-key.js";
 import { decode, encode, Header, isToken, isObject, makeHeaders, malformed, type Names } from "../runtime/wire.js";
 import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 
+/** One request of a session's queue, as the manager applies it. */
+export interface ParsedOneRequest {
+  type: "request";
+  request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string; retry?: RetryOptions; deadline?: number; notBefore?: number };
+  size: number;
+  /** Bytes of the restart data riding on it: at most this (exact only when the message is large). */
+  restartSize: number;
+  /** Receipts committed along with this request (the client's `taken` riding on it). */
+  taken?: number;
+  /** A pool's receipts above `taken`. */
+  takenAlso?: number[];
+}
+
+/** An element of a request batch: the request, or why it was refused (with its request number when it says one). */
+export type ParsedBatchItem = { raw: unknown } & (ParsedOneRequest | { error: TandemError; n?: number });
+
 export type ParsedRequest =
-  | {
-      type: "request";
-      request: { client: string; session: string; n: number; kind: RequestKind; payload: unknown; restart?: unknown; tp?: string; retry?: RetryOptions; deadline?: number; notBefore?: number };
-      size: number;
-      /** Bytes of the restart data riding on it: at most this (exact only when the message is large). */
-      restartSize: number;
-      /** Receipts committed along with this request (the client's `taken` riding on it). */
-      taken?: number;
-      /** A pool's receipts above `taken`. */
-      takenAlso?: number[];
-    }
+  | ParsedOneRequest
+  | { type: "batch"; client: string; session: string; items: ParsedBatchItem[] }
   | { type: "taken"; client: string; session: string; taken: number; takenAlso?: number[] }
   | { type: "cancel"; client: string; session: string; n: number; reason: "cancelled" | "deadline" }
   | {
@@ -59,6 +66,7 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
     // The body says what it is (a request has "n"; an open record "open"; a receipt only
     // "taken"): reading the Tandem-Kind header instead would decode every header of every
     // message, a twentieth of the manager's CPU under load. The headers are for people.
+    if (!("n" in v) && "batch" in v) return parseRequestBatch(ids, v, m.data.length);
     if (!("n" in v) || isObject(v.open)) {
       if ("open" in v) {
         // The service is a subject token (a 600 kB service name in an open record once made
@@ -83,48 +91,122 @@ export function parseRequestMsg(names: Names, m: { subject: string; headers?: Ms
       const t = parse(V.taken, v);
       return { type: "taken", ...ids, taken: t.taken, ...(t.takenAlso !== undefined ? { takenAlso: t.takenAlso } : {}) };
     }
-    const r = parse(V.request, v);
-    if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
-    // Size of what the application sent: the message bounds it; measure exactly only when close.
-    const size = m.data.length <= 64 * 1024 ? m.data.length : encode(r.payload ?? null).length;
-    const restartSize = "restart" in r ? m.data.length : 0;
-    return {
-      type: "request",
-      request: {
-        ...ids,
-        n: r.n,
-        kind: r.kind ?? "request",
-        payload: r.payload,
-        ...("restart" in r ? { restart: r.restart } : {}),
-        ...(isTraceParent(r.tp) ? { tp: r.tp } : {}),
-        ...(r.retry !== undefined ? { retry: r.retry } : {}),
-        ...(r.deadline !== undefined ? { deadline: r.deadline } : {}),
-        ...(r.notBefore !== undefined ? { notBefore: r.notBefore } : {}),
-      },
-      size,
-      restartSize,
-      ...(r.taken !== undefined ? { taken: r.taken } : {}),
-      ...(r.takenAlso !== undefined ? { takenAlso: r.takenAlso } : {}),
-    };
+    return parseOneRequest(ids, v, m.data.length, m.data.length <= 64 * 1024);
   } catch (err) {
     const n = Number(m.headers?.get(Header.Request));
     return { error: asTandem(err), ...ids, ...(Number.isSafeInteger(n) && n > 0 ? { n } : {}) };
   }
 }
 
-export type ParsedResponse =
+/**
+ * A request record's body. `bytes` is the record's size: it bounds the request's, which is
+ * measured exactly (the payload encoded again) only when `cheap` is false.
+ */
+function parseOneRequest(ids: { client: string; session: string }, v: unknown, bytes: number, cheap: boolean): ParsedOneRequest {
+  const r = parse(V.request, v);
+  if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
+  const size = cheap ? bytes : encode(r.payload ?? null).length;
+  const restartSize = "restart" in r ? bytes : 0;
+  return {
+    type: "request",
+    request: {
+      ...ids,
+      n: r.n,
+      kind: r.kind ?? "request",
+      payload: r.payload,
+      ...("restart" in r ? { restart: r.restart } : {}),
+      ...(isTraceParent(r.tp) ? { tp: r.tp } : {}),
+      ...(r.retry !== undefined ? { retry: r.retry } : {}),
+      ...(r.deadline !== undefined ? { deadline: r.deadline } : {}),
+      ...(r.notBefore !== undefined ? { notBefore: r.notBefore } : {}),
+    },
+    size,
+    restartSize,
+    ...(r.taken !== undefined ? { taken: r.taken } : {}),
+    ...(r.takenAlso !== undefined ? { takenAlso: r.takenAlso } : {}),
+  };
+}
+
+/**
+ * Several requests of one session in one record (its client sent them in one turn, docs/design.md
+ * §6). The envelope must fit; then each element is a request record checked on its own, so one
+ * bad element is refused alone and the others are taken (I7).
+ */
+function parseRequestBatch(ids: { client: string; session: string }, v: Record<string, unknown>, bytes: number): ParsedRequest {
+  const b = parse(V.requestBatch, v);
+  // A small record bounds each element by an equal share (the session's byte bounds add up the
+  // same); a larger one has each element's payload measured, so no element can hide behind the others.
+  const cheap = bytes <= 4096;
+  const share = Math.ceil(bytes / b.batch.length);
+  const items = b.batch.map((raw): ParsedBatchItem => {
+    try {
+      return { raw, ...parseOneRequest(ids, raw, cheap ? share : bytes, cheap) };
+    } catch (err) {
+      const n = isObject(raw) && Number.isSafeInteger(raw.n) && Number(raw.n) > 0 ? Number(raw.n) : undefined;
+      return { raw, error: asTandem(err), ...(n !== undefined ? { n } : {}) };
+    }
+  });
+  return { type: "batch", ...ids, items };
+}
+
+/**
+ * Request n of a record read back from the request queue: the record itself, or its element
+ * when the record is a batch; with the bytes that stand for it (for the dead-letter stream).
+ */
+export function requestIn(names: Names, m: { subject: string; headers?: MsgHdrs | undefined; data: Uint8Array }, n: number): { parsed: ParsedRequest; data: Uint8Array } | null {
+  const parsed = parseRequestMsg(names, m);
+  if (!("type" in parsed)) return null;
+  if (parsed.type !== "batch") return { parsed, data: m.data };
+  const item = parsed.items.find((x) => ("type" in x ? x.request.n : x.n) === n);
+  if (!item) return null;
+  const { raw, ...one } = item;
+  return "type" in one ? { parsed: one, data: encode(raw) } : null;
+}
+
+export type ParsedOneResponse =
   | { type: "response"; body: { session: string; restartSize: number } & ResponseBody }
-  | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown; restartSize: number } }
+  | { type: "checkpoint"; body: { session: string; n: number; server: string; restart: unknown; restartSize: number } };
+
+export type ParsedResponse =
+  | ParsedOneResponse
   | { type: "attempt"; body: { session: string; n: number; server: string; error: WireErr; at?: number } }
+  /** Several responses (or checkpoints) of the session from one server, each checked on its own. */
+  | { type: "batch"; session: string; server: string; items: Array<{ raw: unknown } & (ParsedOneResponse | { error: TandemError })> }
   | { error: TandemError };
 
 /** The response queue's writer token of the manager's own records (error answers, attempts). */
 export const MANAGER_WRITER = "manager";
 
 /**
- * A response or checkpoint from `<p>.resp.<server>.<session>`. The writer is the subject's server
- * token (NATS permissions confine a server to its own), and the body must carry the dispatch key
- * of that server for that request: a server cannot answer for work it was not given.
+ * A response or a checkpoint of `server` for the session, its dispatch key checked (TANDEM_FORGED
+ * when `server` was not given the request). `bytes`, the record's size, bounds its restart data.
+ */
+function parseOneResponse(session: string, server: string, v: unknown, bytes: number, secret: Buffer): ParsedOneResponse {
+  if (!isObject(v)) throw malformed("response body must be a JSON object");
+  // A response has "ok" or "error"; a checkpoint has neither (the body says it: see above).
+  const checkpoint = !("ok" in v) && !("error" in v);
+  if (checkpoint && !("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);
+  const r = checkpoint ? parse(V.checkpoint, v) : parse(V.response, v);
+  if (r.k !== dispatchKey(secret, session, r.n, server)) {
+    throw new TandemError(ErrorCode.Forged, `${checkpoint ? "checkpoint" : "response"} for request ${r.n} of session ${session} from ${server}, which was not given that request: refused`, {
+      context: { server, session, n: r.n },
+    });
+  }
+  const restartSize = "restart" in r ? bytes : 0;
+  if (checkpoint) return { type: "checkpoint", body: { session, n: r.n, server, restart: r.restart, restartSize } };
+  const body: { session: string; restartSize: number } & ResponseBody = { session, n: r.n, server, restartSize };
+  if ("error" in r && r.error !== undefined) body.error = r.error;
+  else body.ok = (r as { ok?: unknown }).ok;
+  if ("restart" in r) body.restart = r.restart;
+  if (isTraceParent((r as { tp?: unknown }).tp)) body.tp = (r as { tp: string }).tp;
+  return { type: "response", body };
+}
+
+/**
+ * A response or checkpoint from `<p>.resp.<server>.<session>`, or a batch of them. The writer is
+ * the subject's server token (NATS permissions confine a server to its own), and each body must
+ * carry the dispatch key of that server for its request: a server cannot answer for work it was
+ * not given.
  */
 export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8Array }, secret: Buffer): ParsedResponse {
   const where = names.parseQueueSubject(m.subject);
@@ -141,23 +223,18 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
       }
       return { type: "attempt", body: { session, n: a.n, server: a.attempt.server, error: a.attempt.error, ...(a.attempt.at !== undefined ? { at: a.attempt.at } : {}) } };
     }
-    // A response has "ok" or "error"; a checkpoint has neither (the body says it: see above).
-    const checkpoint = !("ok" in v) && !("error" in v);
-    if (checkpoint && !("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);
-    const r = checkpoint ? parse(V.checkpoint, v) : parse(V.response, v);
-    if (r.k !== dispatchKey(secret, session, r.n, server)) {
-      throw new TandemError(ErrorCode.Forged, `${checkpoint ? "checkpoint" : "response"} for request ${r.n} of session ${session} from ${server}, which was not given that request: refused`, {
-        context: { server, session, n: r.n },
+    if ("batch" in v && !("n" in v)) {
+      const b = parse(V.responseBatch, v);
+      const items = b.batch.map((raw) => {
+        try {
+          return { raw, ...parseOneResponse(session, server, raw, m.data.length, secret) };
+        } catch (err) {
+          return { raw, error: asTandem(err) };
+        }
       });
+      return { type: "batch", session, server, items };
     }
-    const restartSize = "restart" in r ? m.data.length : 0;
-    if (checkpoint) return { type: "checkpoint", body: { session, n: r.n, server, restart: r.restart, restartSize } };
-    const body: { session: string; restartSize: number } & ResponseBody = { session, n: r.n, server, restartSize };
-    if ("error" in r && r.error !== undefined) body.error = r.error;
-    else body.ok = (r as { ok?: unknown }).ok;
-    if ("restart" in r) body.restart = r.restart;
-    if (isTraceParent((r as { tp?: unknown }).tp)) body.tp = (r as { tp: string }).tp;
-    return { type: "response", body };
+    return parseOneResponse(session, server, v, m.data.length, secret);
   } catch (err) {
     return { error: asTandem(err) };
   }

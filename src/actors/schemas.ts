@@ -79,6 +79,11 @@ export const RequestRecord = Type.Object({
   notBefore: Type.Optional(Deadline),
   retry: Type.Optional(RetrySchema),
 });
+/**
+ * Several requests of one session that its client sent in one turn, as one record of the session's
+ * request queue (docs/design.md §6): each element is a request record, checked on its own.
+ */
+export const RequestBatchRecord = Type.Object({ batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH }) });
 export const TakenRecord = Type.Object({ taken: Count, takenAlso: Type.Optional(TakenAlso) });
 /** The caller gave up on request `cancel` (an abort, or its deadline passed). */
 export const CancelRecord = Type.Object({ cancel: Seq, reason: Type.Union([Type.Literal("cancelled"), Type.Literal("deadline")]) });
@@ -107,6 +112,8 @@ export const ResponseRecord = Type.Object({
   tp: Type.Optional(Type.Unknown()),
 });
 export const CheckpointRecord = Type.Object({ n: Seq, k: Key, restart: Type.Unknown() });
+/** Several responses of one session that its server finished in one turn, as one record (docs/design.md §6). */
+export const ResponseBatchRecord = Type.Object({ batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH }) });
 /** The manager's record of a failed attempt: the server that held the request died. */
 export const AttemptRecord = Type.Object({ n: Seq, k: Key, attempt: Type.Object({ server: Token, error: WireErrSchema, at: Type.Optional(Deadline) }) });
 
@@ -247,6 +254,8 @@ function compile<T extends TSchema>(what: string, schema: T): Validator<T> {
 
 export const V = {
   request: compile("request", RequestRecord),
+  requestBatch: compile("request batch", RequestBatchRecord),
+  responseBatch: compile("response batch", ResponseBatchRecord),
   taken: compile("receipt", TakenRecord),
   cancelRecord: compile("cancel record", CancelRecord),
   attempt: compile("attempt record", AttemptRecord),

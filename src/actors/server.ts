@@ -10,7 +10,7 @@ import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord,
 import { ErrorCode, handlerErrorToWire, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
-import { decode, encode, encodedSize, isObject, isToken, makeHeaders, malformed } from "../runtime/wire.js";
+import { decode, encode, encodedSize, Header, isObject, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
 import { pollUntil, withBackoff } from "../runtime/backoff.js";
@@ -18,6 +18,7 @@ import { trace } from "../runtime/trace.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
 import { parse, V } from "./schemas.js";
+import { batchBytes, batchRecord, TurnBatcher } from "./batches.js";
 import { checkAddressed, epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
@@ -102,6 +103,17 @@ class Running {
   }
 }
 
+/** A response on its way into its session's response queue. */
+interface OutgoingResponse {
+  subject: string;
+  session: string;
+  n: number;
+  k: string;
+  attempt: number;
+  tp?: string;
+  data: Uint8Array;
+}
+
 export class TandemServer {
   readonly id: string;
   /** This process's own id: a server started again under the same `id` is a new incarnation. */
@@ -126,6 +138,14 @@ export class TandemServer {
   private registeredAt = 0;
   private heartbeatOkAt = 0;
   private unwatch: Array<() => void> = [];
+  /** Response publishes, those of one session finished in one turn as one record (docs/design.md §6). */
+  private readonly outbox = new TurnBatcher<OutgoingResponse>(
+    (r) => this.storeOne(r),
+    (rs) => this.storeBatch(rs),
+    (r) => r.data.length,
+    () => batchBytes(this.rt.nc.info?.max_payload),
+    (r) => r.session,
+  );
   /** Counters for tests and the CLI. */
   readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };
 
@@ -590,23 +610,39 @@ export class TandemServer {
     this.note(-1);
   }
 
-  /** The response must reach the queue: retry (same message id, so at most one is stored). */
-  private async storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
+  /**
+   * The response must reach the queue. Responses of one session finished in the same turn go as
+   * one record (docs/design.md §6), the first of the turn at once.
+   */
+  private storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
     if (w.tp !== undefined) body.tp = w.tp;
-    const data = encode(body);
-    const opts = {
-      // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
-      // Per attempt: a retry on the same server stores its own answer.
-      msgID: `${w.session}.${w.n}.${w.k}.${w.attempt ?? 1}`,
-      headers: makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "response", server: this.id, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) }),
-      timeout: JS_TIMEOUT_MS,
-    };
+    return this.outbox.push({ subject, session: w.session, n: w.n, k: w.k, attempt: w.attempt ?? 1, ...(w.tp !== undefined ? { tp: w.tp } : {}), data: encode(body) });
+  }
+
+  private storeOne(r: OutgoingResponse): Promise<void> {
+    // Not `<session>.<n>` alone: anyone able to write a response could take that id first.
+    // Per attempt: a retry on the same server stores its own answer.
+    const headers = makeHeaders({ session: r.session, request: r.n, epoch: this.epoch, kind: "response", server: this.id, ...(r.tp !== undefined ? { traceparent: r.tp } : {}) });
+    return this.storeRecord(r, r.data, `${r.session}.${r.n}.${r.k}.${r.attempt}`, headers);
+  }
+
+  /** `{"batch":[...]}` of the responses' own bodies, every request number a Tandem-Request header; its id is its first element's and the count. */
+  private storeBatch(rs: OutgoingResponse[]): Promise<void> {
+    const first = rs[0]!;
+    const headers = makeHeaders({ session: first.session, request: first.n, epoch: this.epoch, kind: "response", server: this.id, ...(first.tp !== undefined ? { traceparent: first.tp } : {}) });
+    for (const r of rs.slice(1)) headers.append(Header.Request, String(r.n));
+    return this.storeRecord(first, batchRecord(rs.map((r) => r.data)), `${first.session}.${first.n}.${first.k}.${first.attempt}+${rs.length}`, headers);
+  }
+
+  /** Retry (same message id, so at most one is stored). */
+  private async storeRecord(first: OutgoingResponse, data: Uint8Array, msgID: string, headers: ReturnType<typeof makeHeaders>): Promise<void> {
+    const opts = { msgID, headers, timeout: JS_TIMEOUT_MS };
     let failures = 0;
-    await withBackoff(() => publishToQueue(this.rt.requester, subject, data, opts), {
+    await withBackoff(() => publishToQueue(this.rt.requester, first.subject, data, opts), {
       // Stopping, it gives up after 20 more tries: another server redoes the work.
       while: () => !this.stopping || failures <= 21,
-      onFailure: (err) => ++failures === 6 && this.log.warn({ err, session: w.session, n: w.n }, "storing a response keeps failing; retrying"),
-    }).catch((err: unknown) => this.log.error({ err, session: w.session, n: w.n }, "could not store a response before stopping; another server will redo it"));
+      onFailure: (err) => ++failures === 6 && this.log.warn({ err, session: first.session, n: first.n }, "storing a response keeps failing; retrying"),
+    }).catch((err: unknown) => this.log.error({ err, session: first.session, n: first.n }, "could not store a response before stopping; another server will redo it"));
   }
 
   /** Drain: finish the work in hand (bounded), then stop. */

@@ -97,13 +97,17 @@ export async function traceSession(rt: Runtime, session: string, only?: number):
       continue; // malformed entries are the DLQ's to show
     }
     if (!isObject(v)) continue;
-    if (typeof v.taken === "number") receipts.push({ taken: v.taken, at: at(m), seq: m.seq });
-    if (typeof v.n !== "number") continue;
-    const t = get(v.n);
-    const tp = typeof v.tp === "string" ? v.tp : undefined;
-    if (tp) t.traceparent = tp;
-    t.state = "queued";
-    t.steps.push({ step: "queued", at: at(m), seq: m.seq, kind: typeof v.kind === "string" ? v.kind : "request", restart: "restart" in v, ...(tp ? { traceparent: tp } : {}) });
+    // A batch record holds several requests of the session, each traced as if stored alone.
+    for (const e of Array.isArray(v.batch) ? v.batch : [v]) {
+      if (!isObject(e)) continue;
+      if (typeof e.taken === "number") receipts.push({ taken: e.taken, at: at(m), seq: m.seq });
+      if (typeof e.n !== "number") continue;
+      const t = get(e.n);
+      const tp = typeof e.tp === "string" ? e.tp : undefined;
+      if (tp) t.traceparent = tp;
+      t.state = "queued";
+      t.steps.push({ step: "queued", at: at(m), seq: m.seq, kind: typeof e.kind === "string" ? e.kind : "request", restart: "restart" in e, ...(tp ? { traceparent: tp } : {}) });
+    }
   }
   for (const m of resp.msgs) {
     let v: unknown;
@@ -112,16 +116,20 @@ export async function traceSession(rt: Runtime, session: string, only?: number):
     } catch {
       continue;
     }
-    if (!isObject(v) || typeof v.n !== "number") continue;
-    const t = get(v.n);
+    if (!isObject(v)) continue;
     // The writer is the subject's server token (<p>.resp.<server>.<session>).
     const server = rt.names.parseQueueSubject(m.subject)?.owner ?? "?";
-    if ("ok" in v || "error" in v) {
-      const err = isObject(v.error) ? v.error : null;
-      t.state = "answered";
-      t.steps.push({ step: "answered", at: at(m), seq: m.seq, server, ok: !err, ...(err && typeof err.code === "string" ? { code: err.code } : {}) });
-    } else {
-      t.steps.push({ step: "checkpoint", at: at(m), seq: m.seq, server });
+    // A batch record holds several responses of the session from its server.
+    for (const e of Array.isArray(v.batch) ? v.batch : [v]) {
+      if (!isObject(e) || typeof e.n !== "number") continue;
+      const t = get(e.n);
+      if ("ok" in e || "error" in e) {
+        const err = isObject(e.error) ? e.error : null;
+        t.state = "answered";
+        t.steps.push({ step: "answered", at: at(m), seq: m.seq, server, ok: !err, ...(err && typeof err.code === "string" ? { code: err.code } : {}) });
+      } else {
+        t.steps.push({ step: "checkpoint", at: at(m), seq: m.seq, server });
+      }
     }
   }
   for (const took of info.took as TookRecord[]) get(took.n).steps.push({ step: "copy", at: took.at, server: took.server, copy: took.copy });

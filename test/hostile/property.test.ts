@@ -4,7 +4,7 @@
  * legitimate client runs a bounded load. fast-check generates the messages: random JSON shapes
  * that do not fit the subject's schema, bytes that are not JSON, nesting past the limit, strings
  * up to 300 kB, extreme numbers and epochs, ids that are not tokens, and well-formed responses
- * under made-up dispatch keys, batches (of deliveries, of work) whose elements are hostile, and
+ * under made-up dispatch keys, batches (of deliveries, of work, of requests and responses in the queues) whose elements are hostile or forged, near misses of the batch envelope, and
  * receipts for the hostile client's own pool session (a receipt is a batch too: `takenAlso`, up to
  * 1,024 request numbers) naming numbers never sent, numbers far past the last, repeats, and
  * near misses of the schema (1,025 numbers, 0, fractions, strings).
@@ -63,7 +63,9 @@ type Target =
   | "work" | "cancel" | "deliver" | "srv-restart" | "cli-restart"
   | "deliver-batch" // a well-formed batch envelope to the legitimate session, its elements hostile
   | "work-batch" // the same to the real server's work subject
-  | "receipt"; // a receipt record for the hostile client's own pool session
+  | "receipt" // a receipt record for the hostile client's own pool session
+  | "req-batch" // a well-formed request batch record in the hostile client's own queue, its elements hostile
+  | "resp-batch"; // a well-formed response batch record on the real server's subject, its elements hostile or forged
 
 interface Hostile {
   target: Target;
@@ -82,7 +84,7 @@ interface Hostile {
 const refuses: Record<Target, (v: unknown) => boolean> = {
   "req-own": (v) => !isRecord(v),
   "req-other": (v) => !isRecord(v),
-  resp: (v) => !fits(V.response, v) && !fits(V.checkpoint, v),
+  resp: (v) => !fits(V.response, v) && !fits(V.checkpoint, v) && !fits(V.responseBatch, v),
   open: (v) => !fits(V.open, v),
   resume: (v) => !fits(V.resume, v),
   close: (v) => !fits(V.close, v),
@@ -96,9 +98,12 @@ const refuses: Record<Target, (v: unknown) => boolean> = {
   "srv-restart": (v) => !fits(V.restart, v),
   "cli-restart": (v) => !fits(V.restart, v),
   receipt: (v) => !isRecord(v),
+  "req-batch": (v) => !(fits(V.request, v) && typeof v === "object" && v !== null && "payload" in v),
+  // Any element is refused: a well-formed one carries a made-up key (below).
+  "resp-batch": () => true,
 };
 function isRecord(v: unknown): boolean {
-  return fits(V.openRecord, v) || fits(V.taken, v) || (fits(V.request, v) && typeof v === "object" && v !== null && "payload" in v);
+  return fits(V.openRecord, v) || fits(V.taken, v) || fits(V.requestBatch, v) || (fits(V.request, v) && typeof v === "object" && v !== null && "payload" in v);
 }
 
 const extremeNumber = fc.oneof(
@@ -137,6 +142,22 @@ const hostileBatch: fc.Arbitrary<Hostile> = fc
 const hostileWorkBatch: fc.Arbitrary<Hostile> = fc
   .array(json.filter((v) => refuses["work-batch"](v)), { minLength: 1, maxLength: 5 })
   .map((items) => ({ target: "work-batch" as const, body: { json: null }, asRealServer: true, items }));
+// Batch records in the queues (issue 17: a client's requests of one turn, a server's responses):
+// the envelope fits, every element is hostile, and each is dead-lettered with its own bytes.
+const hostileReqBatch: fc.Arbitrary<Hostile> = fc
+  .array(json.filter((v) => refuses["req-batch"](v)), { minLength: 1, maxLength: 5 })
+  .map((items) => ({ target: "req-batch" as const, body: { json: null }, asRealServer: false, items }));
+const forgedItem = fc.record({ n: fc.integer({ min: 1, max: 50 }), ok: fc.jsonValue({ maxDepth: 2 }), k: fc.stringMatching(/^[A-Za-z0-9_-]{22}$/) });
+const hostileRespBatch: fc.Arbitrary<Hostile> = fc
+  .array(fc.oneof(json.filter((v) => !fits(V.response, v) && !fits(V.checkpoint, v)), forgedItem), { minLength: 1, maxLength: 5 })
+  .map((items) => ({ target: "resp-batch" as const, body: { json: null }, asRealServer: true, items }));
+// Near misses of the batch envelope: refused whole, dead-lettered with the record's bytes.
+const nearMissBatch: fc.Arbitrary<Hostile> = fc
+  .record({
+    target: fc.constantFrom<Target>("req-own", "resp"),
+    json: fc.constantFrom<unknown>({ batch: [] }, { batch: "x" }, { batch: null }, { batch: { n: 1 } }, { batch: Array.from({ length: 65 }, (_, i) => ({ n: i + 1, payload: i })) }),
+  })
+  .map(({ target, json }) => ({ target, body: { json }, asRealServer: true }));
 // Well-formed responses under made-up keys: refused as forged.
 const forgedResponse: fc.Arbitrary<Hostile> = fc
   .record({ n: fc.integer({ min: 1, max: 50 }), ok: fc.jsonValue({ maxDepth: 2 }), k: fc.stringMatching(/^[A-Za-z0-9_-]{22}$/), asRealServer: fc.boolean() })
@@ -160,7 +181,7 @@ const nearMissReceipt: fc.Arbitrary<Hostile> = fc
   .filter((v) => refuses.receipt(v))
   .map((v) => ({ target: "receipt" as const, body: { json: v }, asRealServer: false, fits: false }));
 
-const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }, { arbitrary: hostileWorkBatch, weight: 1 }, { arbitrary: fittingReceipt, weight: 1 }, { arbitrary: nearMissReceipt, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
+const runArb = fc.array(fc.oneof({ arbitrary: hostile, weight: 4 }, { arbitrary: forgedResponse, weight: 1 }, { arbitrary: hostileBatch, weight: 1 }, { arbitrary: hostileWorkBatch, weight: 1 }, { arbitrary: fittingReceipt, weight: 1 }, { arbitrary: nearMissReceipt, weight: 1 }, { arbitrary: hostileReqBatch, weight: 1 }, { arbitrary: hostileRespBatch, weight: 1 }, { arbitrary: nearMissBatch, weight: 1 }), { minLength: 4, maxLength: process.env.TANDEM_DEEP === "1" ? 40 : 14 });
 
 beforeAll(async () => {
   ns = await startNats();
@@ -199,7 +220,7 @@ async function send(h: Hostile, own: { client: string; session: string; pool: st
   const data =
     h.target === "deliver-batch"
       ? encode({ epoch: session.epoch, session: session.id, batch: h.items })
-      : h.target === "work-batch"
+      : h.target === "work-batch" || h.target === "req-batch" || h.target === "resp-batch"
         ? encode({ batch: h.items })
         : "json" in h.body
         ? encode(h.body.json)
@@ -248,6 +269,12 @@ async function send(h: Hostile, own: { client: string; session: string; pool: st
     case "work-batch": {
       const subject = h.target === "work-batch" ? n.work(SERVER, session.id) : n.deliver("legit", session.id);
       return { ...(await ask(subject)), dlq: h.items!.map((i) => ({ subject, data: encode(i) })) };
+    }
+    case "req-batch":
+    case "resp-batch": {
+      const subject = h.target === "req-batch" ? n.req(own.client, own.session) : n.resp(SERVER, session.id);
+      await rt.js.publish(subject, data, { msgID: `hostile.${++sent}.${Date.now()}` });
+      return { dlq: h.items!.map((i) => ({ subject, data: encode(i) })) };
     }
     case "srv-restart":
       return ask(n.srv(SERVER, "restart"));

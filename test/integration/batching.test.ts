@@ -14,6 +14,7 @@ import { TandemClient } from "../../src/actors/client.js";
 import { TandemServer } from "../../src/actors/server.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { decode, encode, Header } from "../../src/runtime/wire.js";
+import { traceSession } from "../../src/apps/request-trace.js";
 import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 
 let ns: NatsServer;
@@ -34,6 +35,7 @@ beforeAll(async () => {
     // for it, then all 8 are ready to deliver at once.
     await TandemServer.start(rt, { service: "slowfirst", handler: async (req) => (await new Promise((r) => setTimeout(r, req.n % 8 === 1 ? 120 : 5)), { n: req.n }) }),
     await TandemServer.start(rt, { service: "held", handler: async (req) => (await held, req.payload) }),
+    await TandemServer.start(rt, { service: "fast", handler: async (req) => req.payload }),
   ];
   client = await TandemClient.connect(rt);
 }, 60_000);
@@ -97,6 +99,55 @@ describe("batching", () => {
     expect(work.messages.some((m) => m.batch.length > 1)).toBe(true);
     for (const m of work.messages) expect(m.headers).toEqual(m.batch.map(String));
     console.log(`40 requests in ${work.messages.length} work messages; largest batch ${Math.max(...work.messages.map((m) => m.batch.length))}`);
+  });
+
+  it("requests sent in one turn are one record of the request queue, responses finished together one of the response queue; each answered once, in order, and traced", async () => {
+    const s = await client.open("fast", { window: 16 });
+    const reqs = watch(rt.names.req(client.id, s.id));
+    const resps = watch(rt.names.resp("*", s.id));
+    // Sixteen sends in one turn: the first goes at once, the other fifteen as one record.
+    const sends = Array.from({ length: 16 }, (_, i) => s.send(i + 1));
+    const answers = await Promise.all((await Promise.all(sends)).map((x) => x.response));
+    expect(answers.map((r) => [r.n, r.value])).toEqual([...Array(16).keys()].map((k) => [k + 1, k + 1]));
+    await rt.nc.flush();
+    reqs.sub.unsubscribe();
+    resps.sub.unsubscribe();
+    const all = [...Array(16).keys()].map((k) => k + 1);
+    for (const [what, w] of [["request", reqs], ["response", resps]] as const) {
+      // Each request stored once, in fewer records than requests, each naming its requests (the
+      // open record and receipts, which name none, aside).
+      const records = w.messages.filter((m) => m.batch.every((n) => typeof n === "number"));
+      expect([...records.flatMap((m) => m.batch)].sort((a, b) => a - b), what).toEqual(all);
+      expect(records.length, what).toBeLessThan(16);
+      for (const m of records) expect(m.headers, what).toEqual(m.batch.map(String));
+      console.log(`16 ${what}s of one turn in ${records.length} ${what} queue records; largest ${Math.max(...records.map((m) => m.batch.length))}`);
+    }
+    // `tandem trace` reads the batch records element by element.
+    const t = await traceSession(rt, s.id);
+    expect(t.requests.map((r) => [r.n, r.steps.some((x) => x.step === "queued"), r.steps.some((x) => x.step === "answered")])).toEqual(all.map((n) => [n, true, true]));
+    await s.close();
+  });
+
+  it("a batch record in a queue is checked element by element: the bad ones are dead-lettered with their own bytes, the session goes on", async () => {
+    const s = await client.open("fast");
+    expect(await s.request("first")).toBe("first");
+    // In the session's own request queue: a duplicate of request 1 (ignored) and two that do not fit.
+    const reqSubject = rt.names.req(client.id, s.id);
+    const noNumber = { payload: "no n" };
+    const badNumber = { n: "two", payload: 2 };
+    await rt.js.publish(reqSubject, encode({ batch: [{ n: 1, payload: "again" }, noNumber, badNumber] }), { msgID: `test.${s.id}.reqbatch` });
+    // On its server's response subject: a response under a made-up key and one that does not fit.
+    const respSubject = rt.names.resp(servers[2]!.id, s.id);
+    const forged = { n: 1, k: "k".repeat(22), ok: "forged" };
+    const junk = { n: -1 };
+    await rt.js.publish(respSubject, encode({ batch: [forged, junk] }), { msgID: `test.${s.id}.respbatch` });
+    const has = async (reason: string, subject: string, body: unknown) => (await dead(reason, subject)).some((b) => Buffer.from(b.data as string, "base64").toString() === JSON.stringify(body));
+    await eventually(async () => ((await has("malformed", reqSubject, noNumber)) && (await has("malformed", reqSubject, badNumber))) || null, "the bad request elements dead-lettered with their bytes");
+    await eventually(async () => ((await has("forged", respSubject, forged)) && (await has("malformed", respSubject, junk))) || null, "the bad response elements dead-lettered with their bytes");
+    // Nothing of it was run or delivered: the session goes on with its own requests.
+    expect(await s.request("second")).toBe("second");
+    expect(await s.request("third")).toBe("third");
+    await s.close();
   });
 
   it("a work batch: a bad element and one from a stale epoch are refused and dead-lettered with their bytes; the good one runs", async () => {

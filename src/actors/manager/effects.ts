@@ -3,7 +3,6 @@
  * names what it acts on; what it sends (a request's payload, a response, restart data) is read
  * from the table at the moment it is sent, so an effect run late sends what is current.
  */
-import type { JsMsg } from "@nats-io/jetstream";
 import type { DispatchWork, Effect, StoredResponse } from "../../machines/managerCore.js";
 import { splitToFit } from "../../machines/parts.js";
 import type { ClientRestartAck, DeliverBatchMsg, DeliverBatchReply, DeliverMsg, Reply, RestartMsg, RestartRecord, RestartSession, ServerRestartAck, WorkMsg } from "../../machines/types.js";
@@ -13,9 +12,9 @@ import { JS_TIMEOUT_MS } from "../../runtime/runtime.js";
 import { trace } from "../../runtime/trace.js";
 import { decode, encode, encodedSize, Header, makeHeaders } from "../../runtime/wire.js";
 import type { HedgeEffects, HedgeRecord } from "../hedgeProxy.js";
-import { MANAGER_WRITER, parseRequestMsg, publishDlq } from "../protocol.js";
-import { MAX_BATCH } from "../schemas.js";
-import { now, toWall, type PrimaryTerm, type TermEffects } from "./term.js";
+import { MANAGER_WRITER, publishDlq, requestIn } from "../protocol.js";
+import { batchBytes, chunks } from "../batches.js";
+import { now, toWall, type PrimaryTerm, type QueueEntry, type TermEffects } from "./term.js";
 
 export class Effects implements TermEffects {
   private restartWarnedAt = -Infinity;
@@ -34,12 +33,12 @@ export class Effects implements TermEffects {
 
   constructor(private readonly term: PrimaryTerm) {}
 
-  run(effects: Effect[], source?: JsMsg): void {
+  run(effects: Effect[], source?: QueueEntry): void {
     const epoch = this.term.epoch;
     for (const e of effects) this.exec(e, epoch, source);
   }
 
-  private exec(e: Effect, epoch: number, source?: JsMsg): void {
+  private exec(e: Effect, epoch: number, source?: QueueEntry): void {
     const { rt, core } = this.term;
     if (!this.term.acting) return;
     switch (e.type) {
@@ -120,10 +119,15 @@ export class Effects implements TermEffects {
         const dedupe = `${e.context.session ?? ""}.${e.context.n ?? ""}`;
         if (e.reqSeq !== undefined) {
           // The request the entry is about, as it was queued: subject, headers and bytes.
+          const n = e.context.n;
           void this.term.store.queues
             .at("req", e.reqSeq)
             .catch(() => null)
-            .then((sm) => publishDlq(rt, e, sm?.subject ?? "", sm?.headers, sm?.data, dedupe));
+            .then((sm) => {
+              // A batch record stands for its element n.
+              const one = sm && typeof n === "number" ? requestIn(rt.names, sm, n) : null;
+              return publishDlq(rt, e, sm?.subject ?? "", sm?.headers, one?.data ?? sm?.data, dedupe);
+            });
         } else if (source) {
           void publishDlq(rt, e, source.subject, source.headers, source.data, dedupe);
         } else {
@@ -344,7 +348,7 @@ export class Effects implements TermEffects {
     if (w.evicted) {
       // Not held in memory (read on replay past the byte bounds): the queue has it.
       const stored = await this.term.store.queues.at("req", w.seq).catch(() => null);
-      const parsed = stored ? parseRequestMsg(rt.names, stored) : null;
+      const parsed = stored ? requestIn(rt.names, stored, n)?.parsed : null;
       if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
         this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
         return null;
@@ -442,27 +446,3 @@ export class Effects implements TermEffects {
 }
 
 const utf8 = new TextEncoder();
-
-/** Bytes one batch carries at most: 256 kB, or half of what the NATS server takes (one larger item goes alone). */
-function batchBytes(maxPayload: number | undefined): number {
-  return Math.min(256 * 1024, Math.floor((maxPayload ?? 1024 * 1024) / 2));
-}
-
-/** Items cut into batches of at most MAX_BATCH and about `maxBytes`, in order. */
-function chunks<T>(items: T[], bytes: (t: T) => number, maxBytes: number): T[][] {
-  const out: T[][] = [];
-  let chunk: T[] = [];
-  let sum = 0;
-  for (const it of items) {
-    const b = bytes(it);
-    if (chunk.length > 0 && (chunk.length >= MAX_BATCH || sum + b > maxBytes)) {
-      out.push(chunk);
-      chunk = [];
-      sum = 0;
-    }
-    chunk.push(it);
-    sum += b;
-  }
-  if (chunk.length) out.push(chunk);
-  return out;
-}

@@ -6,11 +6,11 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { Effect } from "../../machines/managerCore.js";
-import { ErrorCode } from "../../runtime/errors.js";
+import { ErrorCode, type TandemError } from "../../runtime/errors.js";
 import { trace } from "../../runtime/trace.js";
-import { encodedSize } from "../../runtime/wire.js";
-import { parseRequestMsg, parseResponseMsg, publishDlq } from "../protocol.js";
-import { now, storedAt, toCore, type PrimaryTerm, type TermIntake } from "./term.js";
+import { encode, encodedSize } from "../../runtime/wire.js";
+import { parseRequestMsg, parseResponseMsg, publishDlq, type ParsedOneRequest, type ParsedOneResponse } from "../protocol.js";
+import { now, storedAt, toCore, type PrimaryTerm, type QueueEntry, type TermIntake } from "./term.js";
 
 export class QueueIntake implements TermIntake {
   constructor(private readonly term: PrimaryTerm) {}
@@ -22,11 +22,18 @@ export class QueueIntake implements TermIntake {
     const parsed = parseRequestMsg(rt.names, m);
     if ("error" in parsed) {
       core.passed("req", m.seq);
-      if (!replaying) void publishDlq(rt, parsed.error, m.subject, m.headers, m.data, `req.${m.seq}`);
-      if (parsed.client && parsed.session && parsed.n) {
-        const unreadable = { seq: m.seq, client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() };
-        if (core.sessions.has(parsed.session)) term.run(core.onUnreadableRequest(unreadable, now()));
-        else if (!replaying) term.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: unreadable.error }]);
+      this.unreadable(`req.${m.seq}`, m.seq, parsed, m, replaying);
+      return;
+    }
+    if (parsed.type === "batch") {
+      // Several requests of the session in one record: each applied as if it were a record of
+      // its own at the same stream sequence; a refused element is dead-lettered with its own bytes.
+      core.passed("req", m.seq);
+      for (const [i, item] of parsed.items.entries()) {
+        const { raw, ...one } = item;
+        const source = { subject: m.subject, headers: m.headers, get data() { return encode(raw); } };
+        if ("error" in one) this.unreadable(`req.${m.seq}.${i}`, m.seq, { error: one.error, client: parsed.client, session: parsed.session, ...(one.n !== undefined ? { n: one.n } : {}) }, source, replaying);
+        else this.applyRequest(m.seq, one, source, replaying);
       }
       return;
     }
@@ -39,23 +46,41 @@ export class QueueIntake implements TermIntake {
       const { type: _t, ...open } = parsed;
       term.run(core.onOpenRecord({ seq: m.seq, ...open }, now(), replaying), m);
     } else {
-      if (parsed.taken !== undefined) {
-        term.run(core.onTaken({ seq: m.seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken, ...(parsed.takenAlso ? { also: parsed.takenAlso } : {}) }, now()));
-      }
-      trace("manager.request", parsed.request.session, parsed.request.n);
-      // The parse gives an upper bound (the message's size): measure exactly only past the limit.
-      const restartSize = parsed.restartSize > rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
-      const { deadline, notBefore, ...request } = parsed.request;
-      const effects = core.onRequest(
-        { seq: m.seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), ...(notBefore !== undefined ? { notBefore: toCore(notBefore) } : {}), size: parsed.size, restartSize },
-        now(),
-        replaying,
-      );
-      if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
-        void this.unknownSession(parsed.request.session, effects, m);
-      } else {
-        term.run(effects, m);
-      }
+      this.applyRequest(m.seq, parsed, m, replaying);
+    }
+  }
+
+  /** A record (or a batch's element) that does not fit: dead-lettered, and its request answered with the error. */
+  private unreadable(dedupe: string, seq: number, parsed: { error: TandemError; client?: string; session?: string; n?: number }, source: QueueEntry, replaying: boolean): void {
+    const { core, rt } = this.term;
+    if (!replaying) void publishDlq(rt, parsed.error, source.subject, source.headers, source.data, dedupe);
+    if (parsed.client && parsed.session && parsed.n) {
+      const unreadable = { seq, client: parsed.client, session: parsed.session, n: parsed.n, error: parsed.error.toWire() };
+      if (core.sessions.has(parsed.session)) this.term.run(core.onUnreadableRequest(unreadable, now()));
+      else if (!replaying) this.term.run([{ type: "notify", client: parsed.client, session: parsed.session, n: parsed.n, error: unreadable.error }]);
+    }
+  }
+
+  /** One request (with the receipts riding on it) applied to the table. */
+  private applyRequest(seq: number, parsed: ParsedOneRequest, source: QueueEntry, replaying: boolean): void {
+    const term = this.term;
+    const { core, rt } = term;
+    if (parsed.taken !== undefined) {
+      term.run(core.onTaken({ seq, client: parsed.request.client, session: parsed.request.session, taken: parsed.taken, ...(parsed.takenAlso ? { also: parsed.takenAlso } : {}) }, now()));
+    }
+    trace("manager.request", parsed.request.session, parsed.request.n);
+    // The parse gives an upper bound (the message's size): measure exactly only past the limit.
+    const restartSize = parsed.restartSize > rt.config.maxPayload ? encodedSize(parsed.request.restart) : 0;
+    const { deadline, notBefore, ...request } = parsed.request;
+    const effects = core.onRequest(
+      { seq, ...request, ...(deadline !== undefined ? { deadline: toCore(deadline) } : {}), ...(notBefore !== undefined ? { notBefore: toCore(notBefore) } : {}), size: parsed.size, restartSize },
+      now(),
+      replaying,
+    );
+    if (effects.some((e) => e.type === "notify" && e.error.code === ErrorCode.UnknownSession)) {
+      void this.unknownSession(parsed.request.session, effects, source);
+    } else {
+      term.run(effects, source);
     }
   }
 
@@ -65,7 +90,7 @@ export class QueueIntake implements TermIntake {
    * restarting, say). Then nothing is answered: this manager steps down and the next takeover
    * rebuilds from the bucket.
    */
-  private async unknownSession(session: string, effects: Effect[], m: JsMsg): Promise<void> {
+  private async unknownSession(session: string, effects: Effect[], m: QueueEntry): Promise<void> {
     const term = this.term;
     try {
       if (await term.store.records.hasSession(session)) {
@@ -88,7 +113,7 @@ export class QueueIntake implements TermIntake {
       return;
     }
     // The session's client is the table's: the subject names the server that wrote it.
-    const client = core.sessions.get(parsed.body.session)?.client;
+    const client = core.sessions.get(parsed.type === "batch" ? parsed.session : parsed.body.session)?.client;
     if (client === undefined) {
       core.passed("resp", m.seq);
       return; // closed (or not yet replayed: a response of a session opened later in the queue)
@@ -101,18 +126,41 @@ export class QueueIntake implements TermIntake {
       term.run(core.onAttemptRecord({ seq: m.seq, client, ...attempt, at: at !== undefined ? toCore(at) : storedAt(m) }, now()));
       return;
     }
+    if (parsed.type === "batch") {
+      // Several responses of the session from its server in one record: each applied as a record
+      // of its own at the same sequence, a refused element dead-lettered with its own bytes.
+      core.passed("resp", m.seq);
+      const share = m.data.length <= 4096 ? Math.ceil(m.data.length / parsed.items.length) : 0;
+      for (const [i, item] of parsed.items.entries()) {
+        const { raw, ...one } = item;
+        const source = { subject: m.subject, headers: m.headers, get data() { return encode(raw); } };
+        if ("error" in one) {
+          if (m.seq > term.replayEnd.resp) void publishDlq(rt, one.error, m.subject, m.headers, source.data, `resp.${m.seq}.${i}`);
+        } else {
+          this.applyResponse(m, one, client, share || source.data.length, source, replaying);
+        }
+      }
+      return;
+    }
+    this.applyResponse(m, parsed, client, m.data.length, m, replaying);
+  }
+
+  /** One response or checkpoint (a record, or a batch's element) applied to the table. */
+  private applyResponse(m: JsMsg, parsed: ParsedOneResponse, client: string, size: number, source: QueueEntry, replaying: boolean): void {
+    const term = this.term;
+    const { core, rt } = term;
     // The restart data's size is measured (see above) only for responses and checkpoints.
     if (parsed.body.restartSize > rt.config.maxPayload) parsed.body.restartSize = encodedSize(parsed.body.restart);
     else parsed.body.restartSize = 0;
     if (parsed.type === "checkpoint") {
-      term.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying), m);
+      term.run(core.onCheckpoint({ seq: m.seq, client, ...parsed.body }, replaying), source);
     } else {
       trace("manager.response", parsed.body.session, parsed.body.n);
       const body = parsed.body;
       // When it was stored matters only to a failure or a request with a deadline (the time is
       // read from the message's reply subject: not paid on the hot path).
       const timed = body.error !== undefined || core.sessions.get(body.session)?.requests.get(body.n)?.deadline !== undefined;
-      term.run(core.onResponse({ seq: m.seq, client, ...body, size: m.data.length, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying), m);
+      term.run(core.onResponse({ seq: m.seq, client, ...body, size, ...(timed ? { at: storedAt(m) } : {}) }, now(), replaying), source);
     }
   }
 

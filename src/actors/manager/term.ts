@@ -12,7 +12,7 @@
  * it outlives terms (lease.ts); the manager node (../manager.ts) makes and ends terms.
  */
 import type { Consumer, JsMsg } from "@nats-io/jetstream";
-import type { Msg, Subscription } from "@nats-io/transport-node";
+import type { Msg, MsgHdrs, Subscription } from "@nats-io/transport-node";
 import type { Effect, ManagerCore } from "../../machines/managerCore.js";
 import type { RecentSeries } from "../../machines/recentSeries.js";
 import type { FencedKv } from "../../runtime/fenced-kv.js";
@@ -33,6 +33,13 @@ export const storedAt = (m: { time?: Date }) => (m.time instanceof Date ? toCore
 export const PULL_MAX_BYTES = 8 * 1024 * 1024;
 
 /** What the parts of a term need of the manager node that outlives it. */
+/** What an effect about a queue entry needs of it: where it came from, its headers and bytes (a batch's element stands for itself). */
+export interface QueueEntry {
+  readonly subject: string;
+  readonly headers?: MsgHdrs | undefined;
+  readonly data: Uint8Array;
+}
+
 export interface ManagerContext {
   readonly rt: Runtime;
   /** Where the lease, the cursors, the queues and the records are kept (store.ts). */
@@ -80,7 +87,7 @@ export interface TermCalls {
 
 /** effects.ts */
 export interface TermEffects {
-  run(effects: Effect[], source?: JsMsg): void;
+  run(effects: Effect[], source?: QueueEntry): void;
 }
 
 /** backups.ts */
@@ -135,7 +142,7 @@ export class PrimaryTerm {
   }
 
   /** Carry out the core's effects, while this term acts. */
-  run(effects: Effect[], source?: JsMsg): void {
+  run(effects: Effect[], source?: QueueEntry): void {
     if (this.acting) this.effects.run(effects, source);
   }
 
