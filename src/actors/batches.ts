@@ -29,11 +29,12 @@ export function chunks<T>(items: T[], bytes: (t: T) => number, maxBytes: number)
 }
 
 /**
- * Publishes coalesced per turn of the event loop, by session (`key`): the first of a session in a
- * turn goes out at once (one request at a time pays no wait), the others of the same session in
- * the same turn (a window refilled by a batch of deliveries, a batch of work finished together)
- * are held until the turn ends and go as batches. Each push settles when the message carrying it
- * was acknowledged, or fails with its error. What it holds is at most one turn's pushes.
+ * Publishes coalesced per turn of the event loop, by session (`key`). A push that is `alone` (its
+ * session has nothing else in flight: one request at a time) and the first of its session in the
+ * turn goes out at once, so it pays no wait. Any other is held until the turn ends (a window
+ * refilled by a batch of deliveries, a batch of work finished together: its neighbours come in
+ * the same turn) and goes in a batch. Each push settles when the message carrying it was
+ * acknowledged, or fails with its error. What it holds is at most one turn's pushes.
  */
 export class TurnBatcher<T> {
   private scheduled = false;
@@ -48,7 +49,7 @@ export class TurnBatcher<T> {
     private readonly key: (item: T) => string = () => "",
   ) {}
 
-  push(item: T): Promise<void> {
+  push(item: T, alone = true): Promise<void> {
     const k = this.key(item);
     if (!this.scheduled) {
       this.scheduled = true;
@@ -56,7 +57,7 @@ export class TurnBatcher<T> {
     }
     if (!this.open.has(k)) {
       this.open.add(k);
-      return this.sendOne(item);
+      if (alone) return this.sendOne(item);
     }
     return new Promise<void>((resolve, reject) => {
       const list = this.held.get(k);

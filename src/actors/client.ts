@@ -698,7 +698,8 @@ export class ClientSession {
     const response = new Promise<Response>((resolve) => this.waiters.set(n, { resolve }));
     this.observe(response);
     this.unanswered.set(n, { data, kind, tp });
-    if (this.client.traceDest === undefined) await this.outbox.push({ n, data, kind, tp });
+    // Alone: no other request of the session waits for its answer (one at a time).
+    if (this.client.traceDest === undefined) await this.outbox.push({ n, data, kind, tp }, this.waiters.size <= 1);
     else await this.publishDurable(n, data, kind, tp);
     if (opts.restart !== undefined) this.restartData = opts.restart;
     if (newRestart) this.storedRestart = restartJson;

@@ -126,6 +126,8 @@ export class TandemServer {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private epochAskedAt = -Infinity;
   private running = new Map<string, Running>();
+  /** How many requests of each session run here (a response is `alone` when its session has no other). */
+  private readonly runningBySession = new Map<string, number>();
   /** Requests in the handler now, and whether the machine was last told some are (BUSY). */
   private handling = 0;
   private toldBusy = false;
@@ -461,6 +463,7 @@ export class TandemServer {
     }
     const run = new Running(w.session, w.n);
     this.running.set(key, run);
+    this.runningBySession.set(w.session, (this.runningBySession.get(w.session) ?? 0) + 1);
     if (w.deadline !== undefined) {
       const ms = w.deadline - Date.now();
       const expire = () => run.abort(new TandemError(ErrorCode.Deadline, `request ${w.n} of session ${w.session} passed its deadline`));
@@ -604,19 +607,26 @@ export class TandemServer {
   }
 
   private finish(key: string): void {
-    clearTimeout(this.running.get(key)?.timer);
+    const run = this.running.get(key);
+    clearTimeout(run?.timer);
     this.running.delete(key);
+    if (run) {
+      const left = (this.runningBySession.get(run.session) ?? 1) - 1;
+      if (left > 0) this.runningBySession.set(run.session, left);
+      else this.runningBySession.delete(run.session);
+    }
     this.release();
     this.note(-1);
   }
 
   /**
    * The response must reach the queue. Responses of one session finished in the same turn go as
-   * one record (docs/design.md §6), the first of the turn at once.
+   * one record (docs/design.md §6); the only one of its session here goes at once.
    */
   private storeResponse(subject: string, w: WorkMsg, body: Record<string, unknown>): Promise<void> {
     if (w.tp !== undefined) body.tp = w.tp;
-    return this.outbox.push({ subject, session: w.session, n: w.n, k: w.k, attempt: w.attempt ?? 1, ...(w.tp !== undefined ? { tp: w.tp } : {}), data: encode(body) });
+    const alone = (this.runningBySession.get(w.session) ?? 0) <= 1;
+    return this.outbox.push({ subject, session: w.session, n: w.n, k: w.k, attempt: w.attempt ?? 1, ...(w.tp !== undefined ? { tp: w.tp } : {}), data: encode(body) }, alone);
   }
 
   private storeOne(r: OutgoingResponse): Promise<void> {

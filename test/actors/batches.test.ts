@@ -38,6 +38,14 @@ describe("TurnBatcher", () => {
     expect(sent.at(-1)).toEqual({ key: "s", items: [5] });
   });
 
+  it("a push that is not alone (its session has others in flight) waits for the turn's end even when it is the first", async () => {
+    const { b, sent } = recorder();
+    const done = [b.push({ key: "s", n: 1, bytes: 1 }, false), b.push({ key: "s", n: 2, bytes: 1 }, false), b.push({ key: "t", n: 1, bytes: 1 })];
+    expect(sent).toEqual([{ key: "t", items: [1] }]); // t's only one went at once
+    await Promise.all(done);
+    expect(sent).toEqual([{ key: "t", items: [1] }, { key: "s", items: [1, 2] }]);
+  });
+
   it("sessions are batched apart; a failed batch fails each of its pushes, and only those", async () => {
     const { b, sent } = recorder((ns) => ns.includes(3));
     const outcomes = [
