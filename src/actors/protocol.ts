@@ -8,7 +8,7 @@ import type { HedgeOptions, RequestKind, ResponseBody, Reply, RetryOptions, Wire
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { isTraceParent } from "../runtime/trace-context.js";
-import { dispatchKey } from "../runtime/dispatch-key.js";
+import type { DispatchKeys } from "../runtime/dispatch-key.js";
 import { decode, encode, Header, isToken, isObject, makeHeaders, malformed, type Names } from "../runtime/wire.js";
 import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 
@@ -181,13 +181,13 @@ export const MANAGER_WRITER = "manager";
  * A response or a checkpoint of `server` for the session, its dispatch key checked (TANDEM_FORGED
  * when `server` was not given the request). `bytes`, the record's size, bounds its restart data.
  */
-function parseOneResponse(session: string, server: string, v: unknown, bytes: number, secret: Buffer): ParsedOneResponse {
+function parseOneResponse(session: string, server: string, v: unknown, bytes: number, keys: DispatchKeys): ParsedOneResponse {
   if (!isObject(v)) throw malformed("response body must be a JSON object");
   // A response has "ok" or "error"; a checkpoint has neither (the body says it: see above).
   const checkpoint = !("ok" in v) && !("error" in v);
   if (checkpoint && !("restart" in v)) throw malformed(`a response needs "ok" or "error", a checkpoint "restart"`);
   const r = checkpoint ? parse(V.checkpoint, v) : parse(V.response, v);
-  if (r.k !== dispatchKey(secret, session, r.n, server)) {
+  if (!keys.check(r.k, session, r.n, server)) {
     throw new TandemError(ErrorCode.Forged, `${checkpoint ? "checkpoint" : "response"} for request ${r.n} of session ${session} from ${server}, which was not given that request: refused`, {
       context: { server, session, n: r.n },
     });
@@ -208,7 +208,7 @@ function parseOneResponse(session: string, server: string, v: unknown, bytes: nu
  * carry the dispatch key of that server for its request: a server cannot answer for work it was
  * not given.
  */
-export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8Array }, secret: Buffer): ParsedResponse {
+export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8Array }, keys: DispatchKeys): ParsedResponse {
   const where = names.parseQueueSubject(m.subject);
   if (!where) return { error: malformed(`subject ${m.subject} is not ${names.prefix}.resp.<server>.<session>`) };
   const { owner: server, session } = where;
@@ -218,7 +218,7 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
     if ("attempt" in v) {
       // Only the manager records attempts: under its own subject, with its own key.
       const a = parse(V.attempt, v);
-      if (server !== MANAGER_WRITER || a.k !== dispatchKey(secret, session, a.n, MANAGER_WRITER)) {
+      if (server !== MANAGER_WRITER || !keys.check(a.k, session, a.n, MANAGER_WRITER)) {
         throw new TandemError(ErrorCode.Forged, `attempt record for request ${a.n} of session ${session} not written by the manager: refused`, { context: { server, session, n: a.n } });
       }
       return { type: "attempt", body: { session, n: a.n, server: a.attempt.server, error: a.attempt.error, ...(a.attempt.at !== undefined ? { at: a.attempt.at } : {}) } };
@@ -227,14 +227,14 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
       const b = parse(V.responseBatch, v);
       const items = b.batch.map((raw) => {
         try {
-          return { raw, ...parseOneResponse(session, server, raw, m.data.length, secret) };
+          return { raw, ...parseOneResponse(session, server, raw, m.data.length, keys) };
         } catch (err) {
           return { raw, error: asTandem(err) };
         }
       });
       return { type: "batch", session, server, items };
     }
-    return parseOneResponse(session, server, v, m.data.length, secret);
+    return parseOneResponse(session, server, v, m.data.length, keys);
   } catch (err) {
     return { error: asTandem(err) };
   }

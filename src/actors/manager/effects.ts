@@ -364,7 +364,7 @@ export class Effects implements TermEffects {
       kind: w.kind,
       payload,
       restart: w.restart,
-      k: dispatchKey(this.term.secret, session, n, server),
+      k: this.term.keys.give(session, n, server),
       ...(copy !== undefined ? { copy } : {}),
       ...(w.tp !== undefined ? { tp: w.tp } : {}),
       attempt: w.attempt,

@@ -106,7 +106,7 @@ export class QueueIntake implements TermIntake {
   onResponseMsg(m: JsMsg): void {
     const term = this.term;
     const { core, rt } = term;
-    const parsed = parseResponseMsg(rt.names, m, term.secret);
+    const parsed = parseResponseMsg(rt.names, m, term.keys);
     if ("error" in parsed) {
       core.passed("resp", m.seq);
       if (m.seq > term.replayEnd.resp) void publishDlq(rt, parsed.error, m.subject, m.headers, m.data, `resp.${m.seq}`);

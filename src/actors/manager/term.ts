@@ -16,6 +16,7 @@ import type { Msg, MsgHdrs, Subscription } from "@nats-io/transport-node";
 import type { Effect, ManagerCore } from "../../machines/managerCore.js";
 import type { RecentSeries } from "../../machines/recentSeries.js";
 import type { FencedKv } from "../../runtime/fenced-kv.js";
+import { DispatchKeys } from "../../runtime/dispatch-key.js";
 import type { Logger } from "../../runtime/logger.js";
 import type { Runtime } from "../../runtime/runtime.js";
 import type { HedgeProxies } from "../hedgeProxy.js";
@@ -121,6 +122,9 @@ export class PrimaryTerm {
   calls!: TermCalls;
   backups!: TermBackups;
 
+  /** The keys this term gave its work messages, for the check of their answers. */
+  readonly keys: DispatchKeys;
+
   constructor(
     readonly ctx: ManagerContext,
     readonly epoch: number,
@@ -131,6 +135,7 @@ export class PrimaryTerm {
     readonly kv: { sessions: FencedKv; ctl: FencedKv; restart: FencedKv },
   ) {
     this.log = ctx.baseLog.child({ epoch });
+    this.keys = new DispatchKeys(secret);
   }
 
   get rt(): Runtime {
