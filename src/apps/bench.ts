@@ -491,21 +491,33 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
       // responses in order. The rate against the same session's window-1 rate.
       {
         const payload = { x: "y".repeat(100) };
-        const byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip: number; deliveriesPerRoundTrip: number; cpuUsPerRoundTrip: Record<string, number> }> = [];
+        const byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip: number; deliveriesPerRoundTrip: number; requestRecordsPerRoundTrip: number; responseRecordsPerRoundTrip: number; cpuUsPerRoundTrip: Record<string, number> }> = [];
         for (const w of [1, 4, 16, 32, 64]) {
           const s = await client.open("bench", { window: w, maxPending: 1000 });
           // Messages on the session's work and deliver subjects per round trip: what batching
           // saves (one message carries several dispatches or deliveries of the session).
           let work = 0;
           let deliveries = 0;
-          const subs = [rt.nc.subscribe(rt.names.work("*", s.id), { callback: () => void work++ }), rt.nc.subscribe(rt.names.deliver(client.id, s.id), { callback: () => void deliveries++ })];
+          // And the records its requests and responses take in the queues (a batch record is one;
+          // the session's receipts are not counted).
+          let requestRecords = 0;
+          let responseRecords = 0;
+          // Without decoding (this process's CPU is the client's figure): a request or response
+          // body starts {"n": and a batch {"batch":, a receipt {"taken":.
+          const isRecord = (data: Uint8Array) => data[2] === 0x6e || data[2] === 0x62;
+          const subs = [
+            rt.nc.subscribe(rt.names.work("*", s.id), { callback: () => void work++ }),
+            rt.nc.subscribe(rt.names.deliver(client.id, s.id), { callback: () => void deliveries++ }),
+            rt.nc.subscribe(rt.names.req(client.id, s.id), { callback: (_e, m) => void (isRecord(m.data) && requestRecords++) }),
+            rt.nc.subscribe(rt.names.resp("*", s.id), { callback: (_e, m) => void (isRecord(m.data) && responseRecords++) }),
+          ];
           // Which process a window's rate is bound by: its CPU per round trip, as for the sessions above.
           const before = Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, cpuUs(pid)]));
           const r = await load(w, D, async () => void (await s.request(payload)), `one session, window ${w}`);
           for (const sub of subs) sub.unsubscribe();
           const trips = r.samples.length;
           const cpuUsPerRoundTrip = Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, Math.round((cpuUs(pid) - before[k]!) / trips)]));
-          byWindow.push({ window: w, ratePerS: r.rate, latencyMs: r.latency, workPerRoundTrip: work / trips, deliveriesPerRoundTrip: deliveries / trips, cpuUsPerRoundTrip });
+          byWindow.push({ window: w, ratePerS: r.rate, latencyMs: r.latency, workPerRoundTrip: work / trips, deliveriesPerRoundTrip: deliveries / trips, requestRecordsPerRoundTrip: requestRecords / trips, responseRecordsPerRoundTrip: responseRecords / trips, cpuUsPerRoundTrip });
           await s.close();
         }
         const w1 = byWindow[0]!.ratePerS;
@@ -1007,13 +1019,13 @@ function markdown(result: Record<string, unknown>): string {
       lines.push(`| ${r.sessions} session(s) | ${f(r.ratePerS)} | ${xr} | ${f(r.latencyMs.p50, 2)} | ${xl} | ${f(r.latencyMs.p90, 2)} | ${f(r.latencyMs.p99, 2)} | ${f(r.latencyMs.p999, 2)} | ${cpu} |`);
     }
   }
-  const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip?: number; deliveriesPerRoundTrip?: number; cpuUsPerRoundTrip?: Record<string, number> }> } | undefined;
+  const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip?: number; deliveriesPerRoundTrip?: number; requestRecordsPerRoundTrip?: number; responseRecordsPerRoundTrip?: number; cpuUsPerRoundTrip?: Record<string, number> }> } | undefined;
   if (win) {
-    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | work messages per round trip | delivery messages per round trip | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|---|");
+    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | work messages per round trip | delivery messages per round trip | request / response records per round trip | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|---|---|");
     const one = win.byWindow[0]!.ratePerS;
     for (const r of win.byWindow) {
       const cpu = r.cpuUsPerRoundTrip ? `${r.cpuUsPerRoundTrip.manager} / ${r.cpuUsPerRoundTrip.server} / ${r.cpuUsPerRoundTrip.client} / ${r.cpuUsPerRoundTrip.natsServer}` : "—";
-      lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} | ${cpu} |`);
+      lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} | ${r.requestRecordsPerRoundTrip === undefined ? "" : `${f(r.requestRecordsPerRoundTrip, 2)} / ${f(r.responseRecordsPerRoundTrip ?? NaN, 2)}`} | ${cpu} |`);
     }
   }
   const pool = result.pool as { servers: number; inFlight: number; rateRatio: number; cpuRatio: number; byServer: Record<string, number>; rounds: Array<Record<string, number>> } | undefined;
