@@ -127,6 +127,9 @@ function parseOneRequest(ids: { client: string; session: string }, v: unknown, b
   };
 }
 
+/** A batch record up to this size charges each element an equal share of its bytes; a larger one measures each. */
+const SMALL_BATCH_BYTES = 4096;
+
 /**
  * Several requests of one session in one record (its client sent them in one turn, docs/design.md
  * §6). The envelope must fit; then each element is a request record checked on its own, so one
@@ -136,7 +139,7 @@ function parseRequestBatch(ids: { client: string; session: string }, v: Record<s
   const b = parse(V.requestBatch, v);
   // A small record bounds each element by an equal share (the session's byte bounds add up the
   // same); a larger one has each element's payload measured, so no element can hide behind the others.
-  const cheap = bytes <= 4096;
+  const cheap = bytes <= SMALL_BATCH_BYTES;
   const share = Math.ceil(bytes / b.batch.length);
   const items = b.batch.map((raw): ParsedBatchItem => {
     try {
@@ -171,7 +174,7 @@ export type ParsedResponse =
   | ParsedOneResponse
   | { type: "attempt"; body: { session: string; n: number; server: string; error: WireErr; at?: number } }
   /** Several responses (or checkpoints) of the session from one server, each checked on its own. */
-  | { type: "batch"; session: string; server: string; items: Array<{ raw: unknown } & (ParsedOneResponse | { error: TandemError })> }
+  | { type: "batch"; session: string; server: string; items: Array<{ raw: unknown; size: number } & (ParsedOneResponse | { error: TandemError })> }
   | { error: TandemError };
 
 /** The response queue's writer token of the manager's own records (error answers, attempts). */
@@ -225,11 +228,14 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
     }
     if ("batch" in v && !("n" in v)) {
       const b = parse(V.responseBatch, v);
+      // Each element's bytes, for the manager's byte bounds: as for request batches.
+      const share = m.data.length <= SMALL_BATCH_BYTES ? Math.ceil(m.data.length / b.batch.length) : 0;
       const items = b.batch.map((raw) => {
+        const size = share || encode(raw).length;
         try {
-          return { raw, ...parseOneResponse(session, server, raw, m.data.length, keys) };
+          return { raw, size, ...parseOneResponse(session, server, raw, m.data.length, keys) };
         } catch (err) {
-          return { raw, error: asTandem(err) };
+          return { raw, size, error: asTandem(err) };
         }
       });
       return { type: "batch", session, server, items };

@@ -130,14 +130,13 @@ export class QueueIntake implements TermIntake {
       // Several responses of the session from its server in one record: each applied as a record
       // of its own at the same sequence, a refused element dead-lettered with its own bytes.
       core.passed("resp", m.seq);
-      const share = m.data.length <= 4096 ? Math.ceil(m.data.length / parsed.items.length) : 0;
       for (const [i, item] of parsed.items.entries()) {
-        const { raw, ...one } = item;
+        const { raw, size, ...one } = item;
         const source = { subject: m.subject, headers: m.headers, get data() { return encode(raw); } };
         if ("error" in one) {
           if (m.seq > term.replayEnd.resp) void publishDlq(rt, one.error, m.subject, m.headers, source.data, `resp.${m.seq}.${i}`);
         } else {
-          this.applyResponse(m, one, client, share || source.data.length, source, replaying);
+          this.applyResponse(m, one, client, size, source, replaying);
         }
       }
       return;
