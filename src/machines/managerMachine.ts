@@ -2,6 +2,7 @@
  * Lifecycle of a manager node (docs/design.md §1, §4):
  *
  *   standby --(lease free or silent for leaseMs)--> takingOver --(CAS won)--> rebuilding --> primary
+ *   standby: watching --(cut off from NATS)--> cutOff --(reconnected)--> watching (a fresh lease period)
  *   primary --(renewal CAS lost)--> steppingDown --> standby
  *   any --STOP--> stopping --> stopped
  *
@@ -36,6 +37,13 @@ export type ManagerEvent =
   /** No lease at all: nobody is primary. */
   | { type: "LEASE_ABSENT" }
   | { type: "BACKUP_SEEN"; epoch: number }
+  /**
+   * This node lost its NATS connection, or has it again. Cut off, a standby cannot see the
+   * primary renew: silence then is no sign of its death (a nats-server restart once made the
+   * standby take over from a live primary the moment both reconnected).
+   */
+  | { type: "NATS_DOWN" }
+  | { type: "NATS_UP" }
   /** Serving failed in a way only stepping down fixes (consumer taken over, lease lost). */
   | { type: "FENCED"; reason: string }
   | { type: "STOP" };
@@ -107,7 +115,13 @@ export const managerMachine = setup({
             },
             BACKUP_SEEN: { target: "watching", reenter: true },
             LEASE_ABSENT: "#manager.takingOver",
+            NATS_DOWN: "cutOff",
           },
+        },
+        // No lease timer while nothing can be seen: the primary gets a whole lease period from
+        // the reconnect to renew (docs/design.md §4).
+        cutOff: {
+          on: { NATS_UP: "watching" },
         },
       },
     },

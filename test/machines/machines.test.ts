@@ -49,6 +49,27 @@ describe("manager machine", () => {
     expect(calls.rebuild).toBe(1);
   });
 
+  it("cut off from NATS, a standby counts no silence; after the reconnect the primary gets a whole lease period", async () => {
+    const { actor, clock, calls } = manager();
+    actor.send({ type: "LEASE_SEEN", lease: { epoch: 6, node: "old", revision: 9 } });
+    clock.increment(700);
+    actor.send({ type: "NATS_DOWN" });
+    clock.increment(5000); // a long nats-server restart: no renewal can be seen, none is missed
+    await flush();
+    expect(actor.getSnapshot().matches({ standby: "cutOff" })).toBe(true);
+    actor.send({ type: "NATS_UP" });
+    clock.increment(999);
+    await flush();
+    expect(calls.acquire).toBe(0); // 700 + 999 ms of silence in all, but only 999 ms connected
+    actor.send({ type: "LEASE_SEEN", lease: { epoch: 6, node: "old", revision: 10 } }); // the primary renewed after its reconnect
+    clock.increment(999);
+    await flush();
+    expect(actor.getSnapshot().matches("standby")).toBe(true);
+    clock.increment(2);
+    await waitFor(actor, (s) => s.matches("primary")); // silence while connected: it is gone
+    expect(calls.acquire).toBe(1);
+  });
+
   it("a backup from the primary also counts as a sign of life", async () => {
     const { actor, clock } = manager();
     actor.send({ type: "LEASE_SEEN", lease: { epoch: 1, node: "old", revision: 1 } });

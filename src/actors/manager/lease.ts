@@ -27,13 +27,27 @@ export class Lease {
   /** Standby side: when the lease holder's last backup arrived (readiness: a current standby). */
   lastBackupAt = -Infinity;
   private backupRefusedAt = -Infinity;
+  /** Counts this connection's disconnects: a takeover begun before one must not complete after it. */
+  private cutOffs = 0;
+  private connected = true;
+  private readonly connectionListeners = new Set<(up: boolean) => void>();
 
   constructor(
     private readonly rt: Runtime,
     private readonly store: ManagerStore,
     private readonly node: string,
     private readonly log: Logger,
-  ) {}
+  ) {
+    void (async () => {
+      for await (const st of rt.nc.status()) {
+        if (st.type !== "disconnect" && st.type !== "reconnect") continue;
+        const up = st.type === "reconnect";
+        if (!up) this.cutOffs++;
+        this.connected = up;
+        for (const l of this.connectionListeners) l(up);
+      }
+    })().catch(() => {});
+  }
 
   /** The lease as stored now (null when nobody holds it). */
   async read(): Promise<LeaseRecord | null> {
@@ -49,6 +63,9 @@ export class Lease {
     let lastRevision = -1;
     let stopped = false;
     const timers: NodeJS.Timeout[] = [];
+    const onConnection = (up: boolean) => sendBack({ type: up ? "NATS_UP" : "NATS_DOWN" });
+    this.connectionListeners.add(onConnection);
+    if (!this.connected) sendBack({ type: "NATS_DOWN" });
     /** The lease as last read: only its holder's backups count (see below). */
     let holder: { epoch: number; node: string } | null = null;
     const poll = async () => {
@@ -101,6 +118,7 @@ export class Lease {
     });
     return () => {
       stopped = true;
+      this.connectionListeners.delete(onConnection);
       for (const t of timers) clearTimeout(t);
       sub.unsubscribe();
     };
@@ -121,17 +139,27 @@ export class Lease {
 
   /** Take the lease with the next epoch (above the lease's and the cursor's). */
   async acquire(previous: LeaseView | null): Promise<LeaseView> {
+    // Decided on silence seen while connected: a disconnect since then voids the decision (the
+    // primary may be renewing this moment, once it is through to NATS again).
+    const cutOffs = this.cutOffs;
+    const voided = () => {
+      if (!this.connected || this.cutOffs !== cutOffs) throw new TandemError(ErrorCode.NatsUnreachable, "the connection to NATS dropped during the takeover; standing by again");
+    };
+    voided();
     const cursor = await this.readCursor();
+    voided();
     const floor = Math.max(previous?.epoch ?? 0, cursor?.epoch ?? 0);
     const value: LeaseRecord = { epoch: floor + 1, node: this.node, since: new Date().toISOString() };
     const lease = this.store.lease;
     let revision: number;
     if (previous) {
       // Fails with wrong-last-sequence if the primary renewed after all: then it lives.
+      voided();
       revision = await lease.write(value, previous.revision);
     } else {
       const cur = await lease.read();
       if (cur?.value) value.epoch = Math.max(value.epoch, cur.value.epoch + 1);
+      voided();
       revision = await lease.write(value, cur ? cur.revision : null);
     }
     this.log.info({ epoch: value.epoch }, "lease acquired");
