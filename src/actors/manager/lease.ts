@@ -147,7 +147,6 @@ export class Lease {
     };
     voided();
     const cursor = await this.readCursor();
-    voided();
     const floor = Math.max(previous?.epoch ?? 0, cursor?.epoch ?? 0);
     const value: LeaseRecord = { epoch: floor + 1, node: this.node, since: new Date().toISOString() };
     const lease = this.store.lease;
