@@ -6,13 +6,22 @@
  * the settled promise with a fresh RequestError) per call; at thousands of dispatches and
  * deliveries a second that was 7 % of the manager's CPU, after async traces were off.
  */
-import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { createInbox, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { ErrorCode, TandemError } from "./errors.js";
+import { BATCH, COALESCE, decodeReplyBatch } from "./reply-batch.js";
+
+/** What a request resolves with: a reply alone, or one entry of a batch of acknowledgements (no headers). */
+export interface RequestReply {
+  data: Uint8Array;
+  headers?: MsgHdrs;
+}
 
 interface Pending {
-  resolve(m: Msg): void;
+  resolve(m: RequestReply): void;
   reject(e: Error): void;
   deadline: number;
+  /** The responder a coalescable request went to: only its batch settles it. */
+  to?: string;
 }
 
 /** Shared instances: a failed request is an outcome here, not an exception with a stack. */
@@ -26,15 +35,27 @@ export class Requester {
   private readonly pending = new Map<string, Pending>();
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
+  /**
+   * A batch of acknowledgements that could not be read whole (docs/design.md §6): the entries before
+   * the fault are taken, the rest wait out their timeout and are sent again. Set by the actor
+   * that owns the dead-letter stream (the runtime cannot write it).
+   */
+  onMalformedBatch?: (subject: string, data: Uint8Array, problem: string) => void;
+  /** Entries of batches that named a request this requester did not send to their sender. */
+  refusedEntries = 0;
 
   /** `inboxPrefix`: the connection's own (a secured user may only receive on its prefix). */
   constructor(private readonly nc: NatsConnection, inboxPrefix?: string) {
     this.prefix = createInbox(inboxPrefix);
     const skip = this.prefix.length + 1;
-    this.sub = nc.subscribe(`${this.prefix}.*`, {
+    this.sub = nc.subscribe(`${this.prefix}.>`, {
       callback: (err, m) => {
         if (err) return;
-        const id = m.subject.slice(skip);
+        let id = m.subject.slice(skip);
+        if (id.charCodeAt(1) === 0x2e /* . */) {
+          if (id[0] === BATCH) return this.onBatch(m.subject, id.slice(2), m.data);
+          if (id[0] === COALESCE) id = id.slice(2);
+        }
         const p = this.pending.get(id);
         if (!p) return; // late: already timed out
         this.pending.delete(id);
@@ -66,17 +87,45 @@ export class Requester {
     })().catch(() => {});
   }
 
-  request(subject: string, data: Uint8Array, opts: { timeout: number; headers?: MsgHdrs }): Promise<Msg> {
+  /**
+   * `to`: the responder's id, for a request whose acknowledgement may come in a batch with others of
+   * the same turn (docs/design.md §6); without it the reply comes alone.
+   */
+  request(subject: string, data: Uint8Array, opts: { timeout: number; headers?: MsgHdrs; to?: string }): Promise<RequestReply> {
     const id = (++this.seq).toString(36);
-    return new Promise<Msg>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, deadline: performance.now() + opts.timeout });
+    return new Promise<RequestReply>((resolve, reject) => {
+      const p: Pending = { resolve, reject, deadline: performance.now() + opts.timeout };
+      if (opts.to !== undefined) p.to = opts.to;
+      this.pending.set(id, p);
       try {
-        this.nc.publish(subject, data, { reply: `${this.prefix}.${id}`, ...(opts.headers ? { headers: opts.headers } : {}) });
+        const reply = opts.to !== undefined ? `${this.prefix}.${COALESCE}.${id}` : `${this.prefix}.${id}`;
+        this.nc.publish(subject, data, { reply, ...(opts.headers ? { headers: opts.headers } : {}) });
       } catch (err) {
         this.pending.delete(id);
         reject(err as Error);
       }
     });
+  }
+
+  /** Receipts of `from`, several in one message: each settles its request if it went to `from`. */
+  private onBatch(subject: string, from: string, data: Uint8Array): void {
+    const { entries, problem } = decodeReplyBatch(data);
+    for (const e of entries) {
+      const p = this.pending.get(e.id);
+      if (!p) continue; // late: already timed out
+      if (p.to !== from) {
+        this.refusedEntries++;
+        continue;
+      }
+      this.pending.delete(e.id);
+      p.resolve({ data: e.data });
+    }
+    if (problem !== null) this.onMalformedBatch?.(subject, data, problem);
+  }
+
+  /** The subject prefix of this requester's replies (its batches come on `<inbox>.B.<responder>`). */
+  get inbox(): string {
+    return this.prefix;
   }
 
   close(): void {
