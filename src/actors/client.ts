@@ -33,6 +33,7 @@ import { trace } from "../runtime/trace.js";
 import { isTraceParent, newTraceParent } from "../runtime/trace-context.js";
 import { fits, parse, V } from "./schemas.js";
 import { batchBytes, batchRecord, TurnBatcher } from "./batches.js";
+import { offWhenRefused, ReplyBatcher } from "./reply-batcher.js";
 import { checkAddressed, epochProblem, flushed, parseHedge, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 /** A request on its way into the session's queue. */
@@ -146,6 +147,8 @@ export class TandemClient {
   private maxEpoch = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private unwatch: Array<() => void> = [];
+  /** Receipts of deliveries, those of one turn for one manager as one message (docs/design.md §6). */
+  private readonly replies: ReplyBatcher;
 
   private constructor(
     readonly rt: Runtime,
@@ -154,6 +157,7 @@ export class TandemClient {
     if (id !== undefined && !isToken(id)) throw new TandemError(ErrorCode.Config, `client id "${id}" must be 1-64 letters, digits, _ or -`);
     this.id = id ?? `c${newId(8)}`;
     this.log = rt.logger.child({ role: "client", client: this.id });
+    this.replies = new ReplyBatcher(this.id, (subject, data) => rt.nc.publish(subject, data), () => batchBytes(rt.nc.info?.max_payload));
   }
 
   static async connect(rt: Runtime, opts: ClientOptions = {}): Promise<TandemClient> {
@@ -190,6 +194,7 @@ export class TandemClient {
     }, 1000);
     c.watchdog.unref();
     c.unwatch.push(
+      offWhenRefused(rt.nc, c.replies, c.id, c.log),
       rt.health.add(`client ${c.id}`, () => {
         const waiting = [...c.sessions.values()].filter((s) => !s.ready).length;
         return waiting === 0 ? { ready: true, why: `${c.sessions.size} session(s) open` } : { ready: false, why: `${waiting} of ${c.sessions.size} session(s) opening or re-syncing with the manager` };
@@ -318,7 +323,7 @@ export class TandemClient {
       return;
     }
     const r = s.accept(d);
-    if (r === true) replyOk(m, { accepted: d.n });
+    if (r === true) replyOk(m, { accepted: d.n }, this.replies);
     else replyError(m, r);
   }
 
@@ -350,7 +355,7 @@ export class TandemClient {
         const r = s.accept(d);
         results.push(r === true ? { n: d.n } : { n: d.n, error: r.toWire() });
       }
-      replyOk<DeliverBatchReply>(m, { results });
+      replyOk<DeliverBatchReply>(m, { results }, this.replies);
     };
     const s = this.attachedOrWait(m, b.session, run);
     if (s) run(s);

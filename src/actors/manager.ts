@@ -23,8 +23,8 @@ import { RecentSeries, type SecondView } from "../machines/recentSeries.js";
 import { ErrorCode, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
-import { decode } from "../runtime/wire.js";
-import { replyOk } from "./protocol.js";
+import { decode, malformed } from "../runtime/wire.js";
+import { publishDlq, replyOk } from "./protocol.js";
 import { Lease } from "./manager/lease.js";
 import { rebuild } from "./manager/rebuild.js";
 import { JetStreamStore, type ManagerStore } from "./manager/store.js";
@@ -110,6 +110,13 @@ export class ManagerNode implements ManagerContext {
     this.baseLog = rt.logger.child({ role: "manager", node: this.node });
     this.store = new JetStreamStore(rt);
     this.lease = new Lease(rt, this.store, this.node, this.baseLog);
+    // A batch of acknowledgements that cannot be read is bad input like any other (README: Limits).
+    rt.requester.onMalformedBatch = (subject, data, problem) => {
+      const responder = subject.slice(subject.lastIndexOf(".") + 1);
+      const err = malformed(`a batch of acknowledgements from ${responder} could not be read: ${problem}; the requests it did not settle are sent again`, { responder, problem });
+      this.baseLog.warn({ subject, code: err.code }, err.message);
+      void publishDlq(rt, err, subject, undefined, data);
+    };
   }
 
   /** Standby side: the primary's backups (tests look at what a standby holds). */

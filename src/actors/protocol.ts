@@ -10,6 +10,7 @@ import type { Runtime } from "../runtime/runtime.js";
 import { isTraceParent } from "../runtime/trace-context.js";
 import type { DispatchKeys } from "../runtime/dispatch-key.js";
 import { decode, encode, Header, isToken, isObject, makeHeaders, malformed, type Names } from "../runtime/wire.js";
+import type { ReplyBatcher } from "./reply-batcher.js";
 import { fits, MAX_HEDGE_COPIES, parse, V } from "./schemas.js";
 
 /** One request of a session's queue, as the manager applies it. */
@@ -275,9 +276,12 @@ export function asTandem(err: unknown): TandemError {
   return new TandemError(ErrorCode.Malformed, err instanceof Error ? err.message : String(err), { cause: err });
 }
 
-export function replyOk<T>(m: Msg, value: T): void {
+/** `batcher`: for acknowledgements on the hot path, which may travel with the others of their turn. */
+export function replyOk<T>(m: Msg, value: T, batcher?: ReplyBatcher): void {
   if (!m.reply) return;
-  m.respond(encode({ ok: true, value } satisfies Reply<T>));
+  const data = encode({ ok: true, value } satisfies Reply<T>);
+  if (batcher) batcher.respond(m, data);
+  else m.respond(data);
 }
 
 export function replyError(m: Msg, err: TandemError): void {

@@ -19,6 +19,7 @@ import { isTraceParent } from "../runtime/trace-context.js";
 import { FenceLost, type FencedStore } from "../runtime/stores/store.js";
 import { parse, V } from "./schemas.js";
 import { batchBytes, batchRecord, TurnBatcher } from "./batches.js";
+import { offWhenRefused, ReplyBatcher } from "./reply-batcher.js";
 import { checkAddressed, epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
 export interface WorkRequest {
@@ -148,6 +149,8 @@ export class TandemServer {
     () => batchBytes(this.rt.nc.info?.max_payload),
     (r) => r.session,
   );
+  /** Receipts of work, those of one turn for one manager as one message (docs/design.md §6); set in the constructor, which knows the id. */
+  private readonly replies: ReplyBatcher;
   /** Counters for tests and the CLI. */
   readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };
 
@@ -160,6 +163,7 @@ export class TandemServer {
     this.service = opts.service;
     this.capacity = opts.capacity ?? 64;
     this.log = rt.logger.child({ role: "server", server: this.id, service: this.service });
+    this.replies = new ReplyBatcher(this.id, (subject, data) => rt.nc.publish(subject, data), () => batchBytes(rt.nc.info?.max_payload));
   }
 
   static async start(rt: Runtime, opts: ServerOptions): Promise<TandemServer> {
@@ -203,6 +207,7 @@ export class TandemServer {
     this.actor.start();
     this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.rt.config.serverHeartbeatMs);
     this.unwatch.push(
+      offWhenRefused(this.rt.nc, this.replies, this.id, this.log),
       this.rt.health.add(`server ${this.id}`, () => this.readiness()),
       this.rt.metrics.addCollector(() => this.rt.metrics.serverRegistered.set({ service: this.service, server: this.id }, this.readiness().ready ? 1 : 0)),
       () => this.rt.metrics.serverRegistered.remove({ service: this.service, server: this.id }),
@@ -407,7 +412,7 @@ export class TandemServer {
     if (this.stale(m, w.epoch)) return;
     const r = this.take(w);
     if (r instanceof TandemError) replyError(m, r);
-    else replyOk(m, r);
+    else replyOk(m, r, this.replies);
   }
 
   /**
@@ -442,7 +447,7 @@ export class TandemServer {
       const r = this.take(w);
       results.push(r instanceof TandemError ? { n, error: r.toWire() } : { n });
     }
-    replyOk(m, { results });
+    replyOk(m, { results }, this.replies);
   }
 
   /** Take one work message whose epoch is current: start it, or say it runs here already. */

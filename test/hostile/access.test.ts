@@ -28,6 +28,8 @@ const rts: Runtime[] = [];
 let rtM: Runtime;
 let mgr: ManagerNode;
 let server: TandemServer;
+let rtS1: Runtime;
+let srv1Refused: string[];
 
 async function as(user: string, over: Record<string, unknown> = {}): Promise<Runtime> {
   const u = users.find((x) => x.user === user)!;
@@ -59,7 +61,9 @@ beforeAll(async () => {
   mgr = new ManagerNode(rtM);
   mgr.start();
   await mgr.waitPrimary();
-  server = await TandemServer.start(await as("srv1"), { service: "svc", id: "srv1", handler: (req) => ({ echo: req.payload, n: req.n }) });
+  rtS1 = await as("srv1");
+  srv1Refused = violations(rtS1.nc);
+  server = await TandemServer.start(rtS1, { service: "svc", id: "srv1", handler: (req) => ({ echo: req.payload, n: req.n }) });
 }, 60_000);
 
 afterAll(async () => {
@@ -191,6 +195,43 @@ describe("per-role NATS users", () => {
     await ledger.seed("probe", 1);
     expect(await ledger.read("probe")).toBe(1);
     await bs.close();
+    await bob.close();
+  });
+
+  it("acknowledgements travel in batches, each responder's only on its own batch subject: NATS refuses one under another's name", async () => {
+    const batches: string[] = [];
+    const spy = rtM.nc.subscribe("_INBOX_manager.*.B.*", { callback: (e, m) => void (!e && batches.push(m.subject.split(".").pop()!)) });
+    const rtA = await as("alice");
+    const rtB = await as("bob");
+    const rtS2 = await as("srv2");
+    const refused = violations(rtS2.nc);
+    const alice = await TandemClient.connect(rtA, { id: "alice" });
+    const bob = await TandemClient.connect(rtB, { id: "bob" });
+    const sessions = [...(await Promise.all([1, 2, 3].map(() => alice.open("svc")))), ...(await Promise.all([1, 2, 3].map(() => bob.open("svc"))))];
+    // Six sessions at once: work for srv1 and deliveries for each client come several to a turn.
+    const got = await Promise.all(sessions.map(async (s, k) => {
+      const out: unknown[] = [];
+      for (let i = 1; i <= 40; i++) out.push(await s.request({ k, i }));
+      return out;
+    }));
+    got.forEach((out, k) => expect(out).toEqual(Array.from({ length: 40 }, (_, i) => ({ echo: { k, i: i + 1 }, n: i + 1 }))));
+    expect(batches.filter((b) => b === "srv1").length).toBeGreaterThan(0);
+    for (const b of batches) expect(["srv1", "alice", "bob"]).toContain(b);
+    expect(srv1Refused.filter((t) => t.includes(".B."))).toEqual([]);
+    // srv2 writes on srv1's batch subject: refused by NATS, nobody hears it.
+    const forged = `_INBOX_manager.${"x".repeat(22)}.B.srv1`;
+    const heard: string[] = [];
+    const ear = rtM.nc.subscribe(forged, { callback: (e, m) => void (!e && heard.push(m.subject)) });
+    await rtM.nc.flush();
+    rtS2.nc.publish(forged, new TextEncoder().encode("1 2\n{}"));
+    await rtS2.nc.flush().catch(() => {});
+    await new Promise((r) => setTimeout(r, 300));
+    expect(refused.some((t) => t.includes(forged))).toBe(true);
+    expect(heard).toEqual([]);
+    ear.unsubscribe();
+    spy.unsubscribe();
+    for (const s of sessions) await s.close();
+    await alice.close();
     await bob.close();
   });
 

@@ -221,7 +221,7 @@ export class Effects implements TermEffects {
     const headers = makeHeaders({ session, request: n, epoch, kind: "response", ...(resp.tp !== undefined ? { traceparent: resp.tp } : {}) });
     trace("manager.deliver", session, n);
     rt.requester
-      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers })
+      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers, to: client })
       .then((r) => {
         const rep = decode(r.data) as Reply<unknown>;
         if (rep.ok) {
@@ -250,7 +250,7 @@ export class Effects implements TermEffects {
     for (const { n } of chunk.slice(1)) headers.append(Header.Request, String(n));
     trace("manager.deliver", session, first.n);
     rt.requester
-      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers })
+      .request(rt.names.deliver(client, session), encode(msg), { timeout: rt.config.ackTimeoutMs, headers, to: client })
       .then((r) => {
         const rep = decode(r.data) as Reply<DeliverBatchReply>;
         const results = rep.ok && Array.isArray(rep.value?.results) ? rep.value.results : [];
@@ -305,7 +305,7 @@ export class Effects implements TermEffects {
     const headers = makeHeaders({ session, request: n, epoch, kind: w.kind, ...(w.tp !== undefined ? { traceparent: w.tp } : {}) });
     trace("manager.dispatch", session, n);
     return rt.requester
-      .request(rt.names.work(server, session), encode(work), { timeout: rt.config.ackTimeoutMs, headers })
+      .request(rt.names.work(server, session), encode(work), { timeout: rt.config.ackTimeoutMs, headers, to: server })
       .then((r) => (decode(r.data) as Reply<unknown>).ok, () => false);
   }
 
@@ -329,7 +329,7 @@ export class Effects implements TermEffects {
       for (const { n } of chunk.slice(1)) headers.append(Header.Request, String(n));
       trace("manager.dispatch", session, first.n);
       const data = chunk.length === 1 ? first.json : `{"batch":[${chunk.map((b) => b.json).join(",")}]}`;
-      rt.requester.request(rt.names.work(server, session), utf8.encode(data), { timeout: rt.config.ackTimeoutMs, headers }).then(
+      rt.requester.request(rt.names.work(server, session), utf8.encode(data), { timeout: rt.config.ackTimeoutMs, headers, to: server }).then(
         (r) => {
           const rep = decode(r.data) as Reply<{ results?: Array<{ n: number; error?: unknown }> }>;
           if (chunk.length === 1) return first.acked(rep.ok);

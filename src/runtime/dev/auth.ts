@@ -12,10 +12,14 @@
  *                    `<p>.deliver.<id>.*` and `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>`
  *
  * Everyone may reply to what it was sent (allow_responses) and write to the dead-letter stream.
+ * Servers and clients may also send acknowledgements in batches to the manager's inbox, each only on its
+ * own batch subject `_INBOX_manager.*.B.<id>` (runtime/reply-batch.ts): the manager takes from a
+ * batch only answers to what it sent to that id.
  * `tandem auth` writes the config and the passwords; `tandem nats --secure` runs with them.
  */
 import { randomBytes } from "node:crypto";
 import { ErrorCode, TandemError } from "../errors.js";
+import { batchSubject } from "../reply-batch.js";
 import { Names, isToken } from "../wire.js";
 
 export interface AuthUser {
@@ -51,6 +55,7 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
   // Dead letters only under one's own name (wire.ts Names.dlq): none can pass for another's.
   const dlq = `${p}.dlq.*.${u.user}`;
   if (u.role === "manager" || u.role === "admin") return { publish: ">", subscribe: ">" };
+  const acks = batchSubject(`${inboxPrefixFor("manager")}.*`, u.user);
   if (u.role === "server") {
     const kv = (bucket: string) => [`$KV.${bucket}.>`, `$JS.API.STREAM.INFO.KV_${bucket}`, `$JS.API.STREAM.MSG.GET.KV_${bucket}`, `$JS.API.DIRECT.GET.KV_${bucket}.>`];
     return {
@@ -61,6 +66,7 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
           names.register(u.user, u.service!),
           names.heartbeat(u.user),
           names.hopAll("resp", u.user),
+          acks,
           dlq,
           ...js,
           `$KV.${names.bucketSessions}.*.took.*.${u.user}`,
@@ -75,7 +81,7 @@ function permissionsOf(u: AuthUser, names: Names, ledgerBucket: string): Permiss
     };
   }
   return {
-    publish: { allow: [`${p}.req.${u.user}.>`, names.clientCall("open", u.user), names.clientCall("resume", u.user), names.clientCall("close", u.user), dlq, ...js] },
+    publish: { allow: [`${p}.req.${u.user}.>`, names.clientCall("open", u.user), names.clientCall("resume", u.user), names.clientCall("close", u.user), acks, dlq, ...js] },
     subscribe: { allow: [names.hopAll("deliver", u.user), `${p}.cli.${u.user}.>`, `${inboxPrefixFor(u.user)}.>`] },
     allow_responses: true,
   };
