@@ -147,7 +147,7 @@ export class TandemClient {
   private maxEpoch = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private unwatch: Array<() => void> = [];
-  /** Receipts of deliveries, those of one turn for one manager as one message (docs/design.md §6). */
+  /** Acknowledgements of deliveries, those of one turn for one manager as one message (docs/design.md §6). */
   private readonly replies: ReplyBatcher;
 
   private constructor(

@@ -1,7 +1,7 @@
 /**
- * Acknowledgements of one turn, together (docs/design.md §6): a server acknowledging the work of many
- * sessions that came in one read, a client acknowledging many sessions' deliveries. The first
- * acknowledgement of a turn for a requester goes at once on its own reply subject (one at a time waits
+ * Acknowledgements of one turn, together (docs/design.md §6): a server acknowledging the work
+ * of many sessions that came in one read, a client acknowledging many sessions' deliveries. The
+ * first of a turn for a requester goes at once on its own reply subject (one at a time waits
  * for nothing); the others for that requester wait for the end of the turn and go as one message
  * to its batch subject, bounded in count and bytes. Only replies the requester marked
  * coalescable (runtime/reply-batch.ts) are held; any other is answered as it comes.
@@ -10,7 +10,7 @@ import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { BATCH, batchSubject, coalescable, encodeReplyBatch, entryBytes } from "../runtime/reply-batch.js";
-import { MAX_BATCH } from "./schemas.js";
+import { chunks } from "./batches.js";
 
 interface Held {
   reply: string;
@@ -84,23 +84,10 @@ export class ReplyBatcher {
     this.held = new Map();
     const max = this.maxBytes();
     for (const [inbox, list] of held) {
-      let chunk: Held[] = [];
-      let bytes = 0;
-      const out = () => {
+      for (const chunk of chunks(list, (h) => entryBytes(h.id, h.data), max)) {
         if (chunk.length === 1) this.send(chunk[0]!.reply, chunk[0]!.data);
         else this.send(batchSubject(inbox, this.responder), encodeReplyBatch(chunk));
-      };
-      for (const h of list) {
-        const b = entryBytes(h.id, h.data);
-        if (chunk.length > 0 && (chunk.length >= MAX_BATCH || bytes + b > max)) {
-          out();
-          chunk = [];
-          bytes = 0;
-        }
-        chunk.push(h);
-        bytes += b;
       }
-      out();
     }
   }
 }

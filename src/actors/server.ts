@@ -149,7 +149,7 @@ export class TandemServer {
     () => batchBytes(this.rt.nc.info?.max_payload),
     (r) => r.session,
   );
-  /** Receipts of work, those of one turn for one manager as one message (docs/design.md §6); set in the constructor, which knows the id. */
+  /** Acknowledgements of work, those of one turn for one manager as one message (docs/design.md §6). */
   private readonly replies: ReplyBatcher;
   /** Counters for tests and the CLI. */
   readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };

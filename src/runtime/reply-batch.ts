@@ -1,6 +1,6 @@
 /**
- * Acknowledgements that travel together (docs/design.md §6). A hot-path request of the manager (work to
- * a server, a delivery to a client) names its responder and carries a coalescable reply subject,
+ * Acknowledgements that travel together (docs/design.md §6). A hot-path request of the manager
+ * (work to a server, a delivery to a client) names its responder and carries a coalescable reply subject,
  * `<inbox>.T.<id>`. The responder answers the first of a turn on it at once; the others of the
  * same turn, for the same requester, go as one message to `<inbox>.B.<responder>`: the requester
  * takes from it only answers to requests it sent to that responder, so a batch cannot settle

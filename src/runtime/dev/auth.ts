@@ -12,9 +12,9 @@
  *                    `<p>.deliver.<id>.*` and `<p>.cli.<id>.>`; its inbox is `_INBOX_<id>`
  *
  * Everyone may reply to what it was sent (allow_responses) and write to the dead-letter stream.
- * Servers and clients may also send acknowledgements in batches to the manager's inbox, each only on its
- * own batch subject `_INBOX_manager.*.B.<id>` (runtime/reply-batch.ts): the manager takes from a
- * batch only answers to what it sent to that id.
+ * Servers and clients may also send their acknowledgements in batches to the manager's inbox,
+ * each only on its own batch subject `_INBOX_manager.*.B.<id>` (runtime/reply-batch.ts): the
+ * manager takes from a batch only answers to what it sent to that id.
  * `tandem auth` writes the config and the passwords; `tandem nats --secure` runs with them.
  */
 import { randomBytes } from "node:crypto";
