@@ -114,6 +114,24 @@ describe("the NATS CLI", () => {
     await session.close();
   });
 
+  it("nats sub '_INBOX.*.B.*' shows a server's or client's acknowledgements of several sessions in one message, entry by entry", async () => {
+    const sub = natsSub("_INBOX.*.B.*");
+    await sub.ready;
+    const sessions = await Promise.all(Array.from({ length: 8 }, () => client.open("greet")));
+    // Rounds of every session at once until one turn brought several sessions' work or deliveries.
+    await eventually(async () => {
+      await Promise.all(sessions.map(async (x) => { for (let i = 0; i < 5; i++) await x.request(i); }));
+      return received(sub.out()).length > 0 || null;
+    }, "a batch of acknowledgements in nats sub's output", 20_000, 0);
+    sub.stop();
+    const block = sub.out().split(/\[#\d+\]/).find((b) => /Received on "_INBOX\.[^"]+\.B\.(s1|alice)"/.test(b) && !b.includes(`.${PROBE}.`))!;
+    // Entries as the README shows them: "<id> <length>" and the acknowledgement itself.
+    const entries = [...block.matchAll(/([0-9a-z]+) (\d+)\n(\{"ok":true[^\n]*?\}\})/g)];
+    expect(entries.length).toBeGreaterThan(1);
+    for (const [, , len, reply] of entries) expect(Buffer.byteLength(reply!)).toBe(Number(len));
+    for (const x of sessions) await x.close();
+  });
+
   it("the data subjects are quiet when nothing happens; the periodic control traffic goes elsewhere", async () => {
     const data = natsSub(`${rt.names.prefix}.*.*.*`);
     const all = natsSub(`${rt.names.prefix}.>`);
