@@ -10,18 +10,20 @@ import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { BATCH, batchSubject, coalescable, encodeReplyBatch, entryBytes } from "../runtime/reply-batch.js";
-import { chunks } from "./batches.js";
+import { TurnBatcher } from "./batches.js";
 
 interface Held {
   reply: string;
+  inbox: string;
   id: string;
   data: Uint8Array;
 }
 
+const SENT = Promise.resolve();
+
 export class ReplyBatcher {
-  private scheduled = false;
-  private readonly open = new Set<string>();
-  private held = new Map<string, Held[]>();
+  /** The turn's holding and cutting, keyed by requester: the same as for queue records. */
+  private readonly turns: TurnBatcher<Held>;
   /** Off once NATS refused a batch: every acknowledgement then goes alone (it is always allowed to). */
   private off = false;
 
@@ -32,25 +34,23 @@ export class ReplyBatcher {
   constructor(
     private readonly responder: string,
     private readonly publish: (subject: string, data: Uint8Array) => void,
-    private readonly maxBytes: () => number,
-  ) {}
+    maxBytes: () => number,
+  ) {
+    this.turns = new TurnBatcher<Held>(
+      (h) => this.send(h.reply, h.data),
+      (hs) => this.send(batchSubject(hs[0]!.inbox, this.responder), encodeReplyBatch(hs)),
+      (h) => entryBytes(h.id, h.data),
+      maxBytes,
+      (h) => h.inbox,
+    );
+  }
 
   respond(m: Msg, data: Uint8Array): void {
     const reply = m.reply;
     if (!reply) return;
     const c = this.off ? null : coalescable(reply);
-    if (!c || !this.open.has(c.inbox)) {
-      if (c) {
-        this.open.add(c.inbox);
-        this.schedule();
-      }
-      this.send(reply, data);
-      return;
-    }
-    const list = this.held.get(c.inbox);
-    const h = { reply, id: c.id, data };
-    if (list) list.push(h);
-    else this.held.set(c.inbox, [h]);
+    if (!c) void this.send(reply, data);
+    else void this.turns.push({ reply, inbox: c.inbox, id: c.id, data });
   }
 
   /**
@@ -62,33 +62,13 @@ export class ReplyBatcher {
     this.off = true;
   }
 
-  private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => this.flush());
-  }
-
-  private send(subject: string, data: Uint8Array): void {
+  private send(subject: string, data: Uint8Array): Promise<void> {
     try {
       this.publish(subject, data);
     } catch {
       // closed or draining: the requester times out and sends again
     }
-  }
-
-  private flush(): void {
-    this.scheduled = false;
-    this.open.clear();
-    if (this.held.size === 0) return;
-    const held = this.held;
-    this.held = new Map();
-    const max = this.maxBytes();
-    for (const [inbox, list] of held) {
-      for (const chunk of chunks(list, (h) => entryBytes(h.id, h.data), max)) {
-        if (chunk.length === 1) this.send(chunk[0]!.reply, chunk[0]!.data);
-        else this.send(batchSubject(inbox, this.responder), encodeReplyBatch(chunk));
-      }
-    }
+    return SENT;
   }
 }
 
