@@ -77,11 +77,17 @@ describe("the dashboard in a browser", () => {
     expect(await text("primary")).toBe("ma");
     expect(await text("epoch")).toBe("1");
     await expect.poll(() => text("standbys"), { timeout: 10_000 }).toMatch(/mb last backup \d+ ms ago/);
-    const services = await text("services");
-    expect(services).toContain("echo");
-    expect(services).toContain("chaos");
-    expect(await text("servers")).toMatch(/echo-1\s+echo\s+alive/);
-    expect(await text("sessions")).toContain(session);
+    // The page is two one-second polls behind the primary (page -> tandem ui -> status): a
+    // render may still show a view from before the servers registered. Wait for a newer one;
+    // if it never comes, say what the dashboard's server held.
+    try {
+      await expect.poll(() => text("services"), { timeout: 10_000 }).toMatch(/echo[\s\S]*chaos|chaos[\s\S]*echo/);
+      await expect.poll(() => text("servers"), { timeout: 10_000 }).toMatch(/echo-1\s+echo\s+alive/);
+      await expect.poll(() => text("sessions"), { timeout: 10_000 }).toContain(session);
+    } catch (err) {
+      const held = JSON.stringify(await (await fetch(`${url}/api/state`)).json()).slice(0, 3000);
+      throw new Error(`${(err as Error).message}\n/api/state now: ${held}`);
+    }
     await expect.poll(async () => Number(/(\d+) responses served/.exec(await text("served-minute"))?.[1] ?? 0), { timeout: 10_000 }).toBeGreaterThanOrEqual(30);
     expect(await page.locator('[data-testid="throughput"] canvas').count()).toBeGreaterThan(0);
     expect(await page.locator('[data-testid="latency"] canvas').count()).toBeGreaterThan(0);
