@@ -53,6 +53,8 @@ export interface ManagerStatus {
   applied: { req: number; resp: number };
   /** Queue entries a cursor skipped that the manager read back from the stream and applied. */
   healed: { req: number; resp: number };
+  /** Pulls of a cursor that nats-server refused (409): each one left the cursor idle until consume() pulled again. */
+  refusedPulls: { req: number; resp: number };
   servers: Array<{ id: string; service: string; alive: boolean }>;
   services: Array<{ service: string; sessions: number; pending: number; servers: number; hedging?: HedgingStatus }>;
   /** Standby managers that acknowledged backups, with the age of their last acknowledgement. */
@@ -415,6 +417,7 @@ export class ManagerNode implements ManagerContext {
       heldBytes: core?.heldBytes() ?? 0,
       applied: { req: core?.reqSeq ?? 0, resp: core?.respSeq ?? 0 },
       healed: { ...(term?.consumers.healed ?? { req: 0, resp: 0 }) },
+      refusedPulls: { ...(term?.consumers.refusedPulls ?? { req: 0, resp: 0 }) },
       servers: core ? [...core.servers.values()].map((s) => ({ id: s.id, service: s.service, alive: s.alive })) : [],
       services: [...services.values()],
       standbys: [...(term?.backups.standbys ?? [])].map(([node, a]) => ({ node, lastBackupAgeMs: Math.round(now() - a.at), seq: a.seq })),

@@ -7,7 +7,7 @@
 import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import { pollUntil } from "../../runtime/backoff.js";
 import { ErrorCode, TandemError } from "../../runtime/errors.js";
-import { now, PULL_MAX_BYTES, type PrimaryTerm, type TermConsumers } from "./term.js";
+import { now, pullMessages, type PrimaryTerm, type TermConsumers } from "./term.js";
 
 type Which = "req" | "resp";
 
@@ -25,6 +25,9 @@ export class QueueConsumers implements TermConsumers {
   private cursorGen = 0;
   /** Queue entries a cursor skipped and heal applied (status, tests). */
   readonly healed = { req: 0, resp: 0 };
+  /** Pulls nats-server refused (409: message size exceeds max bytes, limits exceeded). */
+  readonly refusedPulls = { req: 0, resp: 0 };
+  private refusedWarnedAt = -Infinity;
 
   constructor(private readonly term: PrimaryTerm) {}
 
@@ -61,9 +64,10 @@ export class QueueConsumers implements TermConsumers {
     // Callback mode: each message is applied in the subscription's own callback, with no
     // async iterator between the socket and the table (one queue hop less per message).
     const messages = await consumer.consume({
-      // In bytes, not messages: 512 requests of 200 kB once sat in the pull buffer at once
-      // (100 MB), which a manager under a small heap could not hold while it replayed them.
-      max_bytes: PULL_MAX_BYTES,
+      // Bounded by what the largest messages would weigh: 512 requests of 200 kB once sat in
+      // the pull buffer at once (100 MB), which a manager under a small heap could not hold
+      // while it replayed them. In messages, not bytes: see pullMessages.
+      max_messages: pullMessages(term.rt.nc.info?.max_payload),
       expires: 2000,
       abort_on_missing_resource: true,
       callback: (m) => {
@@ -83,6 +87,18 @@ export class QueueConsumers implements TermConsumers {
     });
     this.refs[which] = consumer;
     this.messages.push(messages);
+    // A refused pull leaves the cursor idle until consume() pulls again (two missed heartbeats):
+    // counted and said, as none should happen with pulls by count (pullMessages).
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type !== "exceeded_limits" || !current()) continue;
+        this.refusedPulls[which]++;
+        if (now() - this.refusedWarnedAt > 10_000) {
+          this.refusedWarnedAt = now();
+          term.log.warn({ queue: which, code: s.code, description: s.description }, "nats-server refused a pull of the queue cursor; it pulls again after two missed heartbeats (further ones in the next 10 s are not logged)");
+        }
+      }
+    })().catch(() => {});
     void messages.closed().then((err) => {
       if (!current()) return;
       if (err) term.log.warn({ err, which }, "consumer ended");

@@ -30,8 +30,19 @@ export const toWall = (coreMs: number) => Date.now() + (coreMs - now());
 /** When JetStream stored a queue message, on the core's clock (now when not known). */
 export const storedAt = (m: { time?: Date }) => (m.time instanceof Date ? toCore(m.time.getTime()) : now());
 
-/** Bytes a cursor pulls at once (at least the largest message NATS carries). */
-export const PULL_MAX_BYTES = 8 * 1024 * 1024;
+/**
+ * Messages a cursor's consume() asks for at once, bounded so that as many of the largest
+ * message NATS carries (`maxPayload`, its INFO's max_payload) stay within 32 MiB: 32 at the
+ * default 1 MiB, 16 to 128 in any case. A count, not bytes: nats.js 3.4's consume() with
+ * max_bytes also asks for 100 messages, a pull that ends by count leaves its unused bytes
+ * counted as pending until it expires, so its refills ask for a few kB; a batch record larger
+ * than that is refused with a 409 (message size exceeds max bytes), on which consume() waits
+ * for two missed heartbeats. A window's session stalled for 2 to 3 s in one bench run in three.
+ */
+export function pullMessages(maxPayload: number | undefined): number {
+  const largest = maxPayload && maxPayload > 0 ? maxPayload : 1024 * 1024;
+  return Math.max(16, Math.min(128, Math.floor((32 * 1024 * 1024) / largest)));
+}
 
 /** What the parts of a term need of the manager node that outlives it. */
 /** What an effect about a queue entry needs of it: where it came from, its headers and bytes (a batch's element stands for itself). */
@@ -63,6 +74,7 @@ export interface ManagerContext {
 /** consumers.ts */
 export interface TermConsumers {
   readonly healed: { req: number; resp: number };
+  readonly refusedPulls: { req: number; resp: number };
   takeOver(reqFrom: number, respFrom: number, js: <T>(what: string, fn: () => Promise<T>) => Promise<T>): Promise<void>;
   caughtUpTo(req: number, resp: number, timeoutMs: number): Promise<void>;
   resume(why: string): Promise<void>;
