@@ -37,12 +37,14 @@ interface Latency {
   p90: number;
   p99: number;
   p999: number;
+  /** The longest: a stall of a few requests hides below p99 and shows here (and in the rate). */
+  max: number;
 }
 
 function stats(samples: number[]): Latency {
   const s = [...samples].sort((a, b) => a - b);
   const at = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))]! : NaN);
-  return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999) };
+  return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: s.length ? s[s.length - 1]! : NaN };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -1021,11 +1023,11 @@ function markdown(result: Record<string, unknown>): string {
   }
   const win = result.windows as { byWindow: Array<{ window: number; ratePerS: number; latencyMs: Latency; workPerRoundTrip?: number; deliveriesPerRoundTrip?: number; requestRecordsPerRoundTrip?: number; responseRecordsPerRoundTrip?: number; cpuUsPerRoundTrip?: Record<string, number> }> } | undefined;
   if (win) {
-    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | work messages per round trip | delivery messages per round trip | request / response records per round trip | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|---|---|");
+    lines.push("", "| one session, window w (w of its requests at the server at once) | rate/s | × window 1 | p50 ms | p99 ms | max ms | work messages per round trip | delivery messages per round trip | request / response records per round trip | CPU µs per round trip: manager / server / client / nats-server |", "|---|---|---|---|---|---|---|---|---|---|");
     const one = win.byWindow[0]!.ratePerS;
     for (const r of win.byWindow) {
       const cpu = r.cpuUsPerRoundTrip ? `${r.cpuUsPerRoundTrip.manager} / ${r.cpuUsPerRoundTrip.server} / ${r.cpuUsPerRoundTrip.client} / ${r.cpuUsPerRoundTrip.natsServer}` : "—";
-      lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} | ${r.requestRecordsPerRoundTrip === undefined ? "" : `${f(r.requestRecordsPerRoundTrip, 2)} / ${f(r.responseRecordsPerRoundTrip ?? NaN, 2)}`} | ${cpu} |`);
+      lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.latencyMs.max === undefined ? "" : f(r.latencyMs.max, 1)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} | ${r.requestRecordsPerRoundTrip === undefined ? "" : `${f(r.requestRecordsPerRoundTrip, 2)} / ${f(r.responseRecordsPerRoundTrip ?? NaN, 2)}`} | ${cpu} |`);
     }
   }
   const pool = result.pool as { servers: number; inFlight: number; rateRatio: number; cpuRatio: number; byServer: Record<string, number>; rounds: Array<Record<string, number>> } | undefined;
