@@ -175,7 +175,9 @@ export class JetStreamStore implements ManagerStore {
         let read = 0;
         try {
           for (;;) {
-            const batch = await c.fetch({ max_bytes: PULL_MAX_BYTES, expires: 1000 });
+            // At least two of the largest message NATS carries: a fetch whose first message
+            // does not fit returns none, and the replay would stop there.
+            const batch = await c.fetch({ max_bytes: Math.max(PULL_MAX_BYTES, 2 * (rt.nc.info?.max_payload ?? 0)), expires: 1000 });
             let got = 0;
             let last = -1;
             for await (const msg of batch) {
