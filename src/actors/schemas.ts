@@ -164,7 +164,9 @@ export const WorkMessage = Type.Object({
 });
 /** Several work messages of one session in one (docs/design.md §6): each element is checked as a WorkMessage. */
 export const WorkBatchMessage = Type.Object({ batch: Type.Array(Type.Unknown(), { minItems: 1, maxItems: MAX_BATCH }) });
-export const CancelMessage = Type.Object({ epoch: Epoch, session: Token, n: Seq });
+// `reason` names why, so the handler's signal says the same as the caller's error (a server's own
+// deadline timer and the manager's cancel race); a manager before it sent none: cancelled.
+export const CancelMessage = Type.Object({ epoch: Epoch, session: Token, n: Seq, reason: Type.Optional(Type.Union([Type.Literal("cancelled"), Type.Literal("deadline")])) });
 export const DeliverMessage = Type.Object({
   epoch: Epoch,
   session: Token,

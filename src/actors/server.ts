@@ -355,7 +355,7 @@ export class TandemServer {
       if (this.stale(m, v.epoch)) return;
       const r = this.running.get(`${v.session}.${v.n}`);
       if (r) {
-        r.abort(new TandemError(ErrorCode.Cancelled, "cancelled by the manager"));
+        r.abort(v.reason === "deadline" ? new TandemError(ErrorCode.Deadline, `request ${v.n} of session ${v.session} passed its deadline (the manager gave it up)`) : new TandemError(ErrorCode.Cancelled, "cancelled by the manager"));
         this.stats.cancelled++;
       }
       replyOk(m, { cancelled: r !== undefined });

@@ -245,7 +245,7 @@ export interface DispatchWork {
 export type Effect =
   /** Send request n to `server`: `work` is what the work message carries (read at the decision). */
   | { type: "dispatch"; server: string; session: string; n: number; service: string; hedged: boolean; work: DispatchWork }
-  | { type: "cancel"; server: string; session: string; n: number }
+  | { type: "cancel"; server: string; session: string; n: number; reason: "deadline" | "cancelled" }
   | { type: "deliver"; client: string; session: string; n: number; service: string; response: StoredResponse }
   /**
    * A hedged session's request got its (first, winning) stored response. `others`: live servers
@@ -445,7 +445,7 @@ export class ManagerCore {
     this.remove(s);
     this.removed.push(session);
     const effects: Effect[] = [];
-    for (const [n, d] of s.inFlight) effects.push({ type: "cancel", server: d.server, session, n });
+    for (const [n, d] of s.inFlight) effects.push({ type: "cancel", server: d.server, session, n, reason: "cancelled" });
     return { closed: s, effects };
   }
 
@@ -788,7 +788,7 @@ export class ManagerCore {
     req.rejected = true;
     const d = s.inFlight.get(n);
     if (d) {
-      effects.push({ type: "cancel", server: d.server, session: s.id, n });
+      effects.push({ type: "cancel", server: d.server, session: s.id, n, reason });
       s.inFlight.delete(n);
     }
     s.awaitingAttempt.delete(n);

@@ -84,6 +84,8 @@ export interface CancelMsg {
   epoch: number;
   session: string;
   n: number;
+  /** Why the manager gave the request up (absent from a manager before it: cancelled). */
+  reason?: "deadline" | "cancelled";
 }
 
 /** One session in a restart message: its restart data, request queue and response queue. */

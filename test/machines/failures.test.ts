@@ -172,7 +172,9 @@ describe("manager core: deadlines and cancellation", () => {
     const core = setup();
     core.onRequest(req(1, { deadline: 100 }), 0, false);
     const fx = core.tick(101);
-    expect(of(fx, "cancel")).toEqual([expect.objectContaining({ server: "s1", n: 1 })]);
+    // With its reason: the handler's signal says TANDEM_DEADLINE too, whichever of the server's
+    // own timer and this cancel comes first.
+    expect(of(fx, "cancel")).toEqual([expect.objectContaining({ server: "s1", n: 1, reason: "deadline" })]);
     expect(of(fx, "storeError").map((e) => e.error.code)).toEqual(["TANDEM_DEADLINE"]);
     // The server's answer, stored after the deadline, comes first in the queue: not taken.
     core.onResponse({ seq: ++seq, client: "c", session: "A", n: 1, server: "s1", ok: "late", at: 150 }, 150);
@@ -196,7 +198,7 @@ describe("manager core: deadlines and cancellation", () => {
     const core = setup();
     core.onRequest(req(1), 0, false);
     const fx = core.onCancelRecord({ seq: ++seq, client: "c", session: "A", n: 1, reason: "cancelled" }, 5);
-    expect(of(fx, "cancel")).toEqual([expect.objectContaining({ server: "s1", n: 1 })]);
+    expect(of(fx, "cancel")).toEqual([expect.objectContaining({ server: "s1", n: 1, reason: "cancelled" })]);
   });
 });
 

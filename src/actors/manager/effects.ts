@@ -74,7 +74,7 @@ export class Effects implements TermEffects {
           box!.items.splice(held, 1);
           return;
         }
-        rt.nc.publish(rt.names.cancel(e.server, e.session), encode({ epoch, session: e.session, n: e.n }), {
+        rt.nc.publish(rt.names.cancel(e.server, e.session), encode({ epoch, session: e.session, n: e.n, reason: e.reason }), {
           headers: makeHeaders({ session: e.session, request: e.n, epoch, kind: "control" }),
         });
         return;
