@@ -157,7 +157,7 @@ export class TandemClient {
     if (id !== undefined && !isToken(id)) throw new TandemError(ErrorCode.Config, `client id "${id}" must be 1-64 letters, digits, _ or -`);
     this.id = id ?? `c${newId(8)}`;
     this.log = rt.logger.child({ role: "client", client: this.id });
-    this.replies = new ReplyBatcher(this.id, (subject, data) => rt.nc.publish(subject, data), () => batchBytes(rt.nc.info?.max_payload));
+    this.replies = ReplyBatcher.on(rt, this.id);
   }
 
   static async connect(rt: Runtime, opts: ClientOptions = {}): Promise<TandemClient> {

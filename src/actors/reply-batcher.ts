@@ -10,7 +10,8 @@ import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { ErrorCode } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { BATCH, batchSubject, coalescable, encodeReplyBatch, entryBytes } from "../runtime/reply-batch.js";
-import { TurnBatcher } from "./batches.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { batchBytes, TurnBatcher } from "./batches.js";
 
 interface Held {
   reply: string;
@@ -43,6 +44,11 @@ export class ReplyBatcher {
       maxBytes,
       (h) => h.inbox,
     );
+  }
+
+  /** The batcher of a server or client process: on its connection, cut to what its NATS carries. */
+  static on(rt: Runtime, responder: string): ReplyBatcher {
+    return new ReplyBatcher(responder, (subject, data) => rt.nc.publish(subject, data), () => batchBytes(rt.nc.info?.max_payload));
   }
 
   respond(m: Msg, data: Uint8Array): void {

@@ -163,7 +163,7 @@ export class TandemServer {
     this.service = opts.service;
     this.capacity = opts.capacity ?? 64;
     this.log = rt.logger.child({ role: "server", server: this.id, service: this.service });
-    this.replies = new ReplyBatcher(this.id, (subject, data) => rt.nc.publish(subject, data), () => batchBytes(rt.nc.info?.max_payload));
+    this.replies = ReplyBatcher.on(rt, this.id);
   }
 
   static async start(rt: Runtime, opts: ServerOptions): Promise<TandemServer> {

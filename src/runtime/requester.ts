@@ -107,7 +107,7 @@ export class Requester {
     });
   }
 
-  /** Receipts of `from`, several in one message: each settles its request if it went to `from`. */
+  /** Acknowledgements from `from`, several in one message: each settles its request if it went to `from`. */
   private onBatch(subject: string, from: string, data: Uint8Array): void {
     const { entries, problem } = decodeReplyBatch(data);
     for (const e of entries) {
