@@ -596,16 +596,32 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
       const payload = { x: "y".repeat(100) };
       const rounds = quick ? 3 : 5;
       const T = quick ? 1000 : 2000;
+      // Messages per round trip, counted in the warm-up (the counting costs this process CPU, so
+      // not in the measured rounds): what batching saves in a pool, as in the window table.
+      let pooledMessages: Record<string, number> = {};
       {
         const warm = await client.open("bench", { ordered: false, window: 128 });
-        await load(128, 2000, async () => void (await warm.request(payload)), "pool warm-up");
+        const count = { work: 0, deliveries: 0, requestRecords: 0, responseRecords: 0 };
+        const isRecord = (data: Uint8Array) => data[2] === 0x6e || data[2] === 0x62;
+        const subs = [
+          rt.nc.subscribe(rt.names.work("*", warm.id), { callback: () => void count.work++ }),
+          rt.nc.subscribe(rt.names.deliver(client.id, warm.id), { callback: () => void count.deliveries++ }),
+          rt.nc.subscribe(rt.names.req(client.id, warm.id), { callback: (_e, m) => void (isRecord(m.data) && count.requestRecords++) }),
+          rt.nc.subscribe(rt.names.resp("*", warm.id), { callback: (_e, m) => void (isRecord(m.data) && count.responseRecords++) }),
+        ];
+        const r = await load(128, 2000, async () => void (await warm.request(payload)), "pool warm-up");
+        for (const sub of subs) sub.unsubscribe();
+        pooledMessages = Object.fromEntries(Object.entries(count).map(([k, v]) => [`${k}PerRoundTrip`, v / r.samples.length]));
         await warm.close();
       }
       const pool = await client.open("bench", { ordered: false, window: 128 });
       const byServer = new Map<string, number>();
       const pids = [...d.managers, ...d.servers].map((p) => p.child.pid!).concat(ns.pid!);
       const cpuOf = (ps: number[]) => ps.reduce<number>((t, pid) => t + cpuUs(pid), cpuUs());
-      const poolRounds: Array<{ rawWqRate: number; poolRate: number; rateRatio: number; poolCpuUs: number; rawCpuUs: number; cpuRatio: number }> = [];
+      const poolRounds: Array<{ rawWqRate: number; poolRate: number; rateRatio: number; poolCpuUs: number; rawCpuUs: number; cpuRatio: number; cpuUsPerRoundTrip: Record<string, number> }> = [];
+      // Which process the pool's rate is bound by, as for the sessions above (the servers summed).
+      const procs = { manager: d.managers.map((p) => p.child.pid!), servers: d.servers.map((p) => p.child.pid!), natsServer: [ns.pid!] };
+      const cpuBy = () => Object.fromEntries(Object.entries(procs).map(([k, ps]) => [k, ps.reduce<number>((t, pid) => t + cpuUs(pid), 0)]).concat([["client", cpuUs()]]));
       for (let i = 0; i < rounds; i++) {
         process.stderr.write(`  pool round ${i + 1}/${rounds}\n`);
         let raw = { rate: 0, count: 1 };
@@ -617,12 +633,15 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
           rawCpu = (rawKit.pids.concat(ns.pid!).reduce<number>((t, pid) => t + cpuUs(pid), 0) - r0) / raw.count;
         }
         const c0 = cpuOf(pids);
+        const by0 = cpuBy();
         const r = await load(128, T, async () => {
           const resp = await pool.send(payload).then((x) => x.response);
           byServer.set(resp.server, (byServer.get(resp.server) ?? 0) + 1);
         }, `pool round ${i + 1}/${rounds}: 128 in flight`);
         const poolCpu = (cpuOf(pids) - c0) / r.samples.length;
-        poolRounds.push({ rawWqRate: raw.rate, poolRate: r.rate, rateRatio: raw.rate ? r.rate / raw.rate : 0, poolCpuUs: Math.round(poolCpu), rawCpuUs: Math.round(rawCpu), cpuRatio: rawCpu ? poolCpu / rawCpu : 0 });
+        const by1 = cpuBy();
+        const cpuUsPerRoundTrip = Object.fromEntries(Object.keys(by1).map((k) => [k, Math.round((by1[k]! - by0[k]!) / r.samples.length)]));
+        poolRounds.push({ rawWqRate: raw.rate, poolRate: r.rate, rateRatio: raw.rate ? r.rate / raw.rate : 0, poolCpuUs: Math.round(poolCpu), rawCpuUs: Math.round(rawCpu), cpuRatio: rawCpu ? poolCpu / rawCpu : 0, cpuUsPerRoundTrip });
       }
       await pool.close();
       const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
@@ -635,6 +654,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
         ratePerS: med(poolRounds.map((x) => x.poolRate)),
         // How evenly the pool spread: responses per server over all rounds.
         byServer: Object.fromEntries([...byServer].sort()),
+        messagesInWarmUp: pooledMessages,
       };
       await undeploy(d);
     }
@@ -1030,11 +1050,14 @@ function markdown(result: Record<string, unknown>): string {
       lines.push(`| window ${r.window} | ${f(r.ratePerS)} | ${f(r.ratePerS / one, 1)} | ${f(r.latencyMs.p50, 2)} | ${f(r.latencyMs.p99, 2)} | ${r.latencyMs.max === undefined ? "" : f(r.latencyMs.max, 1)} | ${r.workPerRoundTrip === undefined ? "" : f(r.workPerRoundTrip, 2)} | ${r.deliveriesPerRoundTrip === undefined ? "" : f(r.deliveriesPerRoundTrip, 2)} | ${r.requestRecordsPerRoundTrip === undefined ? "" : `${f(r.requestRecordsPerRoundTrip, 2)} / ${f(r.responseRecordsPerRoundTrip ?? NaN, 2)}`} | ${cpu} |`);
     }
   }
-  const pool = result.pool as { servers: number; inFlight: number; rateRatio: number; cpuRatio: number; byServer: Record<string, number>; rounds: Array<Record<string, number>> } | undefined;
+  const pool = result.pool as { servers: number; inFlight: number; rateRatio: number; cpuRatio: number; byServer: Record<string, number>; messagesInWarmUp?: Record<string, number>; rounds: Array<Record<string, number> & { cpuUsPerRoundTrip?: Record<string, number> }> } | undefined;
   if (pool) {
-    lines.push("", `| unordered pool, one session on ${pool.servers} servers, ${pool.inFlight} in flight (paired round) | raw work-queue round trips/s (128) | pool round trips/s | ratio | CPU µs/rt raw / pool | ratio |`, "|---|---|---|---|---|---|");
-    pool.rounds.forEach((x, i) => lines.push(`| ${i + 1} | ${f(x.rawWqRate)} | ${f(x.poolRate)} | ${f(x.rateRatio, 3)} | ${f(x.rawCpuUs)} / ${f(x.poolCpuUs)} | ${f(x.cpuRatio, 2)} |`));
-    lines.push(`| median | | | ${f(pool.rateRatio, 3)} | | ${f(pool.cpuRatio, 2)} |`, "", `Responses per server: ${Object.entries(pool.byServer).map(([k, v]) => `${k} ${v}`).join(", ")}.`);
+    lines.push("", `| unordered pool, one session on ${pool.servers} servers, ${pool.inFlight} in flight (paired round) | raw work-queue round trips/s (128) | pool round trips/s | ratio | CPU µs/rt raw / pool | ratio | pool CPU µs/rt: manager / servers / client / nats-server |`, "|---|---|---|---|---|---|---|");
+    const by = (c?: Record<string, number>) => (c ? `${f(c.manager)} / ${f(c.servers)} / ${f(c.client)} / ${f(c.natsServer)}` : "");
+    pool.rounds.forEach((x, i) => lines.push(`| ${i + 1} | ${f(x.rawWqRate)} | ${f(x.poolRate)} | ${f(x.rateRatio, 3)} | ${f(x.rawCpuUs)} / ${f(x.poolCpuUs)} | ${f(x.cpuRatio, 2)} | ${by(x.cpuUsPerRoundTrip)} |`));
+    lines.push(`| median | | | ${f(pool.rateRatio, 3)} | | ${f(pool.cpuRatio, 2)} | |`, "", `Responses per server: ${Object.entries(pool.byServer).map(([k, v]) => `${k} ${v}`).join(", ")}.`);
+    const mw = pool.messagesInWarmUp;
+    if (mw) lines.push("", `Messages per round trip in the warm-up: work ${f(mw.workPerRoundTrip!, 3)}, deliveries ${f(mw.deliveriesPerRoundTrip!, 3)}, request records ${f(mw.requestRecordsPerRoundTrip!, 3)}, response records ${f(mw.responseRecordsPerRoundTrip!, 3)}.`);
   }
   const pr = result.paired as { msPerMeasurement: number; rounds: Array<Record<string, number>> } | undefined;
   if (pr && pr.rounds[0]?.rawWqRate !== undefined) {
