@@ -22,6 +22,9 @@ import { batchBytes, batchRecord, TurnBatcher } from "./batches.js";
 import { offWhenRefused, ReplyBatcher } from "./reply-batcher.js";
 import { checkAddressed, epochProblem, flushed, publishDlq, replyError, replyOk, unwrap } from "./protocol.js";
 
+/** Quiet time before the session machine hears that no request is in the handler (see `note`). */
+const IDLE_AFTER_MS = 20;
+
 export interface WorkRequest {
   session: string;
   client: string;
@@ -133,6 +136,7 @@ export class TandemServer {
   private handling = 0;
   private toldBusy = false;
   private noteScheduled = false;
+  private idleTimer: NodeJS.Timeout | undefined;
   private waiting: Array<() => void> = [];
   private active = 0;
   private epoch = 0;
@@ -230,6 +234,7 @@ export class TandemServer {
     this.stopping = true;
     for (const u of this.unwatch.splice(0)) u();
     clearInterval(this.heartbeatTimer);
+    clearTimeout(this.idleTimer);
     this.send({ type: "STOP" });
     if (this.actor) await waitFor(this.actor, (s) => s.status === "done", { timeout: 30_000 }).catch(() => {});
     for (const s of this.subs) s.unsubscribe();
@@ -371,14 +376,26 @@ export class TandemServer {
    * only when that count goes between none and some, after the current I/O turn, so a machine
    * step (tens of µs) is neither on the way from a work message to its handler nor paid per
    * request under load (one per request, summed per turn, was a fifth of a busy server's CPU).
+   * Idle is told only after `IDLE_AFTER_MS` without work: a pool's server gets its work in
+   * batches it finishes within the turn, and two machine steps a batch were an eighth of its CPU.
    * Any other event applies it first.
    */
   private note(delta: 1 | -1): void {
     this.handling += delta;
+    const busy = this.handling > 0;
     // Only a change between none and some is the machine's business.
-    if ((this.handling > 0) === this.toldBusy || this.noteScheduled) return;
-    this.noteScheduled = true;
-    setImmediate(() => this.applyNoted());
+    if (busy === this.toldBusy) return;
+    if (busy) {
+      if (this.noteScheduled) return;
+      this.noteScheduled = true;
+      setImmediate(() => this.applyNoted());
+    } else if (this.idleTimer === undefined) {
+      this.idleTimer = setTimeout(() => {
+        this.idleTimer = undefined;
+        this.applyNoted();
+      }, IDLE_AFTER_MS);
+      this.idleTimer.unref();
+    }
   }
 
   private applyNoted(): void {
