@@ -10,6 +10,7 @@ import type { CancelMsg, HeartbeatReply, RequestKind, RestartMsg, RestartRecord,
 import { ErrorCode, handlerErrorToWire, TandemError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { JS_TIMEOUT_MS, type Runtime } from "../runtime/runtime.js";
+import type { ServiceMetrics } from "../runtime/metrics.js";
 import { decode, encode, encodedSize, Header, isObject, isToken, makeHeaders, malformed } from "../runtime/wire.js";
 import { newId } from "../runtime/ids.js";
 import { publishToQueue } from "../runtime/queue-publish.js";
@@ -76,20 +77,51 @@ export interface ServerOptions {
   store?: FencedStore;
 }
 
+/** What a request in a handler needs of its server: one per server, shared by its requests. */
+interface RunHost {
+  readonly rt: Runtime;
+  readonly id: string;
+  readonly store: FencedStore | undefined;
+  readonly log: Logger;
+  readonly stats: { committed: number };
+  epoch(): number;
+}
+
 /**
- * One request in a handler. Its AbortController is made when the handler first looks at its
- * signal (an AbortController costs microseconds to make; most handlers answer without one).
+ * One request in a handler, and the context its handler gets. Everything a handler may use
+ * (its signal, log, checkpoint, commit) is made when the handler first asks for it: an
+ * AbortController costs microseconds to make, and a context of closures per request was a fifth
+ * of a pool server's allocations; most handlers answer without touching any of it. Getters, not
+ * methods, so that a handler may take `const { checkpoint } = ctx`.
  */
-class Running {
+class Running implements WorkContext {
   private controller: AbortController | null = null;
   aborted = false;
   reason: unknown = undefined;
   /** Fires the signal at the request's deadline. */
   timer: NodeJS.Timeout | undefined;
+  /** The restart data the handler sees: the work's, or the last a checkpoint stored (it goes with the response). */
+  restart: unknown;
+  /** A checkpoint stored restart data. */
+  hasRestart = false;
+  /** When the handler started (for the handler-time histogram). */
+  t0 = 0;
+  readonly session: string;
+  readonly n: number;
+  readonly subject: string;
+  private checkpoints = 0;
+  private childLog: Logger | null = null;
+  private fns: Pick<WorkContext, "checkpoint" | "progress" | "commit"> | null = null;
+
   constructor(
-    readonly session: string,
-    readonly n: number,
-  ) {}
+    private readonly host: RunHost,
+    readonly w: WorkMsg,
+  ) {
+    this.session = w.session;
+    this.n = w.n;
+    this.subject = host.rt.names.resp(host.id, w.session);
+    this.restart = (w.restart as RestartRecord | null)?.data;
+  }
 
   get signal(): AbortSignal {
     if (!this.controller) {
@@ -99,11 +131,77 @@ class Running {
     return this.controller.signal;
   }
 
+  get log(): Logger {
+    return (this.childLog ??= this.host.log.child({ session: this.session, n: this.n }));
+  }
+
+  get store(): FencedStore | undefined {
+    return this.host.store;
+  }
+
+  get traceparent(): string | undefined {
+    return this.w.tp;
+  }
+
+  get checkpoint(): WorkContext["checkpoint"] {
+    return this.bound().checkpoint;
+  }
+
+  get progress(): WorkContext["progress"] {
+    return this.bound().progress;
+  }
+
+  get commit(): WorkContext["commit"] {
+    return this.bound().commit;
+  }
+
   abort(reason: unknown): void {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
     this.controller?.abort(reason);
+  }
+
+  private bound(): Pick<WorkContext, "checkpoint" | "progress" | "commit"> {
+    return (this.fns ??= {
+      // Running requests go in every heartbeat; data, when given, is restart data as checkpoint's.
+      progress: (data?: unknown) => (data === undefined ? Promise.resolve() : this.storeCheckpoint(data)),
+      checkpoint: (data: unknown) => this.storeCheckpoint(data),
+      commit: <R, Tx>(fn: (tx: Tx) => Promise<R>) => this.commitOnce(fn as (tx: unknown) => Promise<R>),
+    });
+  }
+
+  private async commitOnce<R>(fn: (tx: unknown) => Promise<R>): Promise<R> {
+    const store = this.host.store;
+    if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
+    const out = await store.commit({ session: this.session, request: this.n, server: this.host.id }, this.signal, fn);
+    if (!out.won) throw new FenceLost(out.result, out.by);
+    this.host.stats.committed++;
+    return out.result;
+  }
+
+  private async storeCheckpoint(data: unknown): Promise<void> {
+    const { rt } = this.host;
+    // Restart data travels with the next work of the session: bounded as payloads are.
+    const size = encodedSize(data);
+    if (size > rt.config.maxPayload) {
+      throw new TandemError(ErrorCode.PayloadTooLarge, `restart data is ${size} bytes; the limit is ${rt.config.maxPayload} (--max-payload)`, { context: { size, limit: rt.config.maxPayload } });
+    }
+    this.restart = data;
+    this.hasRestart = true;
+    this.checkpoints++;
+    const w = this.w;
+    // The dispatch key makes the id one nobody but this server's work knows.
+    const msgID = `${w.session}.${w.n}.c${this.checkpoints}.${w.k}`;
+    const body = encode({ n: w.n, k: w.k, restart: data });
+    // A slow ack is no reason to fail the work: retry with the same id (stored once).
+    const headers = makeHeaders({ session: w.session, request: w.n, epoch: this.host.epoch(), kind: "control", server: this.host.id });
+    await withBackoff(() => publishToQueue(rt.requester, this.subject, body, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
+      while: () => !this.aborted,
+      onFailure: (err, attempt) => attempt === 4 && this.log.warn({ err }, "storing a checkpoint keeps failing; retrying"),
+    }).catch((err: unknown) => {
+      throw this.aborted ? this.reason : err;
+    });
   }
 }
 
@@ -157,6 +255,9 @@ export class TandemServer {
   private readonly replies: ReplyBatcher;
   /** Counters for tests and the CLI. */
   readonly stats = { started: 0, completed: 0, failed: 0, cancelled: 0, duplicates: 0, fenceLost: 0, committed: 0 };
+  /** This server's service's metrics, and what its requests in a handler need of it. */
+  private readonly metrics: ServiceMetrics;
+  private readonly host: RunHost;
 
   constructor(
     private readonly rt: Runtime,
@@ -167,6 +268,8 @@ export class TandemServer {
     this.service = opts.service;
     this.capacity = opts.capacity ?? 64;
     this.log = rt.logger.child({ role: "server", server: this.id, service: this.service });
+    this.metrics = rt.metrics.forService(this.service);
+    this.host = { rt, id: this.id, store: opts.store, log: this.log, stats: this.stats, epoch: () => this.epoch };
     this.replies = ReplyBatcher.on(rt, this.id);
   }
 
@@ -474,7 +577,8 @@ export class TandemServer {
     // not seen it register takes it for the process that had this id before, and a death now
     // would not cost the request an attempt (a poison request once ran 4 times for 3 attempts).
     // Refused, the work comes again once the manager knows this process (docs/design.md §9).
-    if (!this.actor || this.actor.getSnapshot().matches("registering")) {
+    // The state's value, not matches(): that builds a state value per call, on every request.
+    if (!this.actor || this.actor.getSnapshot().value === "registering") {
       return new TandemError(ErrorCode.Unavailable, `server ${this.id} has not registered with the manager yet; the work is sent again once it has`);
     }
     const key = `${w.session}.${w.n}`;
@@ -483,7 +587,7 @@ export class TandemServer {
       this.stats.duplicates++;
       return { accepted: true, running: true };
     }
-    const run = new Running(w.session, w.n);
+    const run = new Running(this.host, w);
     this.running.set(key, run);
     this.runningBySession.set(w.session, (this.runningBySession.get(w.session) ?? 0) + 1);
     if (w.deadline !== undefined) {
@@ -526,98 +630,44 @@ export class TandemServer {
     if (queued) await queued;
     this.note(1);
     this.stats.started++;
-    let childLog: Logger | null = null;
-    const log = (): Logger => (childLog ??= this.log.child({ session: w.session, n: w.n }));
-    let restart: unknown = (w.restart as RestartRecord | null)?.data;
-    let hasRestart = false;
-    let checkpoints = 0;
-    const subject = this.rt.names.resp(this.id, w.session);
-    const store = this.opts.store;
-    // signal and log are made on first use (see Running).
-    const ctx: WorkContext = {
-      get signal() {
-        return run.signal;
-      },
-      get log() {
-        return log();
-      },
-      store,
-      traceparent: w.tp,
-      // Running requests go in every heartbeat; data, when given, is restart data as checkpoint's.
-      progress: (data?: unknown) => (data === undefined ? Promise.resolve() : ctx.checkpoint(data)),
-      commit: async <R, Tx>(fn: (tx: Tx) => Promise<R>): Promise<R> => {
-        if (!store) throw new TandemError(ErrorCode.NoStore, "this server has no store for commit(); start it with a store (--store kv or --store postgres://...)");
-        const out = await store.commit({ session: w.session, request: w.n, server: this.id }, run.signal, fn as (tx: unknown) => Promise<R>);
-        if (!out.won) throw new FenceLost(out.result, out.by);
-        this.stats.committed++;
-        return out.result;
-      },
-      checkpoint: async (data: unknown) => {
-        // Restart data travels with the next work of the session: bounded as payloads are.
-        const size = encodedSize(data);
-        if (size > this.rt.config.maxPayload) {
-          throw new TandemError(ErrorCode.PayloadTooLarge, `restart data is ${size} bytes; the limit is ${this.rt.config.maxPayload} (--max-payload)`, { context: { size, limit: this.rt.config.maxPayload } });
-        }
-        restart = data;
-        hasRestart = true;
-        checkpoints++;
-        // The dispatch key makes the id one nobody but this server's work knows.
-        const msgID = `${w.session}.${w.n}.c${checkpoints}.${w.k}`;
-        const body = encode({ n: w.n, k: w.k, restart: data });
-        // A slow ack is no reason to fail the work: retry with the same id (stored once).
-        const headers = makeHeaders({ session: w.session, request: w.n, epoch: this.epoch, kind: "control", server: this.id });
-        await withBackoff(() => publishToQueue(this.rt.requester, subject, body, { msgID, headers, timeout: JS_TIMEOUT_MS }), {
-          while: () => !run.aborted,
-          onFailure: (err, attempt) => attempt === 4 && log().warn({ err }, "storing a checkpoint keeps failing; retrying"),
-        }).catch((err: unknown) => {
-          throw run.aborted ? run.reason : err;
-        });
-      },
-    };
     let body: Record<string, unknown>;
-    const metrics = this.rt.metrics;
-    const m = metrics.forService(this.service);
-    const t0 = performance.now();
-    m.serverInFlight.inc();
-    const handled = (outcome: "ok" | "error" | "retry" | "cancelled", code = "") => {
-      m.serverInFlight.dec();
-      m.handlerSeconds.observe((performance.now() - t0) / 1000);
-      metrics.handled.inc({ service: this.service, outcome, code });
-    };
+    const subject = run.subject;
+    run.t0 = performance.now();
+    this.metrics.serverInFlight.inc();
     try {
       const result = await this.opts.handler(
-        { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart, attempt: w.attempt ?? 1, deadline: w.deadline },
-        ctx,
+        { session: w.session, client: w.client, n: w.n, kind: w.kind, payload: w.payload, restart: run.restart, attempt: w.attempt ?? 1, deadline: w.deadline },
+        run,
       );
       body = { n: w.n, k: w.k, ok: result ?? null };
       this.stats.completed++;
-      handled("ok");
+      this.handled(run, "ok");
     } catch (err) {
       if (err instanceof FenceLost) {
-        handled("ok");
+        this.handled(run, "ok");
         // Another duplicate's update is the applied one: answer with its result, change nothing.
         this.stats.fenceLost++;
-        log().info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
+        run.log.info({ winner: err.by }, "another duplicate committed this update first; answering with its result");
         body = { n: w.n, k: w.k, ok: err.result ?? null };
-        if (hasRestart) body.restart = restart;
+        if (run.hasRestart) body.restart = run.restart;
         await this.storeResponse(subject, w, body);
         this.finish(key);
         return;
       }
       if (run.aborted) {
         // Cancelled work leaves no response: the request is answered elsewhere or not at all.
-        handled("cancelled");
+        this.handled(run, "cancelled");
         this.finish(key);
         return;
       }
       const error = handlerErrorToWire(err);
       body = { n: w.n, k: w.k, error };
       this.stats.failed++;
-      handled(error.retryable ? "retry" : "error", error.code);
-      if (error.retryable) log().info({ err, attempt: w.attempt ?? 1 }, "handler failed with a retryable error; the manager retries it after its back-off");
-      else log().warn({ err }, "handler failed; the client gets the error");
+      this.handled(run, error.retryable ? "retry" : "error", error.code);
+      if (error.retryable) run.log.info({ err, attempt: w.attempt ?? 1 }, "handler failed with a retryable error; the manager retries it after its back-off");
+      else run.log.warn({ err }, "handler failed; the client gets the error");
     }
-    if (hasRestart) body.restart = restart;
+    if (run.hasRestart) body.restart = run.restart;
     if (run.aborted) {
       this.finish(key);
       return;
@@ -626,6 +676,12 @@ export class TandemServer {
     await this.storeResponse(subject, w, body);
     trace("server.stored", w.session, w.n);
     this.finish(key);
+  }
+
+  private handled(run: Running, outcome: "ok" | "error" | "retry" | "cancelled", code = ""): void {
+    this.metrics.serverInFlight.dec();
+    this.metrics.handlerSeconds.observe((performance.now() - run.t0) / 1000);
+    this.metrics.handled.inc(outcome, code);
   }
 
   private finish(key: string): void {

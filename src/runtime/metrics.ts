@@ -21,6 +21,8 @@ export interface ServiceMetrics {
   serverInFlight: { inc(): void; dec(): void };
   dispatched: { inc(): void };
   delivered: { inc(by?: number): void };
+  /** Requests a handler finished, by outcome and error code (the children made once each). */
+  handled: { inc(outcome: string, code: string): void };
 }
 
 export class Metrics {
@@ -104,6 +106,7 @@ export class Metrics {
         serverInFlight: this.serverInFlight.labels(l),
         dispatched: this.dispatched.labels(l),
         delivered: this.delivered.labels(l),
+        handled: handledBy(this.handled, service),
       };
       this.services.set(service, m);
     }
@@ -135,4 +138,20 @@ export class Metrics {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/** `tandem_server_handled_total` of one service: a labelled child per outcome and code, made once. */
+function handledBy(counter: Counter<"service" | "outcome" | "code">, service: string): ServiceMetrics["handled"] {
+  const children = new Map<string, { inc(): void }>();
+  return {
+    inc(outcome, code) {
+      const key = `${outcome} ${code}`;
+      let c = children.get(key);
+      if (!c) {
+        c = counter.labels({ service, outcome, code });
+        children.set(key, c);
+      }
+      c.inc();
+    },
+  };
 }

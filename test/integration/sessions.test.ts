@@ -31,6 +31,15 @@ const handler: Handler = async (req, ctx) => {
     });
   }
   if (p?.op === "progress") await ctx.checkpoint({ progress: req.n });
+  if (p?.op === "destructure") {
+    // The context's parts work taken apart, as a handler may write them.
+    const { checkpoint, progress, log, signal, traceparent, store } = ctx;
+    await progress();
+    await progress({ half: req.n });
+    await checkpoint({ whole: req.n, before: req.restart ?? null });
+    log.debug("destructured");
+    return { aborted: signal.aborted, traceparent: typeof traceparent, store: store === undefined, restart: req.restart ?? null };
+  }
   return { echo: p?.v ?? p, n: req.n };
 };
 
@@ -132,6 +141,17 @@ describe("brokered sessions", () => {
     await eventually(async () => (await rt.kv.restart.get(`${id}.server`))?.json<{ data: unknown }>().data, "server restart data");
     expect((await rt.kv.restart.get(`${id}.server`))!.json<{ data: unknown; n: number }>()).toMatchObject({ data: { progress: 2 }, n: 2 });
     await again.close();
+  });
+
+  it("handler context - its parts work when taken apart; checkpoint and progress store restart data that the next request sees", async () => {
+    const client = await TandemClient.connect(rt);
+    const s = await client.open("svc");
+    await expect(s.request({ op: "destructure" })).resolves.toEqual({ aborted: false, traceparent: "string", store: true, restart: null });
+    // The last checkpoint is the session's server restart data, and it travels with the next work.
+    await expect(s.request({ op: "destructure" })).resolves.toEqual({ aborted: false, traceparent: "string", store: true, restart: { whole: 1, before: null } });
+    await eventually(async () => (await rt.kv.restart.get(`${s.id}.server`))?.json<{ n: number }>().n === 2, "server restart data of request 2");
+    expect((await rt.kv.restart.get(`${s.id}.server`))!.json<{ data: unknown }>().data).toEqual({ whole: 2, before: { whole: 1, before: null } });
+    await client.close();
   });
 
   it("restart data - unchanged since the last request, it is not sent again; the manager still holds the latest", async () => {
