@@ -1445,13 +1445,15 @@ export class ManagerCore {
     // Past its deadline, wherever it is (queued, backing off, at a server): answered so. The head
     // and what is at a server here; the others as the dispatch below reaches them (a pump runs on
     // every event: no walk over a window of 1,024).
-    const late = (n: number) => {
-      const req = s.requests.get(n);
-      return req !== undefined && !req.rejected && req.deadline !== undefined && now >= req.deadline;
-    };
-    if (late(s.answered + 1)) this.giveUp(s, s.answered + 1, "deadline", effects);
-    if (s.inFlight.size > 0) for (const n of [...s.inFlight.keys()]) if (late(n)) this.giveUp(s, n, "deadline", effects);
-    if (!s.ordered) return this.pumpPool(s, now, late, effects);
+    if (this.late(s, s.answered + 1, now)) this.giveUp(s, s.answered + 1, "deadline", effects);
+    if (s.inFlight.size > 0) {
+      // Collected first (giving up changes what is in flight), without a copy of the keys on
+      // every pump: a pool's pump runs on every event with its window in flight.
+      let past: number[] | undefined;
+      for (const n of s.inFlight.keys()) if (this.late(s, n, now)) (past ??= []).push(n);
+      if (past) for (const n of past) this.giveUp(s, n, "deadline", effects);
+    }
+    if (!s.ordered) return this.pumpPool(s, now, effects);
     // Dispatch: up to `window` requests of the session at its server, the oldest unanswered
     // first; responses still reach the client in request order (I3: the delivery pump below).
     const srv = s.server ? this.servers.get(s.server) : undefined;
@@ -1460,7 +1462,7 @@ export class ManagerCore {
     const window = s.suspects.size > 0 ? 1 : s.window;
     for (let n = s.answered + 1; n <= s.answered + s.window && s.inFlight.size < window; n++) {
       if (s.inFlight.has(n) || s.responses.has(n)) continue;
-      if (late(n)) this.giveUp(s, n, "deadline", effects);
+      if (this.late(s, n, now)) this.giveUp(s, n, "deadline", effects);
       const req = s.requests.get(n);
       if (!req) break; // not read yet: nor are the ones after it
       // A delayed request holds its place: nothing after it goes before its time.
@@ -1479,31 +1481,40 @@ export class ManagerCore {
    * the next request waiting at the server rather than a round trip away). A delayed request does
    * not hold back the ones after it: there is no order to keep.
    */
-  private pumpPool(s: SessionEntry, now: number, late: (n: number) => boolean, effects: Effect[]): void {
+  /** Request n of the session is past its deadline (and not refused: its error response answers it). */
+  private late(s: SessionEntry, n: number, now: number): boolean {
+    const req = s.requests.get(n);
+    return req !== undefined && !req.rejected && req.deadline !== undefined && now >= req.deadline;
+  }
+
+  private pumpPool(s: SessionEntry, now: number, effects: Effect[]): void {
     const window = s.suspects.size > 0 ? 1 : s.window;
     if (now < s.dispatchRetryAt || s.inFlight.size >= window || s.answered >= s.lastReq) return this.pumpDelivery(s, now, effects);
-    const room: Array<{ srv: ServerEntry; load: number }> = [];
+    let anyServer = false;
     for (const id of s.synced) {
       const srv = this.servers.get(id);
-      if (srv && srv.alive && !srv.presumed) room.push({ srv, load: 0 });
+      if (srv && srv.alive && !srv.presumed) {
+        anyServer = true;
+        break;
+      }
     }
-    if (room.length === 0) return this.pumpDelivery(s, now, effects);
-    for (const d of s.inFlight.values()) {
-      const r = room.find((x) => x.srv.id === d.server);
-      if (r) r.load++;
-    }
+    if (!anyServer) return this.pumpDelivery(s, now, effects);
+    // Each server's load in this session, counted when there is something to send: most pumps
+    // (an acknowledgement, a delivery) find nothing new.
+    let room: Map<string, { srv: ServerEntry; load: number }> | undefined;
     // Past a long request, as far as the session may have pending (at most 1,024 in a pool): a
     // request that runs long holds back none of the others until that many have gone past it.
     const last = Math.min(s.lastReq, s.answered + s.maxPending);
     for (let n = s.answered + 1; n <= last && s.inFlight.size < window; n++) {
       if (s.inFlight.has(n) || s.responses.has(n) || s.takenAlso.has(n)) continue;
-      if (late(n)) this.giveUp(s, n, "deadline", effects);
+      if (this.late(s, n, now)) this.giveUp(s, n, "deadline", effects);
       const req = s.requests.get(n);
       if (!req) break; // not read yet: nor are the ones after it
       if (now < (req.notBefore ?? 0)) continue;
       if (req.rejected || s.awaitingAttempt.has(n) || now < (s.attempts.get(n)?.retryAt ?? 0)) continue;
+      room ??= this.poolRoom(s);
       let best: { srv: ServerEntry; load: number } | undefined;
-      for (const r of room) {
+      for (const r of room.values()) {
         if (r.load >= 2 * r.srv.capacity) continue;
         if (!best || r.load / r.srv.capacity < best.load / best.srv.capacity) best = r;
       }
@@ -1513,6 +1524,20 @@ export class ManagerCore {
       this.dispatchTo(s, n, req, best.srv.id, now, effects);
     }
     this.pumpDelivery(s, now, effects);
+  }
+
+  /** The live servers a pool is synced with, each with how many of the session's requests it holds. */
+  private poolRoom(s: SessionEntry): Map<string, { srv: ServerEntry; load: number }> {
+    const room = new Map<string, { srv: ServerEntry; load: number }>();
+    for (const id of s.synced) {
+      const srv = this.servers.get(id);
+      if (srv && srv.alive && !srv.presumed) room.set(id, { srv, load: 0 });
+    }
+    for (const d of s.inFlight.values()) {
+      const r = room.get(d.server);
+      if (r) r.load++;
+    }
+    return room;
   }
 
   private dispatchTo(s: SessionEntry, n: number, req: PendingRequest, server: string, now: number, effects: Effect[]): void {
@@ -1532,12 +1557,13 @@ export class ManagerCore {
     const c = this.clients.get(s.client);
     if (!c || !c.synced) return;
     if (!s.ordered) {
-      // As they complete (the table holds responses in the order they were stored).
-      for (const [n, response] of s.responses) {
+      // As they complete (the table holds responses in the order they were stored). By key: an
+      // entry pair per held response on every pump was the manager's largest allocation.
+      for (const n of s.responses.keys()) {
         if (s.deliveringSet.size >= s.window) break;
         if (n <= s.delivered || s.deliveredAlso.has(n) || s.deliveringSet.has(n)) continue;
         s.deliveringSet.add(n);
-        effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response });
+        effects.push({ type: "deliver", client: s.client, session: s.id, n, service: s.service, response: s.responses.get(n)! });
       }
       return;
     }
