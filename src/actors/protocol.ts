@@ -108,24 +108,18 @@ function parseOneRequest(ids: { client: string; session: string }, v: unknown, b
   if (!("payload" in r)) throw malformed(`request: field "payload" is missing`, { field: "payload" });
   const size = cheap ? bytes : encode(r.payload ?? null).length;
   const restartSize = "restart" in r ? bytes : 0;
-  return {
-    type: "request",
-    request: {
-      ...ids,
-      n: r.n,
-      kind: r.kind ?? "request",
-      payload: r.payload,
-      ...("restart" in r ? { restart: r.restart } : {}),
-      ...(isTraceParent(r.tp) ? { tp: r.tp } : {}),
-      ...(r.retry !== undefined ? { retry: r.retry } : {}),
-      ...(r.deadline !== undefined ? { deadline: r.deadline } : {}),
-      ...(r.notBefore !== undefined ? { notBefore: r.notBefore } : {}),
-    },
-    size,
-    restartSize,
-    ...(r.taken !== undefined ? { taken: r.taken } : {}),
-    ...(r.takenAlso !== undefined ? { takenAlso: r.takenAlso } : {}),
-  };
+  // Fields set one by one, not spread from a literal per optional field: this runs for every
+  // request the manager reads, and the spreads were a tenth of its allocations.
+  const request: ParsedOneRequest["request"] = { client: ids.client, session: ids.session, n: r.n, kind: r.kind ?? "request", payload: r.payload };
+  if ("restart" in r) request.restart = r.restart;
+  if (isTraceParent(r.tp)) request.tp = r.tp;
+  if (r.retry !== undefined) request.retry = r.retry;
+  if (r.deadline !== undefined) request.deadline = r.deadline;
+  if (r.notBefore !== undefined) request.notBefore = r.notBefore;
+  const out: ParsedOneRequest = { type: "request", request, size, restartSize };
+  if (r.taken !== undefined) out.taken = r.taken;
+  if (r.takenAlso !== undefined) out.takenAlso = r.takenAlso;
+  return out;
 }
 
 /** A batch record up to this size charges each element an equal share of its bytes; a larger one measures each. */
@@ -144,7 +138,10 @@ function parseRequestBatch(ids: { client: string; session: string }, v: Record<s
   const share = Math.ceil(bytes / b.batch.length);
   const items = b.batch.map((raw): ParsedBatchItem => {
     try {
-      return { raw, ...parseOneRequest(ids, raw, cheap ? share : bytes, cheap) };
+      // The element's own object, not a copy spread into a new one (this runs per request).
+      const one = parseOneRequest(ids, raw, cheap ? share : bytes, cheap) as ParsedOneRequest & { raw: unknown };
+      one.raw = raw;
+      return one;
     } catch (err) {
       const n = isObject(raw) && Number.isSafeInteger(raw.n) && Number(raw.n) > 0 ? Number(raw.n) : undefined;
       return { raw, error: asTandem(err), ...(n !== undefined ? { n } : {}) };
@@ -163,8 +160,7 @@ export function requestIn(names: Names, m: { subject: string; headers?: MsgHdrs 
   if (parsed.type !== "batch") return { parsed, data: m.data };
   const item = parsed.items.find((x) => ("type" in x ? x.request.n : x.n) === n);
   if (!item) return null;
-  const { raw, ...one } = item;
-  return "type" in one ? { parsed: one, data: encode(raw) } : null;
+  return "type" in item ? { parsed: item, data: encode(item.raw) } : null;
 }
 
 export type ParsedOneResponse =
@@ -234,7 +230,10 @@ export function parseResponseMsg(names: Names, m: { subject: string; data: Uint8
       const items = b.batch.map((raw) => {
         const size = share || encode(raw).length;
         try {
-          return { raw, size, ...parseOneResponse(session, server, raw, m.data.length, keys) };
+          const one = parseOneResponse(session, server, raw, m.data.length, keys) as ParsedOneResponse & { raw: unknown; size: number };
+          one.raw = raw;
+          one.size = size;
+          return one;
         } catch (err) {
           return { raw, size, error: asTandem(err) };
         }

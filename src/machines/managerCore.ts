@@ -269,12 +269,12 @@ export type Effect =
 const MANAGER = "manager";
 
 /** What a request says of how it is run: its retry policy, its deadline, its earliest dispatch. */
-function failureFields(m: { retry?: RetryOptions; deadline?: number; notBefore?: number }): Pick<PendingRequest, "retry" | "deadline" | "notBefore"> {
-  return {
-    ...(m.retry !== undefined ? { retry: m.retry } : {}),
-    ...(m.deadline !== undefined ? { deadline: m.deadline } : {}),
-    ...(m.notBefore !== undefined ? { notBefore: m.notBefore } : {}),
-  };
+/** The request's retry policy, deadline and delay onto its table entry (set, not spread: this runs per request). */
+function withFailureFields(req: PendingRequest, m: { retry?: RetryOptions; deadline?: number; notBefore?: number }): PendingRequest {
+  if (m.retry !== undefined) req.retry = m.retry;
+  if (m.deadline !== undefined) req.deadline = m.deadline;
+  if (m.notBefore !== undefined) req.notBefore = m.notBefore;
+  return req;
 }
 
 function newer(a: RestartRecord | null, b: RestartRecord): boolean {
@@ -529,7 +529,9 @@ export class ManagerCore {
       // Replay keeps what the live primary decided (refusing now could refuse a request already
       // at a server), but not its bytes past the bounds: the request stays in the table without
       // its payload, which the actor reads back from the queue by sequence when it dispatches.
-      s.requests.set(m.n, { kind: m.kind, payload: undefined, seq: m.seq, rejected: false, evicted: true, ...(m.tp !== undefined ? { tp: m.tp } : {}), ...failureFields(m) });
+      const evicted: PendingRequest = { kind: m.kind, payload: undefined, seq: m.seq, rejected: false, evicted: true };
+      if (m.tp !== undefined) evicted.tp = m.tp;
+      s.requests.set(m.n, withFailureFields(evicted, m));
       this.afterRequest(s, m.n, now, effects);
       return effects;
     }
@@ -541,7 +543,7 @@ export class ManagerCore {
       effects.push({ type: "dlq", code: reject.code, message: reject.message, context: { client: s.client, session: s.id, n: m.n, seq: m.seq } });
       return effects;
     }
-    const req: PendingRequest = { kind: m.kind, payload: m.payload, seq: m.seq, rejected: false, bytes: m.size, ...failureFields(m) };
+    const req = withFailureFields({ kind: m.kind, payload: m.payload, seq: m.seq, rejected: false, bytes: m.size }, m);
     if (m.tp !== undefined) req.tp = m.tp;
     s.requests.set(m.n, req);
     this.hold(s, m.size);

@@ -316,11 +316,13 @@ export class Effects implements TermEffects {
    */
   private async sendBatch(epoch: number, server: string, session: string, service: string, items: Array<{ n: number; work: DispatchWork; acked: (ok: boolean) => void }>): Promise<void> {
     const { rt } = this.term;
-    const built: Array<{ n: number; json: string; kind: DispatchWork["kind"]; tp?: string; acked: (ok: boolean) => void }> = [];
+    const built: Array<{ n: number; json: string; kind: DispatchWork["kind"]; tp: string | undefined; acked: (ok: boolean) => void }> = [];
     for (const it of items) {
-      const work = await this.workMessage(epoch, server, session, it.n, service, it.work);
+      // Awaited only when its payload must be read back from the queue (a microtask per element was not free).
+      const made = this.workMessage(epoch, server, session, it.n, service, it.work);
+      const work = made instanceof Promise ? await made : made;
       if (!work) it.acked(false);
-      else built.push({ n: it.n, json: JSON.stringify(work), kind: it.work.kind, ...(it.work.tp !== undefined ? { tp: it.work.tp } : {}), acked: it.acked });
+      else built.push({ n: it.n, json: JSON.stringify(work), kind: it.work.kind, tp: it.work.tp, acked: it.acked });
     }
     if (!this.term.acting) return;
     for (const chunk of chunks(built, (b) => b.json.length, batchBytes(rt.nc.info?.max_payload))) {
@@ -341,35 +343,33 @@ export class Effects implements TermEffects {
     }
   }
 
-  /** The work message of request n for `server`, or null when its payload cannot be read back. */
-  private async workMessage(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, copy?: number): Promise<WorkMsg | null> {
+  /**
+   * The work message of request n for `server`; a promise only when its payload must be read back
+   * from the queue, and then null when it cannot be.
+   */
+  private workMessage(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, copy?: number): WorkMsg | Promise<WorkMsg | null> {
+    if (!w.evicted) return this.buildWork(epoch, server, session, n, service, w, w.payload, copy);
     const { rt } = this.term;
-    let payload = w.payload;
-    if (w.evicted) {
-      // Not held in memory (read on replay past the byte bounds): the queue has it.
-      const stored = await this.term.store.queues.at("req", w.seq).catch(() => null);
-      const parsed = stored ? requestIn(rt.names, stored, n)?.parsed : null;
-      if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
-        this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
-        return null;
-      }
-      payload = parsed.request.payload;
-    }
-    const work: WorkMsg = {
-      epoch,
-      session,
-      client: w.client,
-      service,
-      n,
-      kind: w.kind,
-      payload,
-      restart: w.restart,
-      k: this.term.keys.give(session, n, server),
-      ...(copy !== undefined ? { copy } : {}),
-      ...(w.tp !== undefined ? { tp: w.tp } : {}),
-      attempt: w.attempt,
-      ...(w.deadline !== undefined ? { deadline: Math.round(toWall(w.deadline)) } : {}),
-    };
+    // Not held in memory (read on replay past the byte bounds): the queue has it.
+    return this.term.store.queues
+      .at("req", w.seq)
+      .catch(() => null)
+      .then((stored) => {
+        const parsed = stored ? requestIn(rt.names, stored, n)?.parsed : null;
+        if (!parsed || !("type" in parsed) || parsed.type !== "request" || parsed.request.n !== n) {
+          this.term.log.warn({ session, n, seq: w.seq }, "could not read a request back from its queue; retrying");
+          return null;
+        }
+        return this.buildWork(epoch, server, session, n, service, w, parsed.request.payload, copy);
+      });
+  }
+
+  /** The optional fields set only when present (no spread per dispatch). */
+  private buildWork(epoch: number, server: string, session: string, n: number, service: string, w: DispatchWork, payload: unknown, copy: number | undefined): WorkMsg {
+    const work: WorkMsg = { epoch, session, client: w.client, service, n, kind: w.kind, payload, restart: w.restart, k: this.term.keys.give(session, n, server), attempt: w.attempt };
+    if (copy !== undefined) work.copy = copy;
+    if (w.tp !== undefined) work.tp = w.tp;
+    if (w.deadline !== undefined) work.deadline = Math.round(toWall(w.deadline));
     return work;
   }
 
