@@ -2,7 +2,8 @@
  * Names on the wire (docs/design.md §2): subjects, stream and bucket names, headers, and the JSON
  * codec with validation. One place knows the layout so everything else asks it.
  */
-import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
+import type { MsgHdrs } from "@nats-io/transport-node";
+import { WireHeaders } from "./wire-headers.js";
 import { ErrorCode, TandemError } from "./errors.js";
 
 export const Header = {
@@ -205,16 +206,17 @@ export interface HeaderFields {
   traceparent?: string;
 }
 
+/** The headers of a message Tandem sends (its own cheap implementation: `wire-headers.ts`). */
 export function makeHeaders(f: HeaderFields): MsgHdrs {
-  const h = natsHeaders();
-  if (f.session !== undefined) h.set(Header.Session, f.session);
-  if (f.request !== undefined) h.set(Header.Request, String(f.request));
-  if (f.epoch !== undefined) h.set(Header.Epoch, String(f.epoch));
-  if (f.kind !== undefined) h.set(Header.Kind, f.kind);
-  if (f.server !== undefined) h.set(Header.Server, f.server);
-  if (f.client !== undefined) h.set(Header.Client, f.client);
-  if (f.code !== undefined) h.set(Header.Code, f.code);
-  if (f.traceparent !== undefined) h.set(Header.TraceParent, f.traceparent);
+  const h = new WireHeaders();
+  if (f.session !== undefined) h.append(Header.Session, f.session);
+  if (f.request !== undefined) h.append(Header.Request, String(f.request));
+  if (f.epoch !== undefined) h.append(Header.Epoch, String(f.epoch));
+  if (f.kind !== undefined) h.append(Header.Kind, f.kind);
+  if (f.server !== undefined) h.append(Header.Server, f.server);
+  if (f.client !== undefined) h.append(Header.Client, f.client);
+  if (f.code !== undefined) h.append(Header.Code, f.code);
+  if (f.traceparent !== undefined) h.append(Header.TraceParent, f.traceparent);
   return h;
 }
 
