@@ -4,7 +4,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { headers as natsHeaders, Match, MsgHdrsImpl } from "@nats-io/transport-node";
+import { headers as natsHeaders, Match, MsgHdrsImpl, type MsgHdrs } from "@nats-io/transport-node";
 import { WireHeaders } from "../../src/runtime/wire-headers.js";
 import { Header, makeHeaders } from "../../src/runtime/wire.js";
 
@@ -38,7 +38,7 @@ describe("WireHeaders", () => {
     const h = makeHeaders({ session: "s1", request: 7, epoch: 3, kind: "response", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" });
     for (const n of [8, 9, 10]) h.append(Header.Request, String(n));
     h.set("Nats-Msg-Id", "s1.7+4");
-    const back = MsgHdrsImpl.decode((h as WireHeaders).encode());
+    const back: MsgHdrs = MsgHdrsImpl.decode((h as WireHeaders).encode());
     expect(back.values(Header.Request)).toEqual(["7", "8", "9", "10"]);
     expect(back.get(Header.Session)).toBe("s1");
     expect(back.get("nats-msg-id", Match.IgnoreCase)).toBe("s1.7+4");
