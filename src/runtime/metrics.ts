@@ -23,6 +23,8 @@ export interface ServiceMetrics {
   delivered: { inc(by?: number): void };
   /** Requests a handler finished, by outcome and error code (the children made once each). */
   handled: { inc(outcome: string, code: string): void };
+  /** Responses that reached the application, the same way. */
+  responses: { inc(outcome: string, code: string): void };
 }
 
 export class Metrics {
@@ -106,7 +108,8 @@ export class Metrics {
         serverInFlight: this.serverInFlight.labels(l),
         dispatched: this.dispatched.labels(l),
         delivered: this.delivered.labels(l),
-        handled: handledBy(this.handled, service),
+        handled: byOutcome(this.handled, service),
+        responses: byOutcome(this.responses, service),
       };
       this.services.set(service, m);
     }
@@ -140,8 +143,8 @@ export class Metrics {
   }
 }
 
-/** `tandem_server_handled_total` of one service: a labelled child per outcome and code, made once. */
-function handledBy(counter: Counter<"service" | "outcome" | "code">, service: string): ServiceMetrics["handled"] {
+/** A counter by outcome and code of one service: a labelled child per outcome and code, made once. */
+function byOutcome(counter: Counter<"service" | "outcome" | "code">, service: string): ServiceMetrics["handled"] {
   const children = new Map<string, { inc(): void }>();
   return {
     inc(outcome, code) {
