@@ -317,8 +317,10 @@ export class TandemClient {
   private deliverTo(s: ClientSession, m: Msg, d: DeliverMsg): void {
     if (this.stale(m, d.epoch, s.epoch)) return;
     this.seeEpoch(d.epoch);
-    if (m.headers?.get(Header.Kind) === "control") {
-      // A notice (no reply wanted): the request was rejected before it got a response.
+    if (!m.reply) {
+      // A notice (no reply wanted: the manager publishes it, it does not ask): the request was
+      // rejected before it got a response. Told by the missing reply subject, not the
+      // Tandem-Kind header: decoding every delivery's headers was a cost per round trip.
       if (d.error) s.rejectWaiter(d.n, d.error);
       return;
     }

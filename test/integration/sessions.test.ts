@@ -6,6 +6,7 @@ import { JetStreamStore } from "../../src/actors/manager/store.js";
 import { TandemError } from "../../src/runtime/errors.js";
 import type { Runtime } from "../../src/runtime/runtime.js";
 import { setTraceDir } from "../../src/runtime/trace.js";
+import { encode } from "../../src/runtime/wire.js";
 import { eventually, primaryManager, runtimeFor, startNats, type NatsServer } from "../helpers/nats.js";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -153,6 +154,17 @@ describe("brokered sessions", () => {
     const latest = async () => (await rt.kv.restart.get(`${s.id}.server`))?.json<{ data: { whole?: number } }>().data;
     await eventually(async () => (await latest())?.whole === 2 || null, "the last checkpoint of request 2 in the bucket");
     expect(await latest()).toEqual({ whole: 2, before: { whole: 1, before: null } });
+    await client.close();
+  });
+
+  it("a notice - a request of a session the manager no longer has is refused TANDEM_UNKNOWN_SESSION at the caller (the manager's notice, which wants no reply)", async () => {
+    const client = await TandemClient.connect(rt);
+    const s = await client.open("svc");
+    await expect(s.request({ v: 1 })).resolves.toEqual({ echo: 1, n: 1 });
+    // Closed behind the client's back (its close call, sent by hand): the client still has it.
+    const closed = await rt.nc.request(rt.names.clientCall("close", client.id), encode({ client: client.id, session: s.id }), { timeout: 2000 });
+    expect(closed.json<{ ok: boolean }>().ok).toBe(true);
+    await expect(s.request({ v: 2 })).rejects.toMatchObject({ code: "TANDEM_UNKNOWN_SESSION" });
     await client.close();
   });
 
